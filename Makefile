@@ -1,0 +1,52 @@
+# Shop mesh: make run | make test | make gen | make lint | make check-gen | make bench
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-unit gen vendor lint check-gen buf-lint buf-breaking clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: every service on embedded defaults (SQLite files in ./var, no broker)
+run: $(STAMP)
+	$(BIN)/python scripts/run_mesh.py
+
+## test: the whole suite (PostgreSQL / NATS tests run when they answer on 127.0.0.1)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## gen: regenerate gen/ (and the vendored third-party protos) from proto/
+gen: $(STAMP)
+	$(BIN)/python scripts/protogen.py vendor
+	$(BIN)/python scripts/protogen.py gen
+
+## check-gen: fail if gen/ or third_party/ differ from what `make gen` makes
+check-gen: gen
+	@git add -N gen third_party >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gen third_party || \
+		(echo "generated code is stale: run 'make gen' and commit gen/" >&2; exit 1)
+
+## lint: ruff, mypy and buf lint
+lint: $(STAMP) buf-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+buf-lint: $(STAMP)
+	$(BIN)/python scripts/protogen.py image $(VENV)/image.binpb
+	$(BIN)/buf lint $(VENV)/image.binpb
+
+## buf-breaking: compare proto/ with AGAINST (a git ref, default: the previous commit)
+AGAINST ?= HEAD~1
+buf-breaking: $(STAMP)
+	bash scripts/buf_breaking.sh $(AGAINST)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

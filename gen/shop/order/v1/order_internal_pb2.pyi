@@ -1,0 +1,34 @@
+from buf.validate import validate_pb2 as _validate_pb2
+from shop.order.v1 import events_pb2 as _events_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StreamOrderEventsRequest(_message.Message):
+    __slots__ = ("after_sequence",)
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
+
+class StreamOrderEventsResponse(_message.Message):
+    __slots__ = ("sequence", "headers", "order_created", "order_cancelled")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_CREATED_FIELD_NUMBER: _ClassVar[int]
+    ORDER_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    headers: _containers.ScalarMap[str, str]
+    order_created: _events_pb2.OrderCreated
+    order_cancelled: _events_pb2.OrderCancelled
+    def __init__(self, sequence: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., order_created: _Optional[_Union[_events_pb2.OrderCreated, _Mapping]] = ..., order_cancelled: _Optional[_Union[_events_pb2.OrderCancelled, _Mapping]] = ...) -> None: ...

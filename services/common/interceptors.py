@@ -1,0 +1,193 @@
+"""Server interceptors: the single place where every RPC gets the platform's behaviour.
+
+Order (outermost first): tracing (OpenTelemetry) -> access log -> errors ->
+deadline -> validation -> the servicer. Each one wraps the handler's behaviour,
+for unary and server-streaming methods alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from services.common import deadline, validation
+from services.common.errors import DomainError, internal_status
+
+log = logging.getLogger("shop.rpc")
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+
+class _Wrapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps unary-unary and unary-stream behaviours; other kinds pass through untouched."""
+
+    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
+        return behaviour
+
+    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
+        return behaviour
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self.wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self.wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _code_name(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    code = context.code()
+    if code is None:
+        return "OK" if error is None else "UNKNOWN"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class AccessLogInterceptor(_Wrapping):
+    """One JSON line per RPC: method, status code, duration, peer (trace ids via the log filter)."""
+
+    def _log(self, method: str, context: Any, started: float, error: BaseException | None) -> None:
+        code = _code_name(context, error)
+        log.info(
+            "rpc",
+            extra={
+                "rpc_method": method,
+                "grpc_code": code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "peer": context.peer(),
+            },
+        )
+
+    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await behaviour(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._log(method, context, started, error)
+
+        return logged
+
+    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
+        async def logged(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._log(method, context, started, error)
+
+        return logged
+
+
+class ErrorInterceptor(_Wrapping):
+    """Domain errors become their status with details; anything unexpected becomes INTERNAL."""
+
+    async def _abort(self, method: str, context: Any, exc: Exception) -> None:
+        if isinstance(exc, DomainError):
+            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+        if isinstance(exc, TimeoutError):
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        log.exception("unhandled error", extra={"rpc_method": method})
+        await context.abort_with_status(rpc_status.to_status(internal_status()))
+
+    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behaviour(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(method, context, exc)
+
+        return mapped
+
+    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(method, context, exc)
+
+        return mapped
+
+
+class DeadlineInterceptor(_Wrapping):
+    """Bounds the handler by the caller's deadline and records it for outgoing calls."""
+
+    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
+        async def bounded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            remaining = context.time_remaining()
+            token = deadline.set_deadline(remaining)
+            try:
+                async with asyncio.timeout(remaining):
+                    return await behaviour(request, context)
+            finally:
+                deadline.reset_deadline(token)
+
+        return bounded
+
+    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
+        async def bounded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            remaining = context.time_remaining()
+            token = deadline.set_deadline(remaining)
+            try:
+                async with asyncio.timeout(remaining):
+                    async for response in behaviour(request, context):
+                        yield response
+            finally:
+                deadline.reset_deadline(token)
+
+        return bounded
+
+
+class ValidationInterceptor(_Wrapping):
+    """Checks every request against its protovalidate rules before any handler runs."""
+
+    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            validation.validate(request)
+            return await behaviour(request, context)
+
+        return checked
+
+    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            validation.validate(request)
+            async for response in behaviour(request, context):
+                yield response
+
+        return checked

@@ -1,0 +1,53 @@
+"""Opaque page tokens for keyset pagination.
+
+A token carries the sort key of the last row returned and a fingerprint of the
+query it belongs to, signed with HMAC so that a forged or altered token (or one
+from another query) is refused as INVALID_ARGUMENT instead of silently
+returning the wrong page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+from services.common.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+_MAC_BYTES = 16
+
+
+class PageTokens:
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode()
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def encode(self, last_key: str, query: str = "") -> str:
+        payload = json.dumps({"k": last_key, "q": query}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(self._mac(payload) + payload).decode().rstrip("=")
+
+    def decode(self, token: str, query: str = "") -> str | None:
+        """The last key of the previous page, or None for the first page."""
+        if not token:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            mac, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
+            if not hmac.compare_digest(mac, self._mac(payload)):
+                raise ValueError("bad signature")
+            body = json.loads(payload)
+            if body["q"] != query or not isinstance(body["k"], str):
+                raise ValueError("token of another query")
+            return str(body["k"])
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument.of(
+                "page_token", "is not a page token returned by this list", "page_token.invalid"
+            ) from None
+
+
+def page_size(requested: int | None) -> int:
+    return requested if requested else DEFAULT_PAGE_SIZE

@@ -1,0 +1,197 @@
+"""Server bootstrap shared by every service.
+
+`start()` opens the database, applies migrations, and serves the service on a
+`grpc.aio` server with health (real readiness: NOT_SERVING while the database
+does not answer), reflection, tracing, access logs, error mapping, deadlines and
+validation. `main()` runs it until SIGTERM/SIGINT, then drains in-flight calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from services.common import logs, migrate, telemetry
+from services.common.config import ServiceConfig
+from services.common.db import Database
+from services.common.interceptors import (
+    AccessLogInterceptor,
+    DeadlineInterceptor,
+    ErrorInterceptor,
+    ValidationInterceptor,
+)
+from services.common.pagination import PageTokens
+
+log = logging.getLogger("shop.server")
+
+DB_PING_TIMEOUT = 2.0
+
+
+@dataclass
+class Runtime:
+    """What a service's servicers are built from."""
+
+    config: ServiceConfig
+    db: Database
+    page_tokens: PageTokens
+    # Closed when the server stops (peer channels, background tasks).
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+
+# Adds the servicers to the server and returns the full names of the services added.
+Register = Callable[[grpc.aio.Server, Runtime], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    default_port: int
+    migrations: Path
+    register: Register
+
+
+class RunningService:
+    """A started service: its port, and `stop()` to drain and close it."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        runtime: Runtime,
+        health_servicer: health.aio.HealthServicer,
+        health_task: asyncio.Task[None],
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.runtime = runtime
+        self._health = health_servicer
+        self._health_task = health_task
+
+    @property
+    def address(self) -> str:
+        return f"{self.runtime.config.host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        self._health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._health_task
+        await self._health.enter_graceful_shutdown()
+        await self.server.stop(self.runtime.config.shutdown_grace if grace is None else grace)
+        for close in reversed(self.runtime.closers):
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        await self.runtime.db.close()
+
+
+async def _database_answers(db: Database) -> bool:
+    try:
+        async with asyncio.timeout(DB_PING_TIMEOUT):
+            await db.ping()
+    except Exception as exc:
+        log.warning("database check failed", extra={"error": type(exc).__name__})
+        return False
+    return True
+
+
+async def _watch_readiness(
+    db: Database, servicer: health.aio.HealthServicer, names: Sequence[str], interval: float
+) -> None:
+    """Keeps every service's health status in step with the database."""
+    last: int | None = None
+    while True:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if await _database_answers(db)
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if status != last:
+            for name in ("", *names):
+                await servicer.set(name, status)
+            last = status
+        await asyncio.sleep(interval)
+
+
+def interceptors() -> list[grpc.aio.ServerInterceptor]:
+    return [
+        aio_server_interceptor(),
+        AccessLogInterceptor(),
+        ErrorInterceptor(),
+        DeadlineInterceptor(),
+        ValidationInterceptor(),
+    ]
+
+
+async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
+    """Starts the service and returns once it listens and its readiness is known."""
+    db = Database(config.database_url)
+    await migrate.upgrade(db, spec.migrations, spec.name)
+    runtime = Runtime(config=config, db=db, page_tokens=PageTokens(config.page_token_secret))
+
+    server = grpc.aio.server(interceptors=interceptors())
+    names = list(spec.register(server, runtime))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise SystemExit(f"cannot listen on {config.host}:{config.port}")
+    await server.start()
+    # Readiness is known before start() returns: the first check runs now.
+    ready = await _database_answers(db)
+    initial = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *names):
+        await health_servicer.set(name, initial)
+    health_task = asyncio.create_task(
+        _watch_readiness(db, health_servicer, names, config.health_interval)
+    )
+    return RunningService(server, port, runtime, health_servicer, health_task)
+
+
+async def _serve(spec: ServiceSpec) -> None:
+    config = ServiceConfig.from_env(spec.name, spec.default_port)
+    running = await start(spec, config)
+    # One machine-readable line on stdout says where the service listens (PORT=0 picks a port).
+    print(json.dumps({"service": spec.name, "listening": running.address}), flush=True)
+    log.info("serving", extra={"address": running.address, "database": _redacted(config)})
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down", extra={"grace_s": config.shutdown_grace})
+    await running.stop()
+    log.info("stopped")
+
+
+def _redacted(config: ServiceConfig) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(config.database_url).render_as_string(hide_password=True)
+
+
+def main(spec: ServiceSpec) -> None:
+    """Entry point of `python -m services.<name>`."""
+    config = ServiceConfig.from_env(spec.name, spec.default_port)
+    logs.configure(spec.name, config.log_level)
+    telemetry.configure(spec.name)
+    try:
+        asyncio.run(_serve(spec))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""The user service: accounts, profile updates and the active-user check."""

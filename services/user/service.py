@@ -1,0 +1,87 @@
+"""User use cases: sign-up, reads, partial updates and the active check."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from services.common.db import Database
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.ids import new_id
+from services.common.pagination import PageTokens, page_size
+from services.common.times import utcnow
+from services.user import repository
+from services.user.models import UserRow
+
+UPDATABLE = ("display_name", "email", "active")
+
+
+def _email_taken(email: str) -> AlreadyExists:
+    return AlreadyExists(f"email {email} is already taken", "EMAIL_TAKEN", email=email)
+
+
+class Users:
+    def __init__(self, db: Database, page_tokens: PageTokens) -> None:
+        self._db = db
+        self._tokens = page_tokens
+
+    async def create(self, email: str, display_name: str) -> UserRow:
+        now = utcnow()
+        user = UserRow(
+            id=new_id("usr"),
+            email=email.strip().lower(),
+            display_name=display_name.strip(),
+            active=True,
+            create_time=now,
+            update_time=now,
+        )
+        try:
+            async with self._db.write() as session:
+                session.add(user)
+        except IntegrityError:
+            raise _email_taken(user.email) from None
+        return user
+
+    async def get(self, user_id: str) -> UserRow:
+        async with self._db.read() as session:
+            user = await repository.get(session, user_id)
+        if user is None:
+            raise NotFound("user", user_id)
+        return user
+
+    async def list(self, requested_size: int | None, token: str) -> tuple[Sequence[UserRow], str]:
+        size = page_size(requested_size)
+        after = self._tokens.decode(token)
+        async with self._db.read() as session:
+            rows = await repository.page(session, after, size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        return rows, self._tokens.encode(rows[-1].id) if more else ""
+
+    async def update(self, user_id: str, changes: Mapping[str, Any]) -> UserRow:
+        values = dict(changes)
+        if "email" in values:
+            values["email"] = str(values["email"]).strip().lower()
+        if "display_name" in values:
+            values["display_name"] = str(values["display_name"]).strip()
+        try:
+            async with self._db.write() as session:
+                user = await repository.get(session, user_id)
+                if user is None:
+                    raise NotFound("user", user_id)
+                for name, value in values.items():
+                    setattr(user, name, value)
+                user.update_time = utcnow()
+        except IntegrityError:
+            raise _email_taken(values["email"]) from None
+        return user
+
+    async def require_active(self, user_id: str) -> UserRow:
+        user = await self.get(user_id)
+        if not user.active:
+            raise FailedPrecondition(
+                f"user {user_id} is not active", "USER_INACTIVE", [f"user:{user_id}"], user_id=user_id
+            )
+        return user
