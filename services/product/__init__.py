@@ -1,0 +1,1 @@
+"""The product service: the catalogue and its stock, with atomic, idempotent reservations."""

@@ -1,0 +1,61 @@
+"""The product service's tables: products, and the stock reservations taken from them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from services.common.db import Base, new_metadata
+
+RESERVED = "RESERVED"
+RELEASED = "RELEASED"
+
+
+class ProductBase(Base):
+    __abstract__ = True
+    metadata = new_metadata()
+
+
+class ProductRow(ProductBase):
+    __tablename__ = "products"
+    __table_args__ = (CheckConstraint("stock >= 0", name="stock_not_negative"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(String(4000))
+    price_currency: Mapped[str] = mapped_column(String(3))
+    price_amount_minor: Mapped[int] = mapped_column(BigInteger)
+    stock: Mapped[int]
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReservationRow(ProductBase):
+    """One ReserveStock call, keyed by the caller's reservation id.
+
+    A RELEASED row with no items is a tombstone: the id was released before it
+    was ever reserved, so a late reservation under it must be refused.
+    """
+
+    __tablename__ = "reservations"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    release_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    items: Mapped[list[ReservationItemRow]] = relationship(
+        lazy="selectin", order_by="ReservationItemRow.product_id"
+    )
+
+
+class ReservationItemRow(ProductBase):
+    __tablename__ = "reservation_items"
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
+
+    reservation_id: Mapped[str] = mapped_column(ForeignKey("reservations.id"), primary_key=True)
+    product_id: Mapped[str] = mapped_column(
+        ForeignKey("products.id"), primary_key=True, index=True
+    )
+    quantity: Mapped[int]

@@ -1,0 +1,43 @@
+"""Helpers for asserting on gRPC errors and their google.rpc details."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    for key, value in error.trailing_metadata() or ():
+        if key == DETAILS_KEY:
+            return status_pb2.Status.FromString(value)
+    return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+
+
+def detail(error: grpc.aio.AioRpcError, kind: type[Any]) -> Any:
+    """The first detail of type `kind` (BadRequest, ErrorInfo, ...), or None."""
+    for packed in status_of(error).details:
+        if packed.Is(kind.DESCRIPTOR):
+            value = kind()
+            packed.Unpack(value)
+            return value
+    return None
+
+
+def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
+    bad_request = detail(error, error_details_pb2.BadRequest)
+    assert bad_request is not None, f"no BadRequest detail in {status_of(error)}"
+    return {v.field for v in bad_request.field_violations}
+
+
+async def fails(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    """Awaits a call that must fail with `code`; returns the error for more checks."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, f"{caught.value.code()}: {caught.value.details()}"
+    return caught.value
