@@ -76,18 +76,21 @@ def run_protoc(proto_root: Path, args: list[str]) -> None:
 
 
 def gen() -> None:
-    """Regenerates gen/: messages, typing stubs, grpcio stubs and Connect stubs."""
+    """Regenerates gen/: messages, typing stubs, grpcio stubs (typed) and Connect stubs."""
     for child in ("shop", "buf"):
         shutil.rmtree(GEN / child, ignore_errors=True)
     GEN.mkdir(exist_ok=True)
-    plugin = Path(sys.executable).parent / "protoc-gen-connectrpc"
+    bin_dir = Path(sys.executable).parent
     outputs = [f"--python_out={GEN}", f"--pyi_out={GEN}"]
     run_protoc(
         PROTO,
         [
             *outputs,
             f"--grpc_python_out={GEN}",
-            f"--plugin=protoc-gen-connectrpc={plugin}",
+            # Typed stubs for the grpcio modules (mypy-protobuf), so calls are checked.
+            f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
+            f"--mypy_grpc_out={GEN}",
+            f"--plugin=protoc-gen-connectrpc={bin_dir / 'protoc-gen-connectrpc'}",
             f"--connectrpc_out={GEN}",
             "--connectrpc_opt=protobuf=google",
             *contract_files(PROTO),

@@ -22,11 +22,11 @@ class ServiceProcess:
     address: str
     stderr_lines: list[str] = field(default_factory=list)
 
-    async def stop(self, timeout: float = 10.0) -> int:
+    async def stop(self, grace: float = 10.0) -> int:
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.process.wait(), timeout)
+                await asyncio.wait_for(self.process.wait(), grace)
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
@@ -45,9 +45,13 @@ async def service_process(
     """Starts the service on 127.0.0.1 port 0 and yields once it says where it listens."""
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", **env}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", f"services.{name}",
-        cwd=ROOT, env=full_env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        f"services.{name}",
+        cwd=ROOT,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None and process.stderr is not None
     stderr_lines: list[str] = []

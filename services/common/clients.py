@@ -11,8 +11,8 @@ from services.common import deadline
 
 
 class DeadlineInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
 ):
     """Gives every outgoing call the time left on the incoming call, at most."""
 

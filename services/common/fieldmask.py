@@ -26,7 +26,10 @@ def changes(
     unknown = [p for p in paths if p not in updatable]
     if unknown:
         raise InvalidArgument(
-            [FieldViolation("update_mask", f"cannot update {p!r}", "field_mask.in") for p in unknown]
+            [
+                FieldViolation("update_mask", f"cannot update {p!r}", "field_mask.in")
+                for p in unknown
+            ]
         )
     if not paths:
         raise InvalidArgument.of("update_mask", "names no field to update", "field_mask.empty")

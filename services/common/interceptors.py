@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from grpc_status import rpc_status
@@ -21,11 +21,16 @@ from services.common.errors import DomainError, internal_status
 
 log = logging.getLogger("shop.rpc")
 
-Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+if TYPE_CHECKING:
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+else:
+    Context = grpc.aio.ServicerContext
+
+Unary = Callable[[Any, Context], Awaitable[Any]]
+Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class _Wrapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _Wrapping(grpc.aio.ServerInterceptor):
     """Wraps unary-unary and unary-stream behaviours; other kinds pass through untouched."""
 
     def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
@@ -56,7 +61,7 @@ class _Wrapping(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
 
-def _code_name(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+def _code_name(context: Context, error: BaseException | None) -> str:
     if isinstance(error, asyncio.CancelledError):
         return "CANCELLED"
     code = context.code()
@@ -81,7 +86,7 @@ class AccessLogInterceptor(_Wrapping):
         )
 
     def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def logged(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             error: BaseException | None = None
             try:
@@ -95,7 +100,7 @@ class AccessLogInterceptor(_Wrapping):
         return logged
 
     def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def logged(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def logged(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             error: BaseException | None = None
             try:
@@ -122,7 +127,7 @@ class ErrorInterceptor(_Wrapping):
         await context.abort_with_status(rpc_status.to_status(internal_status()))
 
     def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def mapped(request: Any, context: Context) -> Any:
             try:
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
@@ -133,7 +138,7 @@ class ErrorInterceptor(_Wrapping):
         return mapped
 
     def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def mapped(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
                 async for response in behaviour(request, context):
                     yield response
@@ -149,7 +154,7 @@ class DeadlineInterceptor(_Wrapping):
     """Bounds the handler by the caller's deadline and records it for outgoing calls."""
 
     def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def bounded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def bounded(request: Any, context: Context) -> Any:
             remaining = context.time_remaining()
             token = deadline.set_deadline(remaining)
             try:
@@ -161,7 +166,7 @@ class DeadlineInterceptor(_Wrapping):
         return bounded
 
     def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def bounded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def bounded(request: Any, context: Context) -> AsyncIterator[Any]:
             remaining = context.time_remaining()
             token = deadline.set_deadline(remaining)
             try:
@@ -178,14 +183,14 @@ class ValidationInterceptor(_Wrapping):
     """Checks every request against its protovalidate rules before any handler runs."""
 
     def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def checked(request: Any, context: Context) -> Any:
             validation.validate(request)
             return await behaviour(request, context)
 
         return checked
 
     def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def checked(request: Any, context: Context) -> AsyncIterator[Any]:
             validation.validate(request)
             async for response in behaviour(request, context):
                 yield response

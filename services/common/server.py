@@ -126,7 +126,7 @@ async def _watch_readiness(
 
 def interceptors() -> list[grpc.aio.ServerInterceptor]:
     return [
-        aio_server_interceptor(),
+        aio_server_interceptor(),  # type: ignore[no-untyped-call]
         AccessLogInterceptor(),
         ErrorInterceptor(),
         DeadlineInterceptor(),
@@ -145,7 +145,11 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     port = server.add_insecure_port(f"{config.host}:{config.port}")
@@ -154,7 +158,11 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
     await server.start()
     # Readiness is known before start() returns: the first check runs now.
     ready = await _database_answers(db)
-    initial = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+    initial = (
+        health_pb2.HealthCheckResponse.SERVING
+        if ready
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
     for name in ("", *names):
         await health_servicer.set(name, initial)
     health_task = asyncio.create_task(

@@ -24,8 +24,10 @@ def configure(service: str) -> None:
         return
     _configured = True
     resource = Resource.create(
-        {"service.name": os.environ.get("OTEL_SERVICE_NAME", f"shop-{service}"),
-         "service.namespace": "shop"}
+        {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME", f"shop-{service}"),
+            "service.namespace": "shop",
+        }
     )
     provider = TracerProvider(resource=resource)
     if os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "console":

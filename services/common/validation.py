@@ -20,14 +20,16 @@ _validator = protovalidate.Validator()
 def _field_path(violation: Any) -> str:
     path = violation.field
     if path is None or not path.elements:
-        return violation.rule_id.rpartition(".")[0]
+        return str(violation.rule_id).rpartition(".")[0]
     parts: list[str] = []
     for element in path.elements:
         part = element.field_name
         subscript = element.subscript
         if subscript is not None:
             key = subscript.value
-            part += f"[{key}]" if subscript.field in ("index", "int_key", "uint_key") else f"[{key!r}]"
+            part += (
+                f"[{key}]" if subscript.field in ("index", "int_key", "uint_key") else f"[{key!r}]"
+            )
         parts.append(part)
     return ".".join(parts)
 

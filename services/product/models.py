@@ -55,7 +55,5 @@ class ReservationItemRow(ProductBase):
     __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
 
     reservation_id: Mapped[str] = mapped_column(ForeignKey("reservations.id"), primary_key=True)
-    product_id: Mapped[str] = mapped_column(
-        ForeignKey("products.id"), primary_key=True, index=True
-    )
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id"), primary_key=True, index=True)
     quantity: Mapped[int]

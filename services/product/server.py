@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 from services.common import fieldmask
+from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
 from services.common.times import to_timestamp
 from services.product.models import RELEASED, ProductRow, ReservationRow
@@ -61,7 +62,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         self._catalogue = catalogue
 
     async def CreateProduct(
-        self, request: product_pb2.CreateProductRequest, context: grpc.aio.ServicerContext
+        self, request: product_pb2.CreateProductRequest, context: Context
     ) -> product_pb2.CreateProductResponse:
         draft = ProductDraft(
             name=request.name,
@@ -73,14 +74,14 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         return product_pb2.CreateProductResponse(product=to_proto(product))
 
     async def GetProduct(
-        self, request: product_pb2.GetProductRequest, context: grpc.aio.ServicerContext
+        self, request: product_pb2.GetProductRequest, context: Context
     ) -> product_pb2.GetProductResponse:
         return product_pb2.GetProductResponse(
             product=to_proto(await self._catalogue.get(request.id))
         )
 
     async def ListProducts(
-        self, request: product_pb2.ListProductsRequest, context: grpc.aio.ServicerContext
+        self, request: product_pb2.ListProductsRequest, context: Context
     ) -> product_pb2.ListProductsResponse:
         size = request.page_size if request.HasField("page_size") else None
         rows, next_token = await self._catalogue.list(size, request.page_token)
@@ -89,7 +90,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         )
 
     async def UpdateProduct(
-        self, request: product_pb2.UpdateProductRequest, context: grpc.aio.ServicerContext
+        self, request: product_pb2.UpdateProductRequest, context: Context
     ) -> product_pb2.UpdateProductResponse:
         changes = fieldmask.changes(request.update_mask, request.product, UPDATABLE)
         if "price" in changes:
@@ -98,7 +99,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         return product_pb2.UpdateProductResponse(product=to_proto(product))
 
     async def BatchGetProducts(
-        self, request: product_pb2.BatchGetProductsRequest, context: grpc.aio.ServicerContext
+        self, request: product_pb2.BatchGetProductsRequest, context: Context
     ) -> product_pb2.BatchGetProductsResponse:
         products = await self._catalogue.get_many(list(request.ids))
         return product_pb2.BatchGetProductsResponse(products=[to_proto(p) for p in products])
@@ -109,7 +110,7 @@ class ProductInternalServicer(product_internal_pb2_grpc.ProductInternalServiceSe
         self._reservations = reservations
 
     async def ReserveStock(
-        self, request: product_internal_pb2.ReserveStockRequest, context: grpc.aio.ServicerContext
+        self, request: product_internal_pb2.ReserveStockRequest, context: Context
     ) -> product_internal_pb2.ReserveStockResponse:
         items = {item.product_id: item.quantity for item in request.items}
         reservation = await self._reservations.reserve(request.reservation_id, items)
@@ -118,7 +119,7 @@ class ProductInternalServicer(product_internal_pb2_grpc.ProductInternalServiceSe
         )
 
     async def ReleaseStock(
-        self, request: product_internal_pb2.ReleaseStockRequest, context: grpc.aio.ServicerContext
+        self, request: product_internal_pb2.ReleaseStockRequest, context: Context
     ) -> product_internal_pb2.ReleaseStockResponse:
         reservation, released = await self._reservations.release(request.reservation_id)
         return product_internal_pb2.ReleaseStockResponse(

@@ -76,7 +76,9 @@ class Catalogue:
             raise NotFound("product", *missing)
         return [found[i] for i in ids]
 
-    async def list(self, requested_size: int | None, token: str) -> tuple[Sequence[ProductRow], str]:
+    async def list(
+        self, requested_size: int | None, token: str
+    ) -> tuple[Sequence[ProductRow], str]:
         size = page_size(requested_size)
         after = self._tokens.decode(token)
         async with self._db.read() as session:
@@ -158,7 +160,11 @@ class Reservations:
                 now = utcnow()
                 if reservation is None:
                     tombstone = ReservationRow(
-                        id=reservation_id, state=RELEASED, create_time=now, release_time=now, items=[]
+                        id=reservation_id,
+                        state=RELEASED,
+                        create_time=now,
+                        release_time=now,
+                        items=[],
                     )
                     session.add(tombstone)
                     return tombstone, False

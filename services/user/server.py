@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 from services.common import fieldmask
+from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
 from services.common.times import to_timestamp
 from services.user.models import UserRow
@@ -31,18 +32,18 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self._users = users
 
     async def CreateUser(
-        self, request: user_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
+        self, request: user_pb2.CreateUserRequest, context: Context
     ) -> user_pb2.CreateUserResponse:
         user = await self._users.create(request.email, request.display_name)
         return user_pb2.CreateUserResponse(user=to_proto(user))
 
     async def GetUser(
-        self, request: user_pb2.GetUserRequest, context: grpc.aio.ServicerContext
+        self, request: user_pb2.GetUserRequest, context: Context
     ) -> user_pb2.GetUserResponse:
         return user_pb2.GetUserResponse(user=to_proto(await self._users.get(request.id)))
 
     async def ListUsers(
-        self, request: user_pb2.ListUsersRequest, context: grpc.aio.ServicerContext
+        self, request: user_pb2.ListUsersRequest, context: Context
     ) -> user_pb2.ListUsersResponse:
         size = request.page_size if request.HasField("page_size") else None
         rows, next_token = await self._users.list(size, request.page_token)
@@ -51,7 +52,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         )
 
     async def UpdateUser(
-        self, request: user_pb2.UpdateUserRequest, context: grpc.aio.ServicerContext
+        self, request: user_pb2.UpdateUserRequest, context: Context
     ) -> user_pb2.UpdateUserResponse:
         changes = fieldmask.changes(request.update_mask, request.user, UPDATABLE)
         user = await self._users.update(request.user.id, changes)
@@ -63,7 +64,7 @@ class UserInternalServicer(user_internal_pb2_grpc.UserInternalServiceServicer):
         self._users = users
 
     async def ValidateUser(
-        self, request: user_internal_pb2.ValidateUserRequest, context: grpc.aio.ServicerContext
+        self, request: user_internal_pb2.ValidateUserRequest, context: Context
     ) -> user_internal_pb2.ValidateUserResponse:
         user = await self._users.require_active(request.user_id)
         return user_internal_pb2.ValidateUserResponse(user=to_proto(user))

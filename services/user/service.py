@@ -82,6 +82,9 @@ class Users:
         user = await self.get(user_id)
         if not user.active:
             raise FailedPrecondition(
-                f"user {user_id} is not active", "USER_INACTIVE", [f"user:{user_id}"], user_id=user_id
+                f"user {user_id} is not active",
+                "USER_INACTIVE",
+                [f"user:{user_id}"],
+                user_id=user_id,
             )
         return user

@@ -11,7 +11,11 @@ import grpc
 from shop.common.v1 import money_pb2
 from shop.product.v1 import (
     product_internal_pb2 as internal_pb2,
+)
+from shop.product.v1 import (
     product_internal_pb2_grpc as internal_grpc,
+)
+from shop.product.v1 import (
     product_pb2,
     product_pb2_grpc,
 )
@@ -28,13 +32,16 @@ async def race_two_replicas(database_url: str, data_dir: Path) -> None:
         first = await stack.enter_async_context(service_process("product", env))
         second = await stack.enter_async_context(service_process("product", env))
         channels = [
-            await stack.enter_async_context(grpc.aio.insecure_channel(p.address)) for p in (first, second)
+            await stack.enter_async_context(grpc.aio.insecure_channel(p.address))
+            for p in (first, second)
         ]
         catalogue = product_pb2_grpc.ProductServiceStub(channels[0])
         product = (
             await catalogue.CreateProduct(
                 product_pb2.CreateProductRequest(
-                    name="Limited", price=money_pb2.Money(currency_code="USD", amount_minor=500), stock=STOCK
+                    name="Limited",
+                    price=money_pb2.Money(currency_code="USD", amount_minor=500),
+                    stock=STOCK,
                 )
             )
         ).product

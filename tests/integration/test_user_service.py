@@ -21,8 +21,8 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 @dataclass
 class Stubs:
-    users: user_pb2_grpc.UserServiceStub
-    internal: user_internal_pb2_grpc.UserInternalServiceStub
+    users: user_pb2_grpc.UserServiceAsyncStub
+    internal: user_internal_pb2_grpc.UserInternalServiceAsyncStub
 
     async def create(self, email: str, name: str = "Ann") -> user_pb2.User:
         response = await self.users.CreateUser(
@@ -144,7 +144,14 @@ async def test_list_pages_through_every_user_once(stubs: Stubs) -> None:
         (user_pb2.ListUsersRequest(page_token="eyJrIjoidXNyX3oiLCJxIjoiIn0"), "page_token"),
         (user_pb2.ListUsersRequest(page_token="x" * 600), "page_token"),
     ],
-    ids=["page_size_0", "page_size_1e6", "page_size_negative", "garbage_token", "unsigned_token", "long_token"],
+    ids=[
+        "page_size_0",
+        "page_size_1e6",
+        "page_size_negative",
+        "garbage_token",
+        "unsigned_token",
+        "long_token",
+    ],
 )
 async def test_bad_list_requests(
     stubs: Stubs, request_: user_pb2.ListUsersRequest, field: str
@@ -207,7 +214,15 @@ async def test_tampered_page_token_is_refused(stubs: Stubs) -> None:
         (user_pb2.UpdateUserRequest(user=user_pb2.User(id="{id}")), {"update_mask"}),
         (user_pb2.UpdateUserRequest(), {"user"}),
     ],
-    ids=["no_id", "mask_id", "mask_output_only", "empty_name", "bad_email", "nothing_to_update", "no_user"],
+    ids=[
+        "no_id",
+        "mask_id",
+        "mask_output_only",
+        "empty_name",
+        "bad_email",
+        "nothing_to_update",
+        "no_user",
+    ],
 )
 async def test_bad_updates_change_nothing(
     stubs: Stubs, update: user_pb2.UpdateUserRequest, fields: set[str]

@@ -56,9 +56,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("reservation_id", "product_id", name=op.f("pk_reservation_items")),
     )
-    op.create_index(
-        op.f("ix_reservation_items_product_id"), "reservation_items", ["product_id"]
-    )
+    op.create_index(op.f("ix_reservation_items_product_id"), "reservation_items", ["product_id"])
 
 
 def downgrade() -> None:

@@ -1,0 +1,90 @@
+"""`make run`: every implemented service on embedded defaults, in one terminal.
+
+Starts each service as its own process (`python -m services.<name>`), prints
+where each listens and a first call to try, and on Ctrl-C (or SIGTERM) stops
+them all gracefully. If one dies, the rest are stopped and the exit is non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# In start order: a service starts after the ones it calls.
+SERVICES = ("user", "product")
+
+
+async def start(name: str) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        f"services.{name}",
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 60)
+    if not line:
+        raise SystemExit(f"{name} exited before listening (see its log above)")
+    return process, json.loads(line)["listening"]
+
+
+def banner(addresses: dict[str, str]) -> str:
+    buf = ROOT / ".venv" / "bin" / "buf"
+    user = addresses["user"]
+    lines = ["", "shop mesh is up (Ctrl-C stops it):"]
+    lines += [f"  {name:<13} grpc://{address}" for name, address in addresses.items()]
+    lines += [
+        "",
+        "try:",
+        f"  {buf} curl --protocol grpc --http2-prior-knowledge --list-methods http://{user}",
+        f"  {buf} curl --protocol grpc --http2-prior-knowledge \\",
+        '      -d \'{"email": "ann@example.com", "displayName": "Ann"}\' \\',
+        f"      http://{user}/shop.user.v1.UserService/CreateUser",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def main() -> int:
+    processes: dict[str, asyncio.subprocess.Process] = {}
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    exit_code = 0
+    try:
+        addresses = {}
+        for name in SERVICES:
+            processes[name], addresses[name] = await start(name)
+        print(banner(addresses), flush=True)
+        waiters = {asyncio.create_task(p.wait()): n for n, p in processes.items()}
+        stop_task = asyncio.create_task(stopping.wait())
+        done, _ = await asyncio.wait([stop_task, *waiters], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in waiters:
+                print(
+                    f"{waiters[task]} exited with {task.result()}; stopping the mesh",
+                    file=sys.stderr,
+                )
+                exit_code = 1
+    finally:
+        for process in processes.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
