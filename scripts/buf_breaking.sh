@@ -5,8 +5,8 @@
 set -euo pipefail
 ref=${1:-HEAD~1}
 root=$(git rev-parse --show-toplevel)
-python=${PYTHON:-$root/.venv/bin/python}
-buf=${BUF:-$root/.venv/bin/buf}
+python=$root/.venv/bin/python
+buf=$root/.venv/bin/buf
 cd "$root"
 if ! git rev-parse --verify -q "$ref^{commit}" >/dev/null; then
   echo "buf breaking: $ref does not exist, nothing to compare"
