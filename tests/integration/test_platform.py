@@ -183,9 +183,10 @@ async def test_outgoing_calls_carry_the_remaining_deadline(
     (incoming,) = upstream.seen_time_remaining
     (outgoing,) = downstream.seen_time_remaining
     assert incoming is not None and outgoing is not None
-    assert 1.0 < incoming <= 2.0
-    # Not the channel's 10 s default: the incoming deadline (gRPC rounds it to the millisecond).
-    assert 1.0 < outgoing <= incoming + 0.01
+    # gRPC sends timeouts rounded up, so allow a few milliseconds either way; what
+    # matters is that the downstream got the caller's 2 s, not the channel's 10 s default.
+    assert 1.0 < incoming <= 2.05
+    assert 1.0 < outgoing <= incoming + 0.05
 
 
 async def test_handler_is_cancelled_at_the_deadline(
