@@ -1,18 +1,26 @@
-# Shop mesh: make run | make test | make gen | make lint | make check-gen | make bench
+# Shop mesh: make run | make test | make gen | make lint | make buf-breaking | make lock
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-unit gen vendor lint check-gen buf-lint buf-breaking clean
+.PHONY: install lock run test gen lint check-gen buf-lint buf-breaking clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## lock: re-pin every installed package (after changing pyproject.toml's pins)
+lock:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	{ echo "# Every package of the dev environment, pinned: 'make lock' rewrites it."; \
+	  echo "# 'make install' uses it as pip constraints, so every machine gets the same set."; \
+	  $(BIN)/pip freeze --exclude-editable; } > requirements.lock
 
 ## run: every service on embedded defaults (SQLite files in ./var, no broker)
 run: $(STAMP)

@@ -121,8 +121,6 @@ class ErrorInterceptor(_Wrapping):
     async def _abort(self, method: str, context: Any, exc: Exception) -> None:
         if isinstance(exc, DomainError):
             await context.abort_with_status(rpc_status.to_status(exc.to_status()))
-        if isinstance(exc, TimeoutError):
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
         log.exception("unhandled error", extra={"rpc_method": method})
         await context.abort_with_status(rpc_status.to_status(internal_status()))
 
@@ -158,8 +156,12 @@ class DeadlineInterceptor(_Wrapping):
             remaining = context.time_remaining()
             token = deadline.set_deadline(remaining)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining) as bound:
                     return await behaviour(request, context)
+            except TimeoutError:
+                if bound.expired():
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                raise
             finally:
                 deadline.reset_deadline(token)
 
@@ -170,9 +172,13 @@ class DeadlineInterceptor(_Wrapping):
             remaining = context.time_remaining()
             token = deadline.set_deadline(remaining)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining) as bound:
                     async for response in behaviour(request, context):
                         yield response
+            except TimeoutError:
+                if bound.expired():
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                raise
             finally:
                 deadline.reset_deadline(token)
 

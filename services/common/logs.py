@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
@@ -36,8 +35,3 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-def log_extra(**fields: Any) -> dict[str, Any]:
-    """Fields for `logger.info(..., extra=log_extra(...))`, kept clear of LogRecord's names."""
-    return fields

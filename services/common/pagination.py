@@ -12,8 +12,12 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from services.common.errors import InvalidArgument
+
+Row = TypeVar("Row")
 
 DEFAULT_PAGE_SIZE = 50
 _MAC_BYTES = 16
@@ -29,6 +33,15 @@ class PageTokens:
     def encode(self, last_key: str, query: str = "") -> str:
         payload = json.dumps({"k": last_key, "q": query}, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(self._mac(payload) + payload).decode().rstrip("=")
+
+    def page(
+        self, rows: Sequence[Row], size: int, key: Callable[[Row], str], query: str = ""
+    ) -> tuple[Sequence[Row], str]:
+        """Cuts `rows` (fetched with limit size + 1) to one page and its next_page_token."""
+        if len(rows) <= size:
+            return rows, ""
+        rows = rows[:size]
+        return rows, self.encode(key(rows[-1]), query)
 
     def decode(self, token: str, query: str = "") -> str | None:
         """The last key of the previous page, or None for the first page."""

@@ -8,6 +8,7 @@ the ids in the logs and dropped, which costs little.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from opentelemetry import trace
@@ -38,7 +39,10 @@ def configure(service: str) -> None:
                 OTLPSpanExporter,
             )
         except ImportError:
-            pass
+            logging.getLogger("shop.telemetry").warning(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp is not "
+                "installed: spans are not exported"
+            )
         else:
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)

@@ -83,9 +83,7 @@ class Catalogue:
         after = self._tokens.decode(token)
         async with self._db.read() as session:
             rows = await repository.page(session, after, size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        return rows, self._tokens.encode(rows[-1].id) if more else ""
+        return self._tokens.page(rows, size, key=lambda row: row.id)
 
     async def update(self, product_id: str, changes: Mapping[str, Any]) -> ProductRow:
         async with self._db.write() as session:

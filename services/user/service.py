@@ -56,9 +56,7 @@ class Users:
         after = self._tokens.decode(token)
         async with self._db.read() as session:
             rows = await repository.page(session, after, size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        return rows, self._tokens.encode(rows[-1].id) if more else ""
+        return self._tokens.page(rows, size, key=lambda row: row.id)
 
     async def update(self, user_id: str, changes: Mapping[str, Any]) -> UserRow:
         values = dict(changes)
