@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -41,3 +42,10 @@ async def fails(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcE
         await call
     assert caught.value.code() == code, f"{caught.value.code()}: {caught.value.details()}"
     return caught.value
+
+
+async def next_message(call: Any, timeout: float = 5.0) -> Any:
+    """The next message of a server stream; fails if the stream ends or is silent."""
+    message = await asyncio.wait_for(call.read(), timeout)
+    assert message is not grpc.aio.EOF, "the stream ended"
+    return message

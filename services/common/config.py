@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+
+# Where each service listens by default; `<NAME>_SERVICE_ADDR` overrides it for callers,
+# and may list several replicas (`host:p1,host:p2`).
+DEFAULT_PORTS = {"user": 50051, "product": 50052, "order": 50053, "notification": 50054}
 
 
 def env(name: str, default: str) -> str:
@@ -36,6 +41,18 @@ class ServiceConfig:
     # How long in-flight calls may finish after SIGTERM, in seconds.
     shutdown_grace: float
     log_level: str
+    # Empty: no broker (events follow the order service's outbox over gRPC).
+    # `nats://host:4222`: NATS JetStream.
+    broker_url: str = ""
+    # JetStream stream and subject prefix, so that several meshes (or test runs) can
+    # share one NATS server without their subjects overlapping.
+    event_stream: str = "SHOP"
+    event_subject_prefix: str = "shop"
+    # Peer service name -> address list, from `<NAME>_SERVICE_ADDR`.
+    peers: Mapping[str, str] = field(default_factory=dict)
+
+    def peer(self, name: str) -> str:
+        return self.peers.get(name) or f"127.0.0.1:{DEFAULT_PORTS[name]}"
 
     @classmethod
     def from_env(cls, name: str, default_port: int) -> ServiceConfig:
@@ -56,4 +73,11 @@ class ServiceConfig:
             health_interval=env_float("HEALTH_CHECK_INTERVAL", 2.0),
             shutdown_grace=env_float("SHUTDOWN_GRACE", 5.0),
             log_level=env("LOG_LEVEL", "INFO").upper(),
+            broker_url=env("BROKER_URL", ""),
+            event_stream=env("EVENT_STREAM", "SHOP"),
+            event_subject_prefix=env("EVENT_SUBJECT_PREFIX", "shop"),
+            peers={
+                peer: env(f"{peer.upper()}_SERVICE_ADDR", f"127.0.0.1:{port}")
+                for peer, port in DEFAULT_PORTS.items()
+            },
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "shop_deadline", default=None
@@ -37,3 +39,14 @@ def outgoing_timeout(default: float | None = None) -> float | None:
     if left is None:
         return default
     return left if default is None else min(left, default)
+
+
+@contextmanager
+def detached() -> Iterator[None]:
+    """Outgoing calls made inside ignore the incoming deadline (for compensation,
+    which must run even when the caller has given up)."""
+    token = _deadline.set(None)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)

@@ -43,7 +43,7 @@ class PageTokens:
         rows = rows[:size]
         return rows, self.encode(key(rows[-1]), query)
 
-    def decode(self, token: str, query: str = "") -> str | None:
+    def decode(self, token: str, query: str = "", *, field: str = "page_token") -> str | None:
         """The last key of the previous page, or None for the first page."""
         if not token:
             return None
@@ -58,7 +58,7 @@ class PageTokens:
             return str(body["k"])
         except (ValueError, KeyError, TypeError):
             raise InvalidArgument.of(
-                "page_token", "is not a page token returned by this list", "page_token.invalid"
+                field, "was not returned by this list or stream", f"{field}.invalid"
             ) from None
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,8 +46,16 @@ class Runtime:
     config: ServiceConfig
     db: Database
     page_tokens: PageTokens
-    # Closed when the server stops (peer channels, background tasks).
+    # Awaited once the servicers are registered, before the server listens
+    # (connecting to a broker, say).
+    startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Long-running loops (outbox relay, event consumers), started with the server and
+    # cancelled when it stops.
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Called in reverse order when the server stops (peer channels, broker connections).
     closers: list[Callable[[], object]] = field(default_factory=list)
+    # The service's main parts by name, for metrics, health and tests to look at.
+    components: dict[str, object] = field(default_factory=dict)
 
 
 # Adds the servicers to the server and returns the full names of the services added.
@@ -71,24 +79,26 @@ class RunningService:
         port: int,
         runtime: Runtime,
         health_servicer: health.aio.HealthServicer,
-        health_task: asyncio.Task[None],
+        tasks: list[asyncio.Task[None]],
     ) -> None:
         self.server = server
         self.port = port
         self.runtime = runtime
         self._health = health_servicer
-        self._health_task = health_task
+        self._tasks = tasks
 
     @property
     def address(self) -> str:
         return f"{self.runtime.config.host}:{self.port}"
 
     async def stop(self, grace: float | None = None) -> None:
-        self._health_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._health_task
         await self._health.enter_graceful_shutdown()
         await self.server.stop(self.runtime.config.shutdown_grace if grace is None else grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for close in reversed(self.runtime.closers):
             result = close()
             if asyncio.iscoroutine(result):
@@ -142,6 +152,8 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
 
     server = grpc.aio.server(interceptors=interceptors())
     names = list(spec.register(server, runtime))
+    for hook in runtime.startup:
+        await hook()
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -165,10 +177,23 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
     )
     for name in ("", *names):
         await health_servicer.set(name, initial)
-    health_task = asyncio.create_task(
-        _watch_readiness(db, health_servicer, names, config.health_interval)
-    )
-    return RunningService(server, port, runtime, health_servicer, health_task)
+    tasks = [
+        asyncio.create_task(_watch_readiness(db, health_servicer, names, config.health_interval)),
+        *(asyncio.create_task(_supervised(loop)) for loop in runtime.background),
+    ]
+    return RunningService(server, port, runtime, health_servicer, tasks)
+
+
+async def _supervised(loop: Callable[[], Awaitable[None]], pause: float = 1.0) -> None:
+    """Runs a background loop for the life of the server, restarting it if it fails."""
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed; restarting", extra={"task": repr(loop)})
+        await asyncio.sleep(pause)
 
 
 async def _serve(spec: ServiceSpec) -> None:

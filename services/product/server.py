@@ -84,7 +84,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
         self, request: product_pb2.ListProductsRequest, context: Context
     ) -> product_pb2.ListProductsResponse:
         size = request.page_size if request.HasField("page_size") else None
-        rows, next_token = await self._catalogue.list(size, request.page_token)
+        rows, next_token = await self._catalogue.list_page(size, request.page_token)
         return product_pb2.ListProductsResponse(
             products=[to_proto(p) for p in rows], next_page_token=next_token
         )

@@ -76,7 +76,7 @@ class Catalogue:
             raise NotFound("product", *missing)
         return [found[i] for i in ids]
 
-    async def list(
+    async def list_page(
         self, requested_size: int | None, token: str
     ) -> tuple[Sequence[ProductRow], str]:
         size = page_size(requested_size)

@@ -46,7 +46,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         self, request: user_pb2.ListUsersRequest, context: Context
     ) -> user_pb2.ListUsersResponse:
         size = request.page_size if request.HasField("page_size") else None
-        rows, next_token = await self._users.list(size, request.page_token)
+        rows, next_token = await self._users.list_page(size, request.page_token)
         return user_pb2.ListUsersResponse(
             users=[to_proto(u) for u in rows], next_page_token=next_token
         )

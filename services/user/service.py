@@ -51,7 +51,9 @@ class Users:
             raise NotFound("user", user_id)
         return user
 
-    async def list(self, requested_size: int | None, token: str) -> tuple[Sequence[UserRow], str]:
+    async def list_page(
+        self, requested_size: int | None, token: str
+    ) -> tuple[Sequence[UserRow], str]:
         size = page_size(requested_size)
         after = self._tokens.decode(token)
         async with self._db.read() as session:

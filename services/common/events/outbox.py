@@ -1,0 +1,200 @@
+"""The transactional outbox and the relay that publishes it, in order.
+
+Producers add an `OutboxMixin` row in the same transaction as the change it
+announces, so an event exists exactly when its change was committed. The relay
+takes unpublished rows in insertion order, hands them to a sink (a no-op for
+the embedded feed, JetStream for NATS), then stamps each with the next feed
+position. On PostgreSQL an advisory lock makes relay passes of several replicas
+take turns, so positions are given in order and the feed has no gaps. A row that
+commits late (after rows inserted after it) is simply taken by a later pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.common.db import Database
+from services.common.events.envelope import Event
+from services.common.times import utcnow
+
+log = logging.getLogger("shop.outbox")
+
+BATCH = 200
+
+
+class OutboxMixin:
+    """Columns of an outbox table; a service declares `class Outbox(Base, OutboxMixin)`."""
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    headers: Mapped[dict[str, str]] = mapped_column(JSON)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set by the relay: the event's position in the feed, and when it was published.
+    position: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    publish_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def to_event(self) -> Event:
+        return Event(
+            event_id=self.event_id,
+            subject=self.subject,
+            payload=self.payload,
+            headers=dict(self.headers or {}),
+            sequence=self.position or 0,
+        )
+
+
+class Sink(Protocol):
+    async def publish(self, event: Event) -> None: ...
+
+
+class NoSink:
+    """The embedded transport: the outbox itself is the log consumers read."""
+
+    async def publish(self, event: Event) -> None:
+        return None
+
+
+class Relay:
+    """Publishes committed outbox rows in order; `wake()` after a commit to skip the poll wait."""
+
+    def __init__(
+        self,
+        db: Database,
+        model: type[Any],
+        sink: Sink,
+        *,
+        name: str,
+        poll_interval: float = 0.5,
+        on_published: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._db = db
+        self._model = model
+        self.sink = sink
+        self._lock_key = zlib.crc32(f"shop-outbox-relay-{name}".encode())
+        self._poll = poll_interval
+        self._wakeup = asyncio.Event()
+        self._on_published = on_published
+        self._local = asyncio.Lock()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """The relay loop, for the life of the service."""
+        while True:
+            self._wakeup.clear()
+            published = await self.publish_pending()
+            if published and self._on_published is not None:
+                await self._on_published()
+            if published < BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._poll)
+
+    async def publish_pending(self) -> int:
+        """One pass: publishes up to BATCH rows, in order; returns how many.
+
+        No database write lock is held while the sink does network I/O: rows are
+        read, published, and only then stamped in one short transaction (a broker
+        that is down must not stall the order writes that share the database).
+        """
+        model = self._model
+        async with self._leader():
+            async with self._db.read() as session:
+                rows: Sequence[Any] = (
+                    await session.scalars(
+                        select(model)
+                        .where(model.position.is_(None))
+                        .order_by(model.id)
+                        .limit(BATCH)
+                    )
+                ).all()
+            published: list[int] = []
+            try:
+                for row in rows:
+                    await self.sink.publish(row.to_event())
+                    published.append(row.id)
+            finally:
+                if published:
+                    await self._stamp(published)
+        if published:
+            log.debug("published", extra={"count": len(published)})
+        return len(published)
+
+    async def _stamp(self, ids: Sequence[int]) -> None:
+        """Gives the published rows their feed positions, in publication order."""
+        model = self._model
+        async with self._db.write() as session:
+            last = (await session.scalar(select(func.max(model.position)))) or 0
+            now = utcnow()
+            for row_id in ids:
+                result = await session.execute(
+                    update(model)
+                    .where(model.id == row_id, model.position.is_(None))
+                    .values(position=last + 1, publish_time=now)
+                )
+                if getattr(result, "rowcount", 0) == 1:
+                    last += 1
+
+    @contextlib.asynccontextmanager
+    async def _leader(self) -> AsyncIterator[None]:
+        """One relay pass at a time: per process, and on PostgreSQL across replicas."""
+        async with self._local:
+            if self._db.is_sqlite:
+                yield
+                return
+            async with self._db.engine.connect() as connection:
+                await connection.execute(
+                    text("SELECT pg_advisory_lock(:key)"), {"key": self._lock_key}
+                )
+                try:
+                    yield
+                finally:
+                    await connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": self._lock_key}
+                    )
+
+
+async def backlog(db: Database, model: type[Any]) -> int:
+    """How many committed events wait for the relay."""
+    async with db.read() as session:
+        return int(await session.scalar(select(func.count()).where(model.position.is_(None))) or 0)
+
+
+class Signal:
+    """Wakes every waiter at once (each new event in the feed), without queues."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)

@@ -1,0 +1,1 @@
+"""The notification service: notifications made from order events, listed or streamed."""

@@ -1,0 +1,51 @@
+"""The notification service's tables: notifications, and its consumer bookkeeping."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.common.db import Base, new_metadata
+from services.common.events.consumer import PositionMixin, ProcessedEventMixin
+
+ORDER_PLACED = "ORDER_PLACED"
+ORDER_CANCELLED = "ORDER_CANCELLED"
+
+
+class NotificationBase(Base):
+    __abstract__ = True
+    metadata = new_metadata()
+
+
+class NotificationRow(NotificationBase):
+    __tablename__ = "notifications"
+    __table_args__ = (
+        # One notification per user and event, however often the event arrives.
+        UniqueConstraint("event_id", "user_id"),
+        Index("ix_notifications_user_id_seq", "user_id", "seq"),
+    )
+
+    # Insertion order: what stream cursors and page tokens point into.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(String(1000))
+    order_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(64))
+    read: Mapped[bool]
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    read_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProcessedEventRow(NotificationBase, ProcessedEventMixin):
+    __tablename__ = "processed_events"
+
+
+class ConsumerPositionRow(NotificationBase, PositionMixin):
+    __tablename__ = "consumer_positions"

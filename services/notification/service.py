@@ -1,0 +1,233 @@
+"""Notification use cases: turning order events into notifications, reading them,
+marking them read, and streaming them live from a cursor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.db import Database
+from services.common.errors import DomainError, NotFound
+from services.common.events.envelope import Event
+from services.common.events.order_feed import MESSAGES, ORDER_CREATED
+from services.common.ids import new_id
+from services.common.pagination import PageTokens, page_size
+from services.common.times import utcnow
+from services.notification import models
+from services.notification.hub import Hub, StreamLimitReached
+from services.notification.models import NotificationRow
+from shop.order.v1 import order_pb2
+
+log = logging.getLogger("shop.notification")
+
+# A stream with nothing pushed looks in the database this often, to pick up what
+# another replica stored.
+CATCH_UP_INTERVAL = 1.0
+REPLAY_BATCH = 500
+
+# Digits after the decimal point, where not 2 (ISO 4217).
+_MINOR_DIGITS = {
+    "BIF": 0,
+    "CLP": 0,
+    "DJF": 0,
+    "GNF": 0,
+    "ISK": 0,
+    "JPY": 0,
+    "KMF": 0,
+    "KRW": 0,
+    "PYG": 0,
+    "RWF": 0,
+    "UGX": 0,
+    "VND": 0,
+    "VUV": 0,
+    "XAF": 0,
+    "XOF": 0,
+    "XPF": 0,
+    "BHD": 3,
+    "IQD": 3,
+    "JOD": 3,
+    "KWD": 3,
+    "LYD": 3,
+    "OMR": 3,
+    "TND": 3,
+}
+
+
+def format_money(amount_minor: int, currency: str) -> str:
+    digits = _MINOR_DIGITS.get(currency, 2)
+    if digits == 0:
+        return f"{amount_minor} {currency}"
+    sign = "-" if amount_minor < 0 else ""
+    units, minor = divmod(abs(amount_minor), 10**digits)
+    return f"{sign}{units}.{minor:0{digits}d} {currency}"
+
+
+def describe(subject: str, order: order_pb2.Order) -> tuple[str, str, str]:
+    """(kind, title, body) of the notification for an order event."""
+    count = sum(item.quantity for item in order.items)
+    total = format_money(order.total.amount_minor, order.total.currency_code)
+    if subject == ORDER_CREATED:
+        noun = "item" if count == 1 else "items"
+        return (
+            models.ORDER_PLACED,
+            "Order placed",
+            f"Your order {order.id} of {count} {noun} totalling {total} has been placed.",
+        )
+    reason = f" Reason: {order.cancel_reason}" if order.cancel_reason else ""
+    return (
+        models.ORDER_CANCELLED,
+        "Order cancelled",
+        f"Your order {order.id} has been cancelled; {total} will not be charged.{reason}",
+    )
+
+
+class TooSlow(DomainError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the stream fell too far behind; reconnect with the last cursor received",
+            "STREAM_TOO_SLOW",
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+
+
+class TooManyStreams(DomainError):
+    def __init__(self) -> None:
+        super().__init__(
+            "too many open notification streams; retry later",
+            "TOO_MANY_STREAMS",
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
+
+
+class Notifications:
+    def __init__(self, db: Database, page_tokens: PageTokens, hub: Hub) -> None:
+        self._db = db
+        self._tokens = page_tokens
+        self.hub = hub
+
+    # -- from events ---------------------------------------------------------
+
+    async def handle(self, session: AsyncSession, event: Event) -> Callable[[], None] | None:
+        """The consumer's handler: one notification per user and event."""
+        message_type = MESSAGES.get(event.subject)
+        if message_type is None:
+            log.info("ignored event", extra={"subject": event.subject})
+            return None
+        message = message_type.FromString(event.payload)
+        kind, title, body = describe(event.subject, message.order)
+        notification = NotificationRow(
+            id=new_id("ntf"),
+            user_id=message.order.user_id,
+            kind=kind,
+            title=title,
+            body=body,
+            order_id=message.order.id,
+            event_id=event.event_id,
+            read=False,
+            create_time=utcnow(),
+            read_time=None,
+        )
+        session.add(notification)
+        await session.flush()
+        return lambda: self.hub.publish([notification])
+
+    # -- reading -------------------------------------------------------------
+
+    async def list_page(
+        self, user_id: str, unread_only: bool, requested_size: int | None, token: str
+    ) -> tuple[Sequence[NotificationRow], str]:
+        """One user's notifications, newest first."""
+        size = page_size(requested_size)
+        query_key = f"user={user_id}&unread={unread_only}"
+        before = self._tokens.decode(token, query_key)
+        query = (
+            select(NotificationRow)
+            .where(NotificationRow.user_id == user_id)
+            .order_by(NotificationRow.seq.desc())
+            .limit(size + 1)
+        )
+        if unread_only:
+            query = query.where(NotificationRow.read.is_(False))
+        if before is not None:
+            query = query.where(NotificationRow.seq < int(before))
+        async with self._db.read() as session:
+            rows = (await session.scalars(query)).all()
+        return self._tokens.page(rows, size, key=lambda row: str(row.seq), query=query_key)
+
+    async def mark_read(self, user_id: str, ids: Sequence[str]) -> list[NotificationRow]:
+        """All of `ids` (the user's) become read; NOT_FOUND, changing nothing, if any is not."""
+        async with self._db.write() as session:
+            rows = (
+                await session.scalars(
+                    select(NotificationRow).where(
+                        NotificationRow.user_id == user_id, NotificationRow.id.in_(ids)
+                    )
+                )
+            ).all()
+            found = {row.id: row for row in rows}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise NotFound("notification", *missing)
+            now = utcnow()
+            for row in rows:
+                if not row.read:
+                    row.read = True
+                    row.read_time = now
+        return [found[i] for i in ids]
+
+    # -- streaming -----------------------------------------------------------
+
+    def cursor_of(self, user_id: str, notification: NotificationRow) -> str:
+        return self._tokens.encode(str(notification.seq), f"stream:{user_id}")
+
+    async def stream(self, user_id: str, cursor: str) -> AsyncIterator[NotificationRow]:
+        """What the client has not seen, then each new notification as it is stored."""
+        after = self._tokens.decode(cursor, f"stream:{user_id}", field="cursor")
+        try:
+            subscription = self.hub.subscribe(user_id)  # before the replay: nothing slips between
+        except StreamLimitReached:
+            raise TooManyStreams() from None
+        try:
+            last = int(after) if after is not None else None
+            async for row in self._stored(user_id, last):
+                yield row
+                last = row.seq
+            while True:
+                if subscription.overflowed and subscription.queue.empty():
+                    raise TooSlow()
+                pushed = await subscription.next(CATCH_UP_INTERVAL)
+                if pushed is not None:
+                    if last is None or pushed.seq > last:
+                        yield pushed
+                        last = pushed.seq
+                    continue
+                async for row in self._stored(user_id, last):
+                    yield row
+                    last = row.seq
+        finally:
+            self.hub.unsubscribe(subscription)
+
+    async def _stored(self, user_id: str, after: int | None) -> AsyncIterator[NotificationRow]:
+        """Stored notifications after `after`; with no cursor, those still unread."""
+        while True:
+            query = (
+                select(NotificationRow)
+                .where(NotificationRow.user_id == user_id)
+                .order_by(NotificationRow.seq)
+                .limit(REPLAY_BATCH)
+            )
+            if after is None:
+                query = query.where(NotificationRow.read.is_(False))
+            else:
+                query = query.where(NotificationRow.seq > after)
+            async with self._db.read() as session:
+                rows = (await session.scalars(query)).all()
+            for row in rows:
+                yield row
+                after = row.seq
+            if len(rows) < REPLAY_BATCH:
+                return

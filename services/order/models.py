@@ -1,0 +1,64 @@
+"""The order service's tables: orders, their items, and the outbox of their events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from services.common.db import Base, new_metadata
+from services.common.events.outbox import OutboxMixin
+
+# PENDING: the idempotency key is claimed and the flow is under way (never shown to
+# clients). FAILED: the flow failed and its reservation is being released; the row is
+# deleted once it is, freeing the key. PLACED and CANCELLED are the public states.
+PENDING = "PENDING"
+PLACED = "PLACED"
+CANCELLED = "CANCELLED"
+FAILED = "FAILED"
+
+
+class OrderBase(Base):
+    __abstract__ = True
+    metadata = new_metadata()
+
+
+class OrderRow(OrderBase):
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_user_id_id", "user_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    # sha256 of the request (user and items), to tell a retry from a reused key.
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    reservation_id: Mapped[str] = mapped_column(String(128))
+    currency_code: Mapped[str] = mapped_column(String(3))
+    total_amount_minor: Mapped[int] = mapped_column(BigInteger)
+    cancel_reason: Mapped[str] = mapped_column(String(500))
+    # False while the reservation of a cancelled or failed order still has to be released.
+    stock_released: Mapped[bool]
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    items: Mapped[list[OrderItemRow]] = relationship(
+        lazy="selectin", order_by="OrderItemRow.position", cascade="all, delete-orphan"
+    )
+
+
+class OrderItemRow(OrderBase):
+    __tablename__ = "order_items"
+
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Keeps the items in the order the client listed them.
+    position: Mapped[int]
+    product_name: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int]
+    unit_amount_minor: Mapped[int] = mapped_column(BigInteger)
+    line_amount_minor: Mapped[int] = mapped_column(BigInteger)
+
+
+class OutboxRow(OrderBase, OutboxMixin):
+    __tablename__ = "outbox"

@@ -1,0 +1,114 @@
+"""The order service's calls to user and product, with their failures as domain errors.
+
+Every call goes through `services.common.clients`, so it carries what remains of
+the incoming deadline. A peer's expected failures (NOT_FOUND, FAILED_PRECONDITION,
+...) reach our client with their status details intact; a peer that is down or
+too slow becomes UNAVAILABLE or DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+from google.rpc import status_pb2
+
+from services.common import clients, deadline
+from services.common.errors import DomainError
+from shop.product.v1 import (
+    product_internal_pb2,
+    product_internal_pb2_grpc,
+    product_pb2,
+    product_pb2_grpc,
+)
+from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc, user_pb2
+
+PASSED_THROUGH = {
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+DETAILS_KEY = "grpc-status-details-bin"
+# Compensation must run even when the caller's deadline is spent.
+RELEASE_TIMEOUT = 5.0
+
+
+class PeerError(DomainError):
+    """A peer's failure, relayed with its original status details."""
+
+    def __init__(self, peer: str, error: grpc.aio.AioRpcError) -> None:
+        code = error.code()
+        self.status: status_pb2.Status | None = None
+        if code in PASSED_THROUGH:
+            message_text = error.details() or code.name.lower()
+            for key, value in error.trailing_metadata() or ():
+                if key == DETAILS_KEY and isinstance(value, bytes):
+                    self.status = status_pb2.Status.FromString(value)
+        else:
+            code = grpc.StatusCode.UNAVAILABLE
+            message_text = f"{peer} service is unavailable"
+        super().__init__(message_text, f"{peer.upper()}_{code.name}", {"peer": peer}, code=code)
+        self.peer = peer
+
+    def to_status(self) -> status_pb2.Status:
+        if self.status is not None:
+            return self.status
+        return super().to_status()
+
+
+class Peers:
+    def __init__(self, user_addresses: str, product_addresses: str) -> None:
+        self._user_channel = clients.channel(user_addresses)
+        self._product_channel = clients.channel(product_addresses)
+        self._users = user_internal_pb2_grpc.UserInternalServiceStub(self._user_channel)
+        self._products = product_pb2_grpc.ProductServiceStub(self._product_channel)
+        self._stock = product_internal_pb2_grpc.ProductInternalServiceStub(self._product_channel)
+
+    async def close(self) -> None:
+        await self._user_channel.close()
+        await self._product_channel.close()
+
+    async def active_user(self, user_id: str) -> user_pb2.User:
+        try:
+            response = await self._users.ValidateUser(
+                user_internal_pb2.ValidateUserRequest(user_id=user_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise PeerError("user", error) from None
+        return response.user
+
+    async def products(self, ids: Sequence[str]) -> list[product_pb2.Product]:
+        try:
+            response = await self._products.BatchGetProducts(
+                product_pb2.BatchGetProductsRequest(ids=list(ids))
+            )
+        except grpc.aio.AioRpcError as error:
+            raise PeerError("product", error) from None
+        return list(response.products)
+
+    async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> None:
+        request = product_internal_pb2.ReserveStockRequest(
+            reservation_id=reservation_id,
+            items=[
+                product_internal_pb2.StockItem(product_id=pid, quantity=qty)
+                for pid, qty in items.items()
+            ],
+        )
+        try:
+            await self._stock.ReserveStock(request)
+        except grpc.aio.AioRpcError as error:
+            raise PeerError("product", error) from None
+
+    async def release(self, reservation_id: str) -> None:
+        """Releases with a timeout of its own: it runs after the caller's deadline too."""
+        try:
+            with deadline.detached():
+                await self._stock.ReleaseStock(
+                    product_internal_pb2.ReleaseStockRequest(reservation_id=reservation_id),
+                    timeout=RELEASE_TIMEOUT,
+                )
+        except grpc.aio.AioRpcError as error:
+            raise PeerError("product", error) from None

@@ -1,0 +1,346 @@
+"""The order flow across four real gRPC servers: placing, events, live notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from shop.notification.v1 import notification_pb2
+from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2
+from tests.mesh import Mesh, running_mesh
+from tests.rpc import detail, fails, next_message
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def mesh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Mesh]:
+    """The mesh on SQLite files, and on PostgreSQL databases."""
+    async with running_mesh(tmp_path, database=request.param) as running:
+        yield running
+
+
+async def feed_events(
+    mesh: Mesh, wait: float = 0.5
+) -> list[order_internal_pb2.StreamOrderEventsResponse]:
+    """Everything in the order service's event feed (read until `wait` passes quietly)."""
+    stub = order_internal_pb2_grpc.OrderInternalServiceStub(mesh.channels["order"])
+    received: list[order_internal_pb2.StreamOrderEventsResponse] = []
+    call = stub.StreamOrderEvents(order_internal_pb2.StreamOrderEventsRequest(after_sequence=0))
+    try:
+        while True:
+            received.append(await next_message(call, wait))
+    except TimeoutError:
+        pass
+    finally:
+        call.cancel()
+    return received
+
+
+async def notifications_of(mesh: Mesh, user_id: str) -> list[notification_pb2.Notification]:
+    reply = await mesh.notifications.ListNotifications(
+        notification_pb2.ListNotificationsRequest(user_id=user_id, page_size=1000)
+    )
+    return list(reply.notifications)
+
+
+async def wait_for_notifications(
+    mesh: Mesh, user_id: str, count: int, within: float = 10.0
+) -> list[notification_pb2.Notification]:
+    deadline = time.monotonic() + within
+    while True:
+        found = await notifications_of(mesh, user_id)
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_an_order_reaches_an_open_stream_within_200_ms(mesh: Mesh) -> None:
+    user = await mesh.user()
+    mug, tea = await mesh.product(stock=10, price=250), await mesh.product(stock=5, price=1000)
+    stream = mesh.notifications.StreamNotifications(
+        notification_pb2.StreamNotificationsRequest(user_id=user.id)
+    )
+    await asyncio.sleep(0.3)  # the stream is open and subscribed before the order
+
+    placed = (
+        await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2, tea.id: 1}))
+    ).order
+    sent = time.monotonic()
+    first = await next_message(stream)
+    latency = time.monotonic() - sent
+    stream.cancel()
+
+    assert placed.id.startswith("ord_") and placed.status == order_pb2.ORDER_STATUS_PLACED
+    assert [(i.product_id, i.quantity, i.unit_price.amount_minor) for i in placed.items] == [
+        (mug.id, 2, 250),
+        (tea.id, 1, 1000),
+    ]
+    assert (placed.total.currency_code, placed.total.amount_minor) == ("EUR", 1500)
+    stored = (await mesh.orders.GetOrder(order_pb2.GetOrderRequest(id=placed.id))).order
+    assert stored == placed
+    assert await mesh.stock_of(mug.id, tea.id) == [8, 4]
+
+    note = first.notification
+    assert (note.user_id, note.order_id, note.kind) == (
+        user.id,
+        placed.id,
+        notification_pb2.NOTIFICATION_KIND_ORDER_PLACED,
+    )
+    assert "15.00 EUR" in note.body and first.cursor
+    assert latency < 0.2, f"notification took {latency * 1000:.0f} ms"
+    assert len(await notifications_of(mesh, user.id)) == 1
+    events = await feed_events(mesh)
+    assert [e.WhichOneof("event") for e in events] == ["order_created"]
+    assert events[0].order_created.order == placed
+
+
+async def reservation_count(mesh: Mesh) -> int:
+    return int(await mesh.sql("product", "SELECT count(*) FROM reservations"))
+
+
+REFUSE_PLACING = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_placing BEFORE UPDATE OF status ON orders "
+        "WHEN NEW.status = 'PLACED' BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_placing() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION 'disk on fire'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_placing BEFORE UPDATE OF status ON orders "
+        "FOR EACH ROW WHEN (NEW.status = 'PLACED') EXECUTE FUNCTION refuse_placing()",
+    ],
+}
+ALLOW_PLACING = {
+    "sqlite": ["DROP TRIGGER refuse_placing"],
+    "postgresql": ["DROP TRIGGER refuse_placing ON orders"],
+}
+
+
+async def assert_nothing_happened(mesh: Mesh, user_id: str) -> None:
+    listed = await mesh.orders.ListOrders(order_pb2.ListOrdersRequest(user_id=user_id))
+    assert list(listed.orders) == []
+    assert await feed_events(mesh, wait=0.3) == []
+    assert await notifications_of(mesh, user_id) == []
+
+
+async def test_inactive_user_is_refused_before_any_stock_moves(mesh: Mesh) -> None:
+    from google.protobuf import field_mask_pb2
+
+    from shop.user.v1 import user_pb2
+
+    user = await mesh.user()
+    await mesh.users.UpdateUser(
+        user_pb2.UpdateUserRequest(
+            user=user_pb2.User(id=user.id, active=False),
+            update_mask=field_mask_pb2.FieldMask(paths=["active"]),
+        )
+    )
+    mug = await mesh.product(stock=3)
+    error = await fails(
+        mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1})),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert detail(error, error_details_pb2.ErrorInfo).reason == "USER_INACTIVE"
+    assert await mesh.stock_of(mug.id) == [3]
+    assert await reservation_count(mesh) == 0
+    await assert_nothing_happened(mesh, user.id)
+
+
+async def test_one_short_item_of_three_moves_no_stock(mesh: Mesh) -> None:
+    user = await mesh.user()
+    a, b, c = await mesh.product(stock=5), await mesh.product(stock=5), await mesh.product(stock=1)
+    request = mesh.order_request(user.id, {a.id: 2, b.id: 2, c.id: 2}, "short-1")
+    error = await fails(mesh.orders.CreateOrder(request), grpc.StatusCode.FAILED_PRECONDITION)
+    assert detail(error, error_details_pb2.ErrorInfo).reason == "INSUFFICIENT_STOCK"
+    assert await mesh.stock_of(a.id, b.id, c.id) == [5, 5, 1]
+    await assert_nothing_happened(mesh, user.id)
+
+    # The failed attempt freed its key: once there is stock, the same key places the order.
+    from google.protobuf import field_mask_pb2
+
+    from shop.product.v1 import product_pb2
+
+    await mesh.products.UpdateProduct(
+        product_pb2.UpdateProductRequest(
+            product=product_pb2.Product(id=c.id, stock=3),
+            update_mask=field_mask_pb2.FieldMask(paths=["stock"]),
+        )
+    )
+    placed = (await mesh.orders.CreateOrder(request)).order
+    assert placed.status == order_pb2.ORDER_STATUS_PLACED
+    assert await mesh.stock_of(a.id, b.id, c.id) == [3, 3, 1]
+
+
+async def test_product_service_down_is_unavailable_and_moves_nothing(mesh: Mesh) -> None:
+    user = await mesh.user()
+    mug = await mesh.product(stock=4)
+    await mesh.stop("product")
+    started = time.monotonic()
+    error = await fails(
+        mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1}), timeout=5),
+        grpc.StatusCode.UNAVAILABLE,
+    )
+    assert time.monotonic() - started < 5
+    assert "product" in (error.details() or "")
+    await mesh.start("product")
+    assert await mesh.stock_of(mug.id) == [4]
+    await assert_nothing_happened(mesh, user.id)
+
+
+async def test_a_failure_while_storing_the_order_releases_the_stock(mesh: Mesh) -> None:
+    user = await mesh.user()
+    a, b = await mesh.product(stock=6), await mesh.product(stock=6)
+    # A real database failure at the last step: the order store refuses to place orders.
+    dialect = mesh.services["order"].runtime.db.engine.dialect.name
+    for statement in REFUSE_PLACING[dialect]:
+        await mesh.sql("order", statement)
+    error = await fails(
+        mesh.orders.CreateOrder(mesh.order_request(user.id, {a.id: 2, b.id: 3}, "store-fails")),
+        grpc.StatusCode.INTERNAL,
+    )
+    assert error.details() == "internal error"
+    assert await mesh.stock_of(a.id, b.id) == [6, 6]
+    assert await reservation_count(mesh) == 1, "the reservation was taken, then released"
+    await assert_nothing_happened(mesh, user.id)
+
+    for statement in ALLOW_PLACING[dialect]:
+        await mesh.sql("order", statement)
+    retried = await mesh.orders.CreateOrder(
+        mesh.order_request(user.id, {a.id: 2, b.id: 3}, "store-fails")
+    )
+    assert retried.order.status == order_pb2.ORDER_STATUS_PLACED
+    assert await mesh.stock_of(a.id, b.id) == [4, 3]
+
+
+async def test_five_concurrent_retries_make_one_order(mesh: Mesh) -> None:
+    user = await mesh.user()
+    mug = await mesh.product(stock=10)
+    request = mesh.order_request(user.id, {mug.id: 3}, "retry-me")
+    replies = await asyncio.gather(*(mesh.orders.CreateOrder(request) for _ in range(5)))
+    assert len({r.order.id for r in replies}) == 1
+    assert await mesh.stock_of(mug.id) == [7]
+    assert await reservation_count(mesh) == 1
+    listed = await mesh.orders.ListOrders(order_pb2.ListOrdersRequest(user_id=user.id))
+    assert [o.id for o in listed.orders] == [replies[0].order.id]
+    assert len(await feed_events(mesh)) == 1
+    assert len(await wait_for_notifications(mesh, user.id, 1)) == 1
+
+    # A later retry still returns it; the same key for another request is refused.
+    again = await mesh.orders.CreateOrder(request)
+    assert again.order == replies[0].order
+    other = await mesh.user()
+    for reused in (
+        mesh.order_request(user.id, {mug.id: 4}, "retry-me"),
+        mesh.order_request(other.id, {mug.id: 3}, "retry-me"),
+    ):
+        error = await fails(mesh.orders.CreateOrder(reused), grpc.StatusCode.ALREADY_EXISTS)
+        assert detail(error, error_details_pb2.ErrorInfo).reason == "IDEMPOTENCY_KEY_REUSED"
+    assert await mesh.stock_of(mug.id) == [7]
+
+
+async def test_cancel_releases_stock_once_and_notifies(mesh: Mesh) -> None:
+    user = await mesh.user()
+    mug = await mesh.product(stock=5)
+    placed = (await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2}))).order
+    assert await mesh.stock_of(mug.id) == [3]
+    for _ in range(2):
+        cancelled = (
+            await mesh.orders.CancelOrder(
+                order_pb2.CancelOrderRequest(id=placed.id, reason="changed my mind")
+            )
+        ).order
+        assert cancelled.status == order_pb2.ORDER_STATUS_CANCELLED
+        assert cancelled.cancel_reason == "changed my mind"
+        assert await mesh.stock_of(mug.id) == [5]
+    events = await feed_events(mesh)
+    assert [e.WhichOneof("event") for e in events] == ["order_created", "order_cancelled"]
+    notes = await wait_for_notifications(mesh, user.id, 2)
+    assert sorted(n.kind for n in notes) == [
+        notification_pb2.NOTIFICATION_KIND_ORDER_PLACED,
+        notification_pb2.NOTIFICATION_KIND_ORDER_CANCELLED,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "fields"),
+    [
+        ("empty_items", grpc.StatusCode.INVALID_ARGUMENT, {"items"}),
+        ("quantity_0", grpc.StatusCode.INVALID_ARGUMENT, {"items[0].quantity"}),
+        ("repeated_product", grpc.StatusCode.INVALID_ARGUMENT, {"items.product_id"}),
+        ("unknown_product", grpc.StatusCode.NOT_FOUND, None),
+        ("unknown_user", grpc.StatusCode.NOT_FOUND, None),
+        ("blank_key", grpc.StatusCode.INVALID_ARGUMENT, {"idempotency_key"}),
+        ("key_with_spaces", grpc.StatusCode.INVALID_ARGUMENT, {"idempotency_key"}),
+        ("key_too_long", grpc.StatusCode.INVALID_ARGUMENT, {"idempotency_key"}),
+    ],
+)
+async def test_bad_orders_write_nothing_and_move_no_stock(
+    mesh: Mesh, case: str, code: grpc.StatusCode, fields: set[str] | None
+) -> None:
+    from tests.rpc import violated_fields
+
+    user = await mesh.user()
+    mug = await mesh.product(stock=5)
+    requests = {
+        "empty_items": mesh.order_request(user.id, {}),
+        "quantity_0": mesh.order_request(user.id, {mug.id: 0}),
+        "repeated_product": order_pb2.CreateOrderRequest(
+            user_id=user.id,
+            idempotency_key="k",
+            items=[order_pb2.CreateOrderItem(product_id=mug.id, quantity=1)] * 2,
+        ),
+        "unknown_product": mesh.order_request(user.id, {mug.id: 1, "prd_missing": 1}),
+        "unknown_user": mesh.order_request("usr_missing", {mug.id: 1}),
+        "blank_key": mesh.order_request(user.id, {mug.id: 1}, ""),
+        "key_with_spaces": mesh.order_request(user.id, {mug.id: 1}, "my key"),
+        "key_too_long": mesh.order_request(user.id, {mug.id: 1}, "k" * 129),
+    }
+    error = await fails(mesh.orders.CreateOrder(requests[case]), code)
+    if fields is not None:
+        assert violated_fields(error) == fields
+    assert await mesh.stock_of(mug.id) == [5]
+    assert await reservation_count(mesh) == 0
+    await assert_nothing_happened(mesh, user.id)
+
+
+async def test_unknown_orders(mesh: Mesh) -> None:
+    for call in (
+        mesh.orders.CancelOrder(order_pb2.CancelOrderRequest(id="ord_missing")),
+        mesh.orders.GetOrder(order_pb2.GetOrderRequest(id="ord_missing")),
+    ):
+        error = await fails(call, grpc.StatusCode.NOT_FOUND)
+        assert detail(error, error_details_pb2.ResourceInfo).resource_name == "ord_missing"
+    assert await feed_events(mesh, wait=0.3) == []
+
+
+async def test_orders_list_newest_first_in_pages(mesh: Mesh) -> None:
+    user, other = await mesh.user(), await mesh.user()
+    mug = await mesh.product(stock=100)
+    ids = [
+        (await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1}))).order.id
+        for _ in range(5)
+    ]
+    await mesh.orders.CreateOrder(mesh.order_request(other.id, {mug.id: 1}))
+    seen, token = [], ""
+    while True:
+        page = await mesh.orders.ListOrders(
+            order_pb2.ListOrdersRequest(user_id=user.id, page_size=2, page_token=token)
+        )
+        seen += [o.id for o in page.orders]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == sorted(ids, reverse=True)
+    # A token is bound to its user's list.
+    first = await mesh.orders.ListOrders(order_pb2.ListOrdersRequest(user_id=user.id, page_size=1))
+    await fails(
+        mesh.orders.ListOrders(
+            order_pb2.ListOrdersRequest(user_id=other.id, page_token=first.next_page_token)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
