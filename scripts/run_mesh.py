@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # In start order: a service starts after the ones it calls.
-SERVICES = ("user", "product")
+SERVICES = ("user", "product", "order", "notification")
 
 
 async def start(name: str) -> tuple[asyncio.subprocess.Process, str]:

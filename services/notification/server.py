@@ -84,7 +84,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
     consumer = Consumer(
         runtime.db, CONSUMER, notifications.handle, ProcessedEventRow, ConsumerPositionRow
     )
-    runtime.components.update(consumer=consumer, hub=hub)
+    runtime.components.update(consumer=consumer, hub=hub, notifications=notifications)
     if config.broker_url:
 
         async def connect_broker() -> None:

@@ -4,7 +4,7 @@ marking them read, and streaming them live from a cursor."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import grpc
 from sqlalchemy import select
@@ -184,7 +184,7 @@ class Notifications:
     def cursor_of(self, user_id: str, notification: NotificationRow) -> str:
         return self._tokens.encode(str(notification.seq), f"stream:{user_id}")
 
-    async def stream(self, user_id: str, cursor: str) -> AsyncIterator[NotificationRow]:
+    async def stream(self, user_id: str, cursor: str) -> AsyncGenerator[NotificationRow, None]:
         """What the client has not seen, then each new notification as it is stored."""
         after = self._tokens.decode(cursor, f"stream:{user_id}", field="cursor")
         try:

@@ -344,3 +344,36 @@ async def test_orders_list_newest_first_in_pages(mesh: Mesh) -> None:
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+
+
+async def test_the_sweeper_undoes_an_attempt_that_died_mid_way(mesh: Mesh) -> None:
+    """A process that dies between ReserveStock and the commit leaves a PENDING order
+    and reserved stock; the sweeper releases the stock and frees the key."""
+    from services.order.service import Orders
+    from shop.product.v1 import product_internal_pb2
+
+    user = await mesh.user()
+    mug = await mesh.product(stock=5)
+    await mesh.stock.ReserveStock(
+        product_internal_pb2.ReserveStockRequest(
+            reservation_id="res_ord_crashed",
+            items=[product_internal_pb2.StockItem(product_id=mug.id, quantity=2)],
+        )
+    )
+    await mesh.sql(
+        "order",
+        "INSERT INTO orders (id, user_id, status, idempotency_key, request_fingerprint, "
+        "reservation_id, currency_code, total_amount_minor, cancel_reason, stock_released, "
+        f"create_time, update_time) VALUES ('ord_crashed', '{user.id}', 'PENDING', 'crashed-key', "
+        "'x', 'res_ord_crashed', 'EUR', 500, '', false, '2020-01-01 00:00:00', "
+        "'2020-01-01 00:00:00')",
+    )
+    assert await mesh.stock_of(mug.id) == [3]
+    orders = mesh.services["order"].runtime.components["orders"]
+    assert isinstance(orders, Orders)
+    await orders.sweep()
+    assert await mesh.stock_of(mug.id) == [5]
+    assert await mesh.sql("order", "SELECT count(*) FROM orders") == 0
+    placed = await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2}, "crashed-key"))
+    assert placed.order.status == order_pb2.ORDER_STATUS_PLACED
+    assert await mesh.stock_of(mug.id) == [3]
