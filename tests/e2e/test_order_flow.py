@@ -13,14 +13,27 @@ from google.rpc import error_details_pb2
 
 from shop.notification.v1 import notification_pb2
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2
+from tests.conftest import require
 from tests.mesh import Mesh, running_mesh
 from tests.rpc import detail, fails, next_message
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        "sqlite+nats",
+    ]
+)
 async def mesh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Mesh]:
-    """The mesh on SQLite files, and on PostgreSQL databases."""
-    async with running_mesh(tmp_path, database=request.param) as running:
+    """The mesh on SQLite files and on PostgreSQL with the embedded event feed, and on
+    SQLite with NATS JetStream (the shared server, a stream of the test's own)."""
+    database, _, transport = request.param.partition("+")
+    broker = ""
+    if transport == "nats":
+        require("127.0.0.1", 4222, "NATS")
+        broker = "nats://127.0.0.1:4222"
+    async with running_mesh(tmp_path, broker, database=database) as running:
         yield running
 
 
@@ -377,3 +390,26 @@ async def test_the_sweeper_undoes_an_attempt_that_died_mid_way(mesh: Mesh) -> No
     placed = await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2}, "crashed-key"))
     assert placed.order.status == order_pb2.ORDER_STATUS_PLACED
     assert await mesh.stock_of(mug.id) == [3]
+
+
+async def test_a_hanging_peer_costs_the_deadline_and_no_stock(mesh: Mesh) -> None:
+    """The product service accepts connections but never answers: the call ends at its
+    deadline (not later), and nothing is reserved."""
+    user = await mesh.user()
+    mug = await mesh.product(stock=4)
+    port = mesh.ports["product"]
+    await mesh.stop("product")
+    blackhole = await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)
+    try:
+        started = time.monotonic()
+        await fails(
+            mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1}), timeout=0.5),
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
+        assert time.monotonic() - started < 1.0
+    finally:
+        blackhole.close()
+        await blackhole.wait_closed()
+    await mesh.start("product")
+    assert await mesh.stock_of(mug.id) == [4]
+    await assert_nothing_happened(mesh, user.id)
