@@ -10,7 +10,7 @@ import grpc
 
 from services.common.config import env
 from services.common.events.consumer import Consumer
-from services.common.events.nats import NatsSource, connect
+from services.common.events.nats import Bus, NatsSource, connect_on_start
 from services.common.events.order_feed import FeedSource
 from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
@@ -87,17 +87,10 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
     runtime.components.update(consumer=consumer, hub=hub, notifications=notifications)
     if config.broker_url:
 
-        async def connect_broker() -> None:
-            bus = await connect(
-                config.broker_url,
-                stream=config.event_stream,
-                prefix=config.event_subject_prefix,
-                name="shop-notification",
-            )
+        def consume_from(bus: Bus) -> None:
             runtime.background.append(NatsSource(bus, consumer).run)
-            runtime.closers.append(bus.client.close)
 
-        runtime.startup.append(connect_broker)
+        connect_on_start(runtime, "shop-notification", consume_from)
     else:
         feed = FeedSource(config.peer("order"), consumer)
         runtime.background.append(feed.run)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from services.common.events.nats import NatsSink, connect
+from services.common.events.nats import Bus, NatsSink, connect_on_start
 from services.common.events.order_feed import to_feed_message
 from services.common.events.outbox import NoSink, Relay
 from services.common.interceptors import Context
@@ -76,17 +76,10 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
 
     if config.broker_url:
 
-        async def connect_broker() -> None:
-            bus = await connect(
-                config.broker_url,
-                stream=config.event_stream,
-                prefix=config.event_subject_prefix,
-                name="shop-order",
-            )
+        def publish_to(bus: Bus) -> None:
             relay.sink = NatsSink(bus)
-            runtime.closers.append(bus.client.close)
 
-        runtime.startup.append(connect_broker)
+        connect_on_start(runtime, "shop-order", publish_to)
 
     runtime.components.update(orders=orders, relay=relay, feed=feed)
     runtime.background += [relay.run, orders.run_sweeper]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats
@@ -14,6 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from services.common.events.consumer import Consumer
 from services.common.events.envelope import Event
+from services.common.server import Runtime
 
 log = logging.getLogger("shop.nats")
 
@@ -65,6 +67,24 @@ async def connect(url: str, *, stream: str, prefix: str, name: str) -> Bus:
     except nats.js.errors.BadRequestError:
         await js.update_stream(config)
     return Bus(client, js, stream, prefix)
+
+
+def connect_on_start(runtime: Runtime, client_name: str, use: Callable[[Bus], None]) -> None:
+    """Connects to the service's BROKER_URL as it starts (and closes on stop); `use`
+    gets the bus to publish or consume with."""
+    config = runtime.config
+
+    async def connect_broker() -> None:
+        bus = await connect(
+            config.broker_url,
+            stream=config.event_stream,
+            prefix=config.event_subject_prefix,
+            name=client_name,
+        )
+        runtime.closers.append(bus.client.close)
+        use(bus)
+
+    runtime.startup.append(connect_broker)
 
 
 class NatsSink:
