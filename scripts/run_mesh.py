@@ -15,15 +15,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# In start order: a service starts after the ones it calls.
-SERVICES = ("user", "product", "order", "notification")
+# In start order: a process starts after the ones it calls.
+SERVICES = ("user", "product", "order", "notification", "gateway")
 
 
 async def start(name: str) -> tuple[asyncio.subprocess.Process, str]:
+    module = "gateway" if name == "gateway" else f"services.{name}"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        f"services.{name}",
+        module,
         cwd=ROOT,
         env=os.environ.copy(),
         stdout=asyncio.subprocess.PIPE,
@@ -36,17 +37,18 @@ async def start(name: str) -> tuple[asyncio.subprocess.Process, str]:
 
 
 def banner(addresses: dict[str, str]) -> str:
-    buf = ROOT / ".venv" / "bin" / "buf"
-    user = addresses["user"]
+    gateway = addresses["gateway"]
     lines = ["", "shop mesh is up (Ctrl-C stops it):"]
-    lines += [f"  {name:<13} grpc://{address}" for name, address in addresses.items()]
+    lines += [
+        f"  {name:<13} {'http' if name == 'gateway' else 'grpc'}://{address}"
+        for name, address in addresses.items()
+    ]
     lines += [
         "",
-        "try:",
-        f"  {buf} curl --protocol grpc --http2-prior-knowledge --list-methods http://{user}",
-        f"  {buf} curl --protocol grpc --http2-prior-knowledge \\",
-        '      -d \'{"email": "ann@example.com", "displayName": "Ann"}\' \\',
-        f"      http://{user}/shop.user.v1.UserService/CreateUser",
+        "try (Connect JSON through the gateway):",
+        f"  curl -X POST http://{gateway}/shop.user.v1.UserService/CreateUser \\",
+        "      -H 'content-type: application/json' \\",
+        '      -d \'{"email": "ann@example.com", "displayName": "Ann"}\'',
         "",
     ]
     return "\n".join(lines)

@@ -40,14 +40,15 @@ async def _drain(stream: asyncio.StreamReader, into: list[str]) -> None:
 
 @asynccontextmanager
 async def service_process(
-    name: str, env: Mapping[str, str], *, start_timeout: float = 30.0
+    name: str, env: Mapping[str, str], *, module: str = "", start_timeout: float = 30.0
 ) -> AsyncIterator[ServiceProcess]:
-    """Starts the service on 127.0.0.1 port 0 and yields once it says where it listens."""
+    """Starts `python -m services.<name>` (or `module`) on 127.0.0.1 port 0 and yields
+    once it says where it listens."""
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", **env}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        f"services.{name}",
+        module or f"services.{name}",
         cwd=ROOT,
         env=full_env,
         stdout=asyncio.subprocess.PIPE,

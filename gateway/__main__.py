@@ -1,0 +1,68 @@
+"""`python -m gateway`: serves the gateway with Hypercorn, which speaks HTTP/1.1 and
+cleartext HTTP/2 with trailers, so Connect (POST and GET), gRPC-Web, REST and real
+gRPC all work on one port.
+
+pyvoy was tried first: gRPC, gRPC-Web and Connect POST worked, but Connect GET
+requests got an empty reply (pyvoy 1.3.0 raised InvalidStateError in its receive
+path), so it is not the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from gateway.config import GatewayConfig
+from services.common import logs
+
+log = logging.getLogger("shop.gateway")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound here rather than by Hypercorn, so that port 0 tells us the port it got."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def run() -> None:
+    from gateway.app import create_app
+
+    config = GatewayConfig.from_env()
+    sock = listening_socket(config.host, config.port)
+    address = f"{config.host}:{sock.getsockname()[1]}"
+    server_config = Config()
+    server_config.bind = [f"fd://{sock.fileno()}"]
+    server_config.accesslog = None
+    server_config.errorlog = logging.getLogger("hypercorn.error")
+    server_config.graceful_timeout = 5.0
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    app = create_app(config)
+    print(json.dumps({"service": "gateway", "listening": address}), flush=True)
+    log.info("serving", extra={"address": address})
+    await serve(app, server_config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+    log.info("stopped")
+
+
+def main() -> None:
+    logs.configure("gateway")
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+main()

@@ -1,0 +1,41 @@
+"""Gateway settings (GATEWAY_*), with defaults that run on one machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.common.config import DEFAULT_PORTS, env, env_float
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Internal services: name -> address list (`*_SERVICE_ADDR`).
+    upstreams: dict[str, str] = field(default_factory=dict)
+    # Deadline of a forwarded unary call when the client sets none, in seconds.
+    default_timeout: float = 30.0
+    # Request headers passed on to the services, besides the request id and trace context.
+    forward_headers: tuple[str, ...] = ("accept-language",)
+    # Largest request body accepted, in bytes.
+    max_body_bytes: int = 1 << 20
+    cors_origins: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> GatewayConfig:
+        return cls(
+            host=env("HOST", "127.0.0.1"),
+            port=int(env("PORT", "8080")),
+            upstreams={
+                name: env(f"{name.upper()}_SERVICE_ADDR", f"127.0.0.1:{port}")
+                for name, port in DEFAULT_PORTS.items()
+            },
+            default_timeout=env_float("GATEWAY_DEFAULT_TIMEOUT", 30.0),
+            forward_headers=_csv(env("GATEWAY_FORWARD_HEADERS", "accept-language")),
+            max_body_bytes=int(env("GATEWAY_MAX_BODY_BYTES", str(1 << 20))),
+            cors_origins=_csv(env("GATEWAY_CORS_ORIGINS", "")),
+        )

@@ -1,0 +1,120 @@
+"""Connect, gRPC-Web and gRPC: the generated connectrpc applications, each served by a
+forwarder built from the service descriptor (no handler written per RPC)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+from google.protobuf.descriptor import MethodDescriptor
+
+from gateway.config import GatewayConfig
+from gateway.errors import connect_error, internal_status, status_of
+from gateway.registry import PublicService
+from gateway.upstream import REQUEST_ID, CallOptions, Upstreams, call_options, stream
+
+log = logging.getLogger("shop.gateway")
+
+
+class Forwarder:
+    """Stands in for a service implementation: `forwarder.create_user(request, ctx)`
+    forwards CreateUser. Methods are looked up by name, so new RPCs need nothing here."""
+
+    def __init__(self, service: PublicService, upstreams: Upstreams, config: GatewayConfig) -> None:
+        self._config = config
+        self._handlers: dict[str, Callable[..., Any]] = {}
+        for method in service.descriptor.methods:
+            call = upstreams.method(service.upstream, method)
+            key = method.name.lower()
+            self._handlers[key] = (
+                self._server_stream(method, call)
+                if method.server_streaming
+                else self._unary(method, call)
+            )
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        try:
+            return self._handlers[name.replace("_", "").lower()]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def _options(self, ctx: RequestContext[Any, Any], streaming: bool) -> CallOptions:
+        timeout = ctx.timeout_ms / 1000 if ctx.timeout_ms is not None else None
+        if timeout is None and not streaming:
+            timeout = self._config.default_timeout
+        options = call_options(
+            dict(ctx.request_headers.items()), timeout, self._config.forward_headers
+        )
+        ctx.response_headers[REQUEST_ID] = options.request_id
+        return options
+
+    def _unary(self, method: MethodDescriptor, call: Any) -> Callable[..., Any]:
+        async def forward(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+            options = self._options(ctx, streaming=False)
+            return await call(request, timeout=options.timeout, metadata=options.metadata)
+
+        return forward
+
+    def _server_stream(self, method: MethodDescriptor, call: Any) -> Callable[..., Any]:
+        async def forward(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+            options = self._options(ctx, streaming=True)
+            responses = call(request, timeout=options.timeout, metadata=options.metadata)
+            async for response in stream(responses):
+                yield response
+
+        return forward
+
+
+def as_connect_error(error: Exception, ctx: RequestContext[Any, Any]) -> ConnectError:
+    """A service's status as it was sent; anything unexpected as INTERNAL, text withheld."""
+    if isinstance(error, ConnectError):
+        return error
+    if isinstance(error, grpc.aio.AioRpcError):
+        return connect_error(status_of(error))
+    log.error("gateway error", exc_info=error, extra={"rpc_method": ctx.method.name})
+    return connect_error(internal_status())
+
+
+class ErrorInterceptor:
+    """The one place errors are translated, for unary and streaming methods alike."""
+
+    async def intercept_unary(
+        self, call_next: Any, request: Any, ctx: RequestContext[Any, Any]
+    ) -> Any:
+        try:
+            return await call_next(request, ctx)
+        except Exception as error:
+            raise as_connect_error(error, ctx) from None
+
+    async def intercept_server_stream(
+        self, call_next: Any, request: Any, ctx: RequestContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in call_next(request, ctx):
+                yield response
+        except Exception as error:
+            raise as_connect_error(error, ctx) from None
+
+
+def connect_apps(
+    services: list[PublicService], upstreams: Upstreams, config: GatewayConfig
+) -> list[Any]:
+    """One connectrpc ASGI application per public service; each has `.path` to mount at."""
+    return [
+        service.asgi_application(
+            Forwarder(service, upstreams, config),
+            interceptors=[ErrorInterceptor()],
+            read_max_bytes=config.max_body_bytes,
+            # Unknown JSON fields are an error, as they are for the services' own clients.
+            codecs=[
+                google_protobuf_binary_codec(),
+                google_protobuf_json_codec(ignore_unknown_fields=False),
+            ],
+        )
+        for service in services
+    ]

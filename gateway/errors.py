@@ -1,0 +1,57 @@
+"""gRPC statuses from the services, as Connect errors and as HTTP responses.
+
+The service's `google.rpc` details travel unchanged (the same Any bytes), so a
+Connect client sees the BadRequest or ErrorInfo the service sent.
+"""
+
+from __future__ import annotations
+
+import grpc
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError, ErrorDetail
+from google.rpc import code_pb2, status_pb2
+from protobuf.wkt import Any as WireAny
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+# https://github.com/googleapis/googleapis/blob/master/google/rpc/code.proto
+HTTP_STATUS = {
+    code_pb2.OK: 200,
+    code_pb2.CANCELLED: 499,
+    code_pb2.UNKNOWN: 500,
+    code_pb2.INVALID_ARGUMENT: 400,
+    code_pb2.DEADLINE_EXCEEDED: 504,
+    code_pb2.NOT_FOUND: 404,
+    code_pb2.ALREADY_EXISTS: 409,
+    code_pb2.PERMISSION_DENIED: 403,
+    code_pb2.UNAUTHENTICATED: 401,
+    code_pb2.RESOURCE_EXHAUSTED: 429,
+    code_pb2.FAILED_PRECONDITION: 400,
+    code_pb2.ABORTED: 409,
+    code_pb2.OUT_OF_RANGE: 400,
+    code_pb2.UNIMPLEMENTED: 501,
+    code_pb2.INTERNAL: 500,
+    code_pb2.UNAVAILABLE: 503,
+    code_pb2.DATA_LOSS: 500,
+}
+
+
+def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The full status of a failed call, with its details when the service sent them."""
+    for key, value in error.trailing_metadata() or ():
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+
+
+def connect_error(status: status_pb2.Status) -> ConnectError:
+    code = Code[code_pb2.Code.Name(status.code).replace("CANCELLED", "CANCELED")]
+    details = [
+        ErrorDetail(WireAny(type_url=detail.type_url, value=detail.value))
+        for detail in status.details
+    ]
+    return ConnectError(code, status.message, details=details)
+
+
+def internal_status(message: str = "internal error") -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=message)

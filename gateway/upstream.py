@@ -1,0 +1,86 @@
+"""Calls to the internal gRPC services: one long-lived channel per service, the
+caller's deadline, request id, trace context and allowed headers passed on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
+
+from services.common import clients
+
+REQUEST_ID = "x-request-id"
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    timeout: float | None
+    metadata: tuple[tuple[str, str], ...]
+    request_id: str
+
+
+def call_options(
+    headers: Mapping[str, str],
+    timeout: float | None,
+    forward: tuple[str, ...],
+) -> CallOptions:
+    """What goes with a forwarded call; `headers` are the incoming HTTP headers (any case)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    request_id = lowered.get(REQUEST_ID, "").strip()[:128] or uuid.uuid4().hex
+    metadata = [(REQUEST_ID, request_id)]
+    metadata += [(name, lowered[name]) for name in (*TRACE_HEADERS, *forward) if lowered.get(name)]
+    return CallOptions(timeout, tuple(metadata), request_id)
+
+
+class Upstreams:
+    """A channel per internal service, made on first use in the serving event loop
+    (grpc.aio channels belong to the loop they were made in)."""
+
+    def __init__(self, addresses: Mapping[str, str]) -> None:
+        self._addresses = addresses
+        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        key = (service, id(asyncio.get_running_loop()))
+        if key not in self._channels:
+            # No default timeout: the gateway sets every call's deadline itself.
+            self._channels[key] = clients.channel(self._addresses[service], default_timeout=None)
+        return self._channels[key]
+
+    def method(self, upstream: str, method: MethodDescriptor) -> Callable[..., Any]:
+        """A callable like a grpc multicallable: `call(request, timeout=, metadata=)`."""
+        path = f"/{method.containing_service.full_name}/{method.name}"
+        output = message_factory.GetMessageClass(method.output_type)
+
+        def serialize(request: Any) -> bytes:
+            return bytes(request.SerializeToString())
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            channel = self.channel(upstream)
+            kind = channel.unary_stream if method.server_streaming else channel.unary_unary
+            return kind(
+                path, request_serializer=serialize, response_deserializer=output.FromString
+            )(request, **kwargs)
+
+        return call
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+async def stream(call: Any) -> AsyncIterator[Any]:
+    """Iterates a server-streaming call, cancelling it if the consumer stops early."""
+    try:
+        async for response in call:
+            yield response
+    finally:
+        call.cancel()

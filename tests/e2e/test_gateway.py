@@ -1,0 +1,406 @@
+"""The gateway on real HTTP (its own process, Hypercorn) in front of the four services:
+every protocol, the generated clients, buf curl, errors, streams and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from connectrpc.code import Code
+from connectrpc.compat import google_protobuf_json_codec
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
+from google.rpc import error_details_pb2
+
+from services.common.interceptors import Context
+from services.common.server import Runtime
+from services.user.server import SPEC as USER
+from shop.common.v1 import money_pb2
+from shop.notification.v1 import notification_connect, notification_pb2
+from shop.order.v1 import order_connect, order_pb2, order_pb2_grpc
+from shop.product.v1 import product_connect, product_pb2, product_pb2_grpc
+from shop.user.v1 import user_connect, user_pb2, user_pb2_grpc
+from tests.mesh import Mesh, running_mesh
+from tests.processes import service_process
+
+ROOT = Path(__file__).resolve().parents[2]
+BUF = ROOT / ".venv" / "bin" / "buf"
+
+
+@dataclass
+class Stack:
+    mesh: Mesh
+    url: str  # http://127.0.0.1:<port>, the gateway
+
+
+def gateway_env(mesh: Mesh) -> dict[str, str]:
+    env = {f"{name.upper()}_SERVICE_ADDR": f"127.0.0.1:{port}" for name, port in mesh.ports.items()}
+    return {**env, "LOG_LEVEL": "WARNING", "GATEWAY_FORWARD_HEADERS": "accept-language,x-tenant"}
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with (
+        running_mesh(tmp_path) as mesh,
+        service_process("gateway", gateway_env(mesh), module="gateway") as gateway,
+    ):
+        yield Stack(mesh, f"http://{gateway.address}")
+
+
+def curl(*args: str) -> tuple[int, dict[str, Any]]:
+    """curl, as a person would use it; returns the HTTP status and the JSON body."""
+    result = subprocess.run(
+        ["curl", "-s", "-m", "10", "-w", "\n%{http_code}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    body, _, status = result.stdout.rpartition("\n")
+    try:
+        return int(status), json.loads(body)
+    except ValueError:
+        return int(status), {"text": body}
+
+
+async def connect_json(
+    stack: Stack, method: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    return await asyncio.to_thread(
+        curl,
+        "-X",
+        "POST",
+        f"{stack.url}/{method}",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        json.dumps(body),
+    )
+
+
+def money(amount: int) -> money_pb2.Money:
+    return money_pb2.Money(currency_code="EUR", amount_minor=amount)
+
+
+async def test_connect_json_with_curl(stack: Stack) -> None:
+    status, user = await connect_json(
+        stack,
+        "shop.user.v1.UserService/CreateUser",
+        {"email": "curl@example.com", "displayName": "Curl"},
+    )
+    assert status == 200 and user["user"]["email"] == "curl@example.com"
+    status, product = await connect_json(
+        stack,
+        "shop.product.v1.ProductService/CreateProduct",
+        {"name": "Mug", "price": {"currencyCode": "EUR", "amountMinor": "1299"}, "stock": 5},
+    )
+    assert status == 200
+    status, order = await connect_json(
+        stack,
+        "shop.order.v1.OrderService/CreateOrder",
+        {
+            "userId": user["user"]["id"],
+            "idempotencyKey": "curl-1",
+            "items": [{"productId": product["product"]["id"], "quantity": 2}],
+        },
+    )
+    assert status == 200 and order["order"]["total"]["amountMinor"] == "2598"
+    # Side-effect-free methods also answer Connect GET requests.
+    message = json.dumps({"id": order["order"]["id"]})
+    status, fetched = await asyncio.to_thread(
+        curl,
+        "-G",
+        f"{stack.url}/shop.order.v1.OrderService/GetOrder",
+        "--data-urlencode",
+        "connect=v1",
+        "--data-urlencode",
+        "encoding=json",
+        "--data-urlencode",
+        f"message={message}",
+    )
+    assert status == 200 and fetched["order"] == order["order"]
+    assert await stack.mesh.stock_of(product["product"]["id"]) == [3]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "codec"),
+    [
+        (ProtocolType.CONNECT, None),
+        (ProtocolType.CONNECT, google_protobuf_json_codec()),
+        (ProtocolType.GRPC_WEB, None),
+    ],
+    ids=["connect-binary", "connect-json", "grpc-web"],
+)
+async def test_generated_async_client(stack: Stack, protocol: ProtocolType, codec: Any) -> None:
+    options: dict[str, Any] = {"protocol": protocol}
+    if codec is not None:
+        options["codec"] = codec
+    async with (
+        user_connect.UserServiceClient(stack.url, **options) as users,
+        product_connect.ProductServiceClient(stack.url, **options) as products,
+        order_connect.OrderServiceClient(stack.url, **options) as orders,
+    ):
+        user = (
+            await users.create_user(
+                user_pb2.CreateUserRequest(email=f"{uuid.uuid4().hex[:8]}@x.io", display_name="A")
+            )
+        ).user
+        product = (
+            await products.create_product(
+                product_pb2.CreateProductRequest(name="Tea", price=money(450), stock=9)
+            )
+        ).product
+        placed = (
+            await orders.create_order(
+                order_pb2.CreateOrderRequest(
+                    user_id=user.id,
+                    idempotency_key=uuid.uuid4().hex,
+                    items=[order_pb2.CreateOrderItem(product_id=product.id, quantity=3)],
+                )
+            )
+        ).order
+        fetched = (await orders.get_order(order_pb2.GetOrderRequest(id=placed.id))).order
+        assert fetched == placed and placed.total.amount_minor == 1350
+        listed = await orders.list_orders(order_pb2.ListOrdersRequest(user_id=user.id))
+        assert [o.id for o in listed.orders] == [placed.id]
+
+        with pytest.raises(ConnectError) as caught:
+            await users.create_user(user_pb2.CreateUserRequest(email="bad", display_name=""))
+        assert caught.value.code == Code.INVALID_ARGUMENT
+        detail = next(d for d in caught.value.details if d.type_name == "google.rpc.BadRequest")
+        bad_request = error_details_pb2.BadRequest.FromString(detail.message_bytes)
+        assert {v.field for v in bad_request.field_violations} == {"email", "display_name"}
+
+
+async def test_generated_sync_client(stack: Stack) -> None:
+    def flow() -> tuple[order_pb2.Order, order_pb2.Order]:
+        with (
+            user_connect.UserServiceClientSync(stack.url) as users,
+            product_connect.ProductServiceClientSync(stack.url) as products,
+            order_connect.OrderServiceClientSync(stack.url) as orders,
+        ):
+            user = users.create_user(
+                user_pb2.CreateUserRequest(email="sync@x.io", display_name="S")
+            ).user
+            product = products.create_product(
+                product_pb2.CreateProductRequest(name="Pen", price=money(100), stock=2)
+            ).product
+            placed = orders.create_order(
+                order_pb2.CreateOrderRequest(
+                    user_id=user.id,
+                    idempotency_key="sync-1",
+                    items=[order_pb2.CreateOrderItem(product_id=product.id, quantity=2)],
+                )
+            ).order
+            return placed, orders.get_order(order_pb2.GetOrderRequest(id=placed.id)).order
+
+    placed, fetched = await asyncio.to_thread(flow)
+    assert fetched == placed and placed.status == order_pb2.ORDER_STATUS_PLACED
+
+
+async def test_grpcio_stub_pointed_at_the_gateway(stack: Stack) -> None:
+    async with grpc.aio.insecure_channel(stack.url.removeprefix("http://")) as channel:
+        users = user_pb2_grpc.UserServiceStub(channel)
+        products = product_pb2_grpc.ProductServiceStub(channel)
+        orders = order_pb2_grpc.OrderServiceStub(channel)
+        user = (
+            await users.CreateUser(user_pb2.CreateUserRequest(email="grpc@x.io", display_name="G"))
+        ).user
+        product = (
+            await products.CreateProduct(
+                product_pb2.CreateProductRequest(name="Cup", price=money(300), stock=4)
+            )
+        ).product
+        placed = (
+            await orders.CreateOrder(
+                order_pb2.CreateOrderRequest(
+                    user_id=user.id,
+                    idempotency_key="grpc-1",
+                    items=[order_pb2.CreateOrderItem(product_id=product.id, quantity=1)],
+                )
+            )
+        ).order
+        assert (await orders.GetOrder(order_pb2.GetOrderRequest(id=placed.id))).order == placed
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await users.GetUser(user_pb2.GetUserRequest(id="usr_missing"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("buf") / "image.binpb"
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "scripts/protogen.py", "image", str(path)],
+        cwd=ROOT,
+        check=True,
+    )
+    return path
+
+
+def buf_curl(protocol: str, image: Path, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    flags = ["--http2-prior-knowledge"] if protocol == "grpc" else []
+    result = subprocess.run(
+        [
+            str(BUF),
+            "curl",
+            "--protocol",
+            protocol,
+            *flags,
+            "--schema",
+            str(image),
+            "-d",
+            json.dumps(body),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize("protocol", ["connect", "grpcweb", "grpc"])
+async def test_buf_curl(stack: Stack, image: Path, protocol: str) -> None:
+    created = await asyncio.to_thread(
+        buf_curl,
+        protocol,
+        image,
+        f"{stack.url}/shop.user.v1.UserService/CreateUser",
+        {"email": f"{protocol}@buf.io", "displayName": protocol},
+    )
+    user_id = created["user"]["id"]
+    fetched = await asyncio.to_thread(
+        buf_curl, protocol, image, f"{stack.url}/shop.user.v1.UserService/GetUser", {"id": user_id}
+    )
+    assert fetched["user"]["email"] == f"{protocol}@buf.io"
+
+
+async def test_live_notifications_on_a_connect_stream(stack: Stack) -> None:
+    user, product = await stack.mesh.user(), await stack.mesh.product(stock=5)
+    async with notification_connect.NotificationServiceClient(stack.url) as client:
+        stream = client.stream_notifications(
+            notification_pb2.StreamNotificationsRequest(user_id=user.id)
+        )
+        first = asyncio.ensure_future(anext(aiter(stream)))
+        await asyncio.sleep(0.5)  # opened before the order
+        placed = (
+            await stack.mesh.orders.CreateOrder(stack.mesh.order_request(user.id, {product.id: 1}))
+        ).order
+        received = await asyncio.wait_for(first, 5)
+        assert received.notification.order_id == placed.id
+        first.cancel()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"email": "x@y.io", "displayName": "X", "bogus": 1}', "application/json"),
+        (b'{"email": ', "application/json"),
+        (b'{"email": 5, "displayName": "X"}', "application/json"),
+        (b"\xff\xfe garbage", "application/proto"),
+    ],
+    ids=["unknown_field", "malformed_json", "wrong_type", "malformed_proto"],
+)
+async def test_bad_bodies_are_400_invalid_argument_and_write_nothing(
+    stack: Stack, body: bytes, content_type: str
+) -> None:
+    path = stack.mesh.data_dir / "body.bin"
+    path.write_bytes(body)
+    status, error = await asyncio.to_thread(
+        curl,
+        "-X",
+        "POST",
+        f"{stack.url}/shop.user.v1.UserService/CreateUser",
+        "-H",
+        f"content-type: {content_type}",
+        "--data-binary",
+        f"@{path}",
+    )
+    assert (status, error["code"]) == (400, "invalid_argument")
+    listed = await stack.mesh.users.ListUsers(user_pb2.ListUsersRequest())
+    assert list(listed.users) == []
+
+
+async def test_internal_services_are_not_exposed(stack: Stack) -> None:
+    for method in (
+        "shop.product.v1.ProductInternalService/ReserveStock",
+        "shop.user.v1.UserInternalService/ValidateUser",
+        "shop.order.v1.OrderInternalService/StreamOrderEvents",
+    ):
+        status, _ = await connect_json(stack, method, {})
+        assert status == 404, method
+
+
+class SlowUsers(user_pb2_grpc.UserServiceServicer):
+    """A user service whose GetUser takes 10 s, and which notes what it was sent."""
+
+    CreateUser = ListUsers = UpdateUser = None  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.metadata: dict[str, str] = {}
+        self.time_remaining: float | None = None
+
+    async def GetUser(
+        self, request: user_pb2.GetUserRequest, context: Context
+    ) -> user_pb2.GetUserResponse:
+        self.metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        self.time_remaining = context.time_remaining()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return user_pb2.GetUserResponse()
+
+
+async def test_deadline_and_headers_reach_the_service_and_expiry_cancels_it(tmp_path: Path) -> None:
+    slow = SlowUsers()
+
+    def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
+        user_pb2_grpc.add_UserServiceServicer_to_server(slow, server)
+        return ["shop.user.v1.UserService"]
+
+    async with running_mesh(tmp_path) as mesh:
+        await mesh.stop("user")
+        await mesh.start("user", replace(USER, register=register))
+        async with service_process("gateway", gateway_env(mesh), module="gateway") as gateway:
+            started = time.monotonic()
+            status, error = await asyncio.to_thread(
+                curl,
+                "-X",
+                "POST",
+                f"http://{gateway.address}/shop.user.v1.UserService/GetUser",
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "connect-timeout-ms: 50",
+                "-H",
+                "x-request-id: req-123",
+                "-H",
+                "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "-H",
+                "x-tenant: acme",
+                "-H",
+                "x-secret: not-forwarded",
+                "-d",
+                '{"id": "usr_1"}',
+            )
+            elapsed = time.monotonic() - started
+            assert (status, error["code"]) == (504, "deadline_exceeded"), error
+            assert elapsed < 1.0, f"took {elapsed:.2f} s"
+            await asyncio.wait_for(slow.cancelled.wait(), 2)
+            assert slow.time_remaining is not None and slow.time_remaining <= 0.05
+            assert slow.metadata["x-request-id"] == "req-123"
+            assert slow.metadata["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+            assert slow.metadata["x-tenant"] == "acme"
+            assert "x-secret" not in slow.metadata
