@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from gateway.config import GatewayConfig
 from gateway.connect import connect_apps
 from gateway.registry import public_services
+from gateway.rest import RestRouter
 from gateway.upstream import Upstreams
 
 CONNECT_HEADERS = (
@@ -50,6 +51,12 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
     services = public_services()
     routes: list[BaseRoute] = [Route("/healthz", _healthz)]
     routes += [Mount(app.path, app=app) for app in connect_apps(services, upstreams, config)]
+    rest = RestRouter(services, upstreams, config)
+    prefixes = sorted({r.template.template.split("/")[1] for r in rest.routes})
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    routes += [
+        Route(f"/{prefix}/{{rest:path}}", rest.handle, methods=methods) for prefix in prefixes
+    ]
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:

@@ -8,8 +8,8 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,46 +29,12 @@ from shop.notification.v1 import notification_connect, notification_pb2
 from shop.order.v1 import order_connect, order_pb2, order_pb2_grpc
 from shop.product.v1 import product_connect, product_pb2, product_pb2_grpc
 from shop.user.v1 import user_connect, user_pb2, user_pb2_grpc
-from tests.mesh import Mesh, running_mesh
+from tests.e2e.conftest import Stack, curl, gateway_env
+from tests.mesh import running_mesh
 from tests.processes import service_process
 
 ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / ".venv" / "bin" / "buf"
-
-
-@dataclass
-class Stack:
-    mesh: Mesh
-    url: str  # http://127.0.0.1:<port>, the gateway
-
-
-def gateway_env(mesh: Mesh) -> dict[str, str]:
-    env = {f"{name.upper()}_SERVICE_ADDR": f"127.0.0.1:{port}" for name, port in mesh.ports.items()}
-    return {**env, "LOG_LEVEL": "WARNING", "GATEWAY_FORWARD_HEADERS": "accept-language,x-tenant"}
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    async with (
-        running_mesh(tmp_path) as mesh,
-        service_process("gateway", gateway_env(mesh), module="gateway") as gateway,
-    ):
-        yield Stack(mesh, f"http://{gateway.address}")
-
-
-def curl(*args: str) -> tuple[int, dict[str, Any]]:
-    """curl, as a person would use it; returns the HTTP status and the JSON body."""
-    result = subprocess.run(
-        ["curl", "-s", "-m", "10", "-w", "\n%{http_code}", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    body, _, status = result.stdout.rpartition("\n")
-    try:
-        return int(status), json.loads(body)
-    except ValueError:
-        return int(status), {"text": body}
 
 
 async def connect_json(

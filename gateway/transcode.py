@@ -1,0 +1,240 @@
+"""HTTP/JSON -> Protobuf request building for REST routes (google.api.http rules).
+
+Path templates (`/v1/products/{product.id}`, verbs like `:cancel`), query
+parameters (nested and repeated fields, JSON or original field names), and
+`body: "*"` or a single body field. A value bound by the path can't be changed
+by the query or the body: such a request is refused, never applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import json_format, message
+from google.protobuf.descriptor import FieldDescriptor
+
+from services.common.errors import FieldViolation, InvalidArgument
+
+_VARIABLE = re.compile(r"\{([a-zA-Z0-9_.]+)(?:=([^}]*))?\}")
+_INTEGER_KINDS = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
+
+
+@dataclass(frozen=True)
+class PathTemplate:
+    """A compiled google.api.http path template."""
+
+    template: str
+    pattern: re.Pattern[str]
+    variables: tuple[str, ...]  # field paths, in order
+
+    @classmethod
+    def parse(cls, template: str) -> PathTemplate:
+        regex, variables, last = "", [], 0
+        for index, match in enumerate(_VARIABLE.finditer(template)):
+            regex += re.escape(template[last : match.start()])
+            segments = match.group(2) or "*"
+            part = "/".join(
+                "[^/]+?" if s == "*" else ".+?" if s == "**" else re.escape(s)
+                for s in segments.split("/")
+            )
+            regex += f"(?P<v{index}>{part})"
+            variables.append(match.group(1))
+            last = match.end()
+        regex += re.escape(template[last:])
+        return cls(template, re.compile(f"^{regex}$"), tuple(variables))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        found = self.pattern.match(path)
+        if found is None:
+            return None
+        return {name: found.group(f"v{i}") for i, name in enumerate(self.variables)}
+
+    @property
+    def specificity(self) -> int:
+        """Literal characters: more specific templates are tried first."""
+        return len(_VARIABLE.sub("", self.template))
+
+
+def field_by_name(descriptor: Any, name: str) -> FieldDescriptor | None:
+    """A field by its proto name or its JSON name."""
+    field: FieldDescriptor | None = descriptor.fields_by_name.get(name)
+    if field is not None:
+        return field
+    return next((f for f in descriptor.fields if f.json_name == name), None)
+
+
+def _convert(field: FieldDescriptor, raw: str, where: str) -> Any:
+    try:
+        kind = field.type
+        if kind == FieldDescriptor.TYPE_STRING:
+            return raw
+        if kind == FieldDescriptor.TYPE_BOOL:
+            if raw.lower() in ("true", "1"):
+                return True
+            if raw.lower() in ("false", "0"):
+                return False
+            raise ValueError("not a boolean")
+        if kind in _INTEGER_KINDS:
+            low, high = _INTEGER_KINDS[kind]
+            value = int(raw)
+            if not low <= value <= high:
+                raise ValueError("out of range")
+            return value
+        if kind in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+            return float(raw)
+        if kind == FieldDescriptor.TYPE_BYTES:
+            return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        if kind == FieldDescriptor.TYPE_ENUM:
+            enum = field.enum_type
+            assert enum is not None
+            value_by_name = enum.values_by_name.get(raw)
+            if value_by_name is not None:
+                return value_by_name.number
+            number = int(raw)
+            if number not in enum.values_by_number:
+                raise ValueError("unknown enum value")
+            return number
+    except ValueError as error:
+        raise InvalidArgument.of(
+            where, f"{raw!r} is not a valid {_type_name(field)}: {error}"
+        ) from None
+    raise InvalidArgument.of(where, f"cannot be set from a URL ({_type_name(field)})")
+
+
+def _type_name(field: FieldDescriptor) -> str:
+    if field.message_type is not None:
+        return field.message_type.full_name
+    if field.enum_type is not None:
+        return field.enum_type.full_name
+    return {v: k for k, v in vars(FieldDescriptor).items() if k.startswith("TYPE_")}[field.type][
+        5:
+    ].lower()
+
+
+def _resolve(msg: message.Message, path: str) -> tuple[message.Message, FieldDescriptor, str]:
+    """The message holding the last field of a dotted path, the field, and its proto path."""
+    parts = path.split(".")
+    names = []
+    for depth, part in enumerate(parts):
+        field = field_by_name(msg.DESCRIPTOR, part)
+        if field is None:
+            raise InvalidArgument.of(path, "no such field")
+        names.append(field.name)
+        if depth == len(parts) - 1:
+            return msg, field, ".".join(names)
+        if field.type != FieldDescriptor.TYPE_MESSAGE or field.is_repeated:
+            raise InvalidArgument.of(path, f"{field.name} has no fields")
+        msg = getattr(msg, field.name)
+    raise AssertionError("unreachable")
+
+
+def proto_path(descriptor: Any, path: str) -> str:
+    """`product.id` or `product.id` in JSON names, as the proto field path."""
+    names = []
+    for part in path.split("."):
+        field = field_by_name(descriptor, part)
+        if field is None:
+            return path
+        names.append(field.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            descriptor = field.message_type
+    return ".".join(names)
+
+
+def set_values(msg: message.Message, path: str, raws: Sequence[str]) -> None:
+    holder, field, name = _resolve(msg, path)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if len(raws) != 1 or field.is_repeated:
+            raise InvalidArgument.of(name, "cannot be set from a URL (a message)")
+        try:  # well-known types with a string form: Timestamp, Duration, FieldMask, wrappers
+            json_format.ParseDict(raws[0], getattr(holder, field.name))  # type: ignore[arg-type]
+        except json_format.ParseError as error:
+            raise InvalidArgument.of(name, str(error)) from None
+        return
+    values = [_convert(field, raw, name) for raw in raws]
+    if field.is_repeated:
+        getattr(holder, field.name).extend(values)
+    elif len(values) > 1:
+        raise InvalidArgument.of(name, "is not repeated but was given more than once")
+    else:
+        setattr(holder, field.name, values[0])
+
+
+def get_value(msg: message.Message, path: str) -> Any:
+    holder, field, _ = _resolve(msg, path)
+    if field.type == FieldDescriptor.TYPE_MESSAGE and not holder.HasField(field.name):
+        return None
+    return getattr(holder, field.name)
+
+
+def parse_json(raw: bytes, target: message.Message) -> dict[str, Any]:
+    """Fills `target` from a JSON object (unknown fields refused); returns the object."""
+    try:
+        document = json.loads(raw or b"{}")
+        if not isinstance(document, dict):
+            raise InvalidArgument.of("body", "must be a JSON object")
+        json_format.ParseDict(document, target, ignore_unknown_fields=False)
+    except (ValueError, json_format.ParseError) as error:
+        if isinstance(error, InvalidArgument):
+            raise
+        raise InvalidArgument.of("body", f"is not valid: {error}") from None
+    return document
+
+
+def build_request(
+    msg: message.Message,
+    *,
+    path_values: Mapping[str, str],
+    query: Iterable[tuple[str, str]],
+    body: str,
+    raw_body: bytes,
+) -> dict[str, Any] | None:
+    """Fills the request message; returns the JSON body object when there was one."""
+    document = None
+    if body == "*":
+        document = parse_json(raw_body, msg)
+    elif body:
+        holder, field, _ = _resolve(msg, body)
+        document = parse_json(raw_body, getattr(holder, field.name))
+
+    bound = {proto_path(msg.DESCRIPTOR, p) for p in path_values}
+    if body != "*":
+        grouped: dict[str, list[str]] = {}
+        for key, value in query:
+            grouped.setdefault(key, []).append(value)
+        for key, values in grouped.items():
+            if proto_path(msg.DESCRIPTOR, key) in bound:
+                raise InvalidArgument.of(key, "is given by the URL path and cannot be set again")
+            set_values(msg, key, values)
+
+    violations = []
+    for path, value in path_values.items():
+        current = get_value(msg, path)
+        if current not in (None, "", 0) and str(current) != value:
+            violations.append(
+                FieldViolation(
+                    proto_path(msg.DESCRIPTOR, path),
+                    "is given by the URL path and cannot be changed by the body",
+                )
+            )
+    if violations:
+        raise InvalidArgument(violations)
+    for path, value in path_values.items():
+        set_values(msg, path, [value])
+    return document
