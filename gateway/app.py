@@ -6,17 +6,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from google.rpc import code_pb2, status_pb2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from gateway import docs, openapi
 from gateway.config import GatewayConfig
 from gateway.connect import connect_apps
 from gateway.registry import public_services
-from gateway.rest import RestRouter
+from gateway.rest import RestRouter, status_response
 from gateway.upstream import Upstreams
 
 CONNECT_HEADERS = (
@@ -52,6 +54,17 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
     routes: list[BaseRoute] = [Route("/healthz", _healthz)]
     routes += [Mount(app.path, app=app) for app in connect_apps(services, upstreams, config)]
     rest = RestRouter(services, upstreams, config)
+    spec = openapi.document(rest.routes)
+
+    async def openapi_json(_: Request) -> JSONResponse:
+        return JSONResponse(spec)
+
+    routes += [
+        Route("/openapi.json", openapi_json),
+        Route("/docs", docs.page),
+        Route("/docs/init.js", docs.init_script),
+        Mount(docs.ASSETS, app=docs.assets),
+    ]
     prefixes = sorted({r.template.template.split("/")[1] for r in rest.routes})
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     routes += [
@@ -75,7 +88,25 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
                 max_age=7200,
             )
         )
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _not_allowed},
+    )
+
+
+async def _not_found(request: Request, _: Exception) -> Response:
+    """Every answer is JSON, even for paths no route matches."""
+    message = f"no route for {request.method} {request.url.path}"
+    return status_response(status_pb2.Status(code=code_pb2.NOT_FOUND, message=message))
+
+
+async def _not_allowed(request: Request, _: Exception) -> Response:
+    message = f"{request.method} is not allowed for {request.url.path}"
+    response = status_response(status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=message))
+    response.status_code = 405
+    return response
 
 
 async def _healthz(_: Request) -> JSONResponse:

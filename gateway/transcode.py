@@ -57,7 +57,7 @@ class PathTemplate:
             variables.append(match.group(1))
             last = match.end()
         regex += re.escape(template[last:])
-        return cls(template, re.compile(f"^{regex}$"), tuple(variables))
+        return cls(template, re.compile(f"^{regex}$", re.DOTALL), tuple(variables))
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self.pattern.match(path)

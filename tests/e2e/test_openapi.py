@@ -1,0 +1,151 @@
+"""The OpenAPI document, the docs page, CORS, and a bounded schemathesis run."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Stack, curl, gateway_env
+from tests.mesh import running_mesh
+from tests.processes import service_process
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_openapi_describes_every_rest_route(stack: Stack) -> None:
+    status, spec = await asyncio.to_thread(curl, f"{stack.url}/openapi.json")
+    assert status == 200 and spec["openapi"] == "3.1.0"
+    paths = spec["paths"]
+    assert set(paths["/v1/users"]) == {"get", "post"}
+    assert "patch" in paths["/v1/products/{id}"] and "get" in paths["/v1/products/{id}"]
+    assert set(paths["/v1/orders"]) == {"get", "post"}  # CreateOrder, and ListOrders' extra binding
+    stream = paths["/v1/users/{user_id}/notifications:stream"]["get"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    schemas = spec["components"]["schemas"]
+    create_user = schemas["shop.user.v1.CreateUserRequest"]
+    assert create_user["required"] == ["email", "displayName"]
+    assert create_user["properties"]["email"] == {
+        "type": "string",
+        "format": "email",
+        "maxLength": 254,
+    }
+    page_size = next(p for p in paths["/v1/users"]["get"]["parameters"] if p["name"] == "pageSize")
+    assert (page_size["schema"]["minimum"], page_size["schema"]["maximum"]) == (1, 1000)
+    money = schemas["shop.common.v1.Money"]["properties"]
+    assert "EUR" in money["currencyCode"]["enum"] and money["amountMinor"]["type"] == "string"
+    assert schemas["shop.user.v1.User"]["properties"]["createTime"]["format"] == "date-time"
+    assert paths["/v1/users"]["post"]["responses"]["default"]["content"]["application/json"][
+        "schema"
+    ] == {"$ref": "#/components/schemas/google.rpc.Status"}
+
+
+async def test_docs_page_is_served_without_a_cdn(stack: Stack) -> None:
+    def fetch(path: str) -> tuple[int, dict[str, str], bytes]:
+        with urllib.request.urlopen(f"{stack.url}{path}", timeout=10) as response:
+            return (
+                response.status,
+                {k.lower(): v for k, v in response.headers.items()},
+                response.read(),
+            )
+
+    status, headers, body = await asyncio.to_thread(fetch, "/docs")
+    assert status == 200
+    assert headers["content-security-policy"].startswith("default-src 'self'")
+    assert headers["x-frame-options"] == "DENY"
+    page = body.decode()
+    assert "https://" not in page and "/docs/assets/swagger-ui-bundle.js" in page
+    status, _, script = await asyncio.to_thread(fetch, "/docs/assets/swagger-ui-bundle.js")
+    assert status == 200 and len(script) > 100_000
+
+
+@pytest.fixture
+async def cors_gateway(tmp_path: Path) -> AsyncIterator[str]:
+    async with running_mesh(tmp_path) as mesh:
+        env = {**gateway_env(mesh), "GATEWAY_CORS_ORIGINS": "http://shop.test"}
+        async with service_process("gateway", env, module="gateway") as gateway:
+            yield f"http://{gateway.address}"
+
+
+async def test_cors_allows_configured_origins_and_exposes_grpc_headers(cors_gateway: str) -> None:
+    def preflight(origin: str) -> str:
+        return subprocess.run(
+            [
+                "curl",
+                "-s",
+                "-i",
+                "-X",
+                "OPTIONS",
+                f"{cors_gateway}/shop.user.v1.UserService/CreateUser",
+                "-H",
+                f"origin: {origin}",
+                "-H",
+                "access-control-request-method: POST",
+                "-H",
+                "access-control-request-headers: content-type,connect-protocol-version,x-grpc-web",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.lower()
+
+    allowed = await asyncio.to_thread(preflight, "http://shop.test")
+    assert "access-control-allow-origin: http://shop.test" in allowed
+    assert "connect-protocol-version" in allowed and "x-grpc-web" in allowed
+    refused = await asyncio.to_thread(preflight, "http://evil.test")
+    assert "access-control-allow-origin" not in refused
+    simple = await asyncio.to_thread(
+        subprocess.run,
+        [
+            "curl",
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            f"{cors_gateway}/shop.user.v1.UserService/GetUser",
+            "-H",
+            "origin: http://shop.test",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            '{"id": "usr_x"}',
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        "grpc-status-details-bin"
+        in simple.stdout.lower().split("access-control-expose-headers:")[1].splitlines()[0]
+    )
+
+
+async def test_schemathesis_finds_no_server_error_and_no_schema_break(stack: Stack) -> None:
+    """A bounded fuzz run over every REST operation but the endless streams."""
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(ROOT / ".venv" / "bin" / "schemathesis"),
+            "run",
+            f"{stack.url}/openapi.json",
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+            "--exclude-path-regex",
+            ":stream$",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "10",
+            "--phases",
+            "examples,fuzzing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1].lower()
