@@ -62,7 +62,8 @@ class _Wrapping(grpc.aio.ServerInterceptor):
 
 
 def _code_name(context: Context, error: BaseException | None) -> str:
-    if isinstance(error, asyncio.CancelledError):
+    # A cancelled call's context may already be torn down: don't touch it.
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return "CANCELLED"
     code = context.code()
     if code is None:
@@ -73,7 +74,9 @@ def _code_name(context: Context, error: BaseException | None) -> str:
 class AccessLogInterceptor(_Wrapping):
     """One JSON line per RPC: method, status code, duration, peer (trace ids via the log filter)."""
 
-    def _log(self, method: str, context: Any, started: float, error: BaseException | None) -> None:
+    def _log(
+        self, method: str, context: Any, peer: str, started: float, error: BaseException | None
+    ) -> None:
         code = _code_name(context, error)
         log.info(
             "rpc",
@@ -81,13 +84,14 @@ class AccessLogInterceptor(_Wrapping):
                 "rpc_method": method,
                 "grpc_code": code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                "peer": context.peer(),
+                "peer": peer,
             },
         )
 
     def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
         async def logged(request: Any, context: Context) -> Any:
             started = time.perf_counter()
+            peer = context.peer()  # read while the call is alive
             error: BaseException | None = None
             try:
                 return await behaviour(request, context)
@@ -95,13 +99,14 @@ class AccessLogInterceptor(_Wrapping):
                 error = exc
                 raise
             finally:
-                self._log(method, context, started, error)
+                self._log(method, context, peer, started, error)
 
         return logged
 
     def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
         async def logged(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            peer = context.peer()  # read while the call is alive
             error: BaseException | None = None
             try:
                 async for response in behaviour(request, context):
@@ -110,7 +115,7 @@ class AccessLogInterceptor(_Wrapping):
                 error = exc
                 raise
             finally:
-                self._log(method, context, started, error)
+                self._log(method, context, peer, started, error)
 
         return logged
 

@@ -212,7 +212,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def buf_curl(protocol: str, image: Path, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    flags = ["--http2-prior-knowledge"] if protocol == "grpc" else []
+    protocol, _, transport = protocol.partition("-")
+    flags = ["--http2-prior-knowledge"] if protocol == "grpc" or transport == "h2" else []
     result = subprocess.run(
         [
             str(BUF),
@@ -234,20 +235,20 @@ def buf_curl(protocol: str, image: Path, url: str, body: dict[str, Any]) -> dict
     return dict(json.loads(result.stdout))
 
 
-@pytest.mark.parametrize("protocol", ["connect", "grpcweb", "grpc"])
+@pytest.mark.parametrize("protocol", ["connect", "connect-h2", "grpcweb", "grpcweb-h2", "grpc"])
 async def test_buf_curl(stack: Stack, image: Path, protocol: str) -> None:
     created = await asyncio.to_thread(
         buf_curl,
         protocol,
         image,
         f"{stack.url}/shop.user.v1.UserService/CreateUser",
-        {"email": f"{protocol}@buf.io", "displayName": protocol},
+        {"email": f"{protocol.replace('-', '')}@buf.io", "displayName": protocol},
     )
     user_id = created["user"]["id"]
     fetched = await asyncio.to_thread(
         buf_curl, protocol, image, f"{stack.url}/shop.user.v1.UserService/GetUser", {"id": user_id}
     )
-    assert fetched["user"]["email"] == f"{protocol}@buf.io"
+    assert fetched["user"]["email"] == f"{protocol.replace('-', '')}@buf.io"
 
 
 async def test_live_notifications_on_a_connect_stream(stack: Stack) -> None:
@@ -370,3 +371,44 @@ async def test_deadline_and_headers_reach_the_service_and_expiry_cancels_it(tmp_
             assert slow.metadata["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
             assert slow.metadata["x-tenant"] == "acme"
             assert "x-secret" not in slow.metadata
+
+
+async def wait_until(condition: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("client", ["connect", "sse"])
+async def test_a_client_going_away_cancels_the_internal_stream(stack: Stack, client: str) -> None:
+    from services.notification.hub import Hub
+
+    hub = stack.mesh.services["notification"].runtime.components["hub"]
+    assert isinstance(hub, Hub)
+    user = await stack.mesh.user()
+    if client == "connect":
+        body = json.dumps({"userId": user.id}).encode()
+        envelope = stack.mesh.data_dir / "envelope.bin"
+        envelope.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+        command = [
+            "curl",
+            "-s",
+            "-N",
+            "-X",
+            "POST",
+            f"{stack.url}/shop.notification.v1.NotificationService/StreamNotifications",
+            "-H",
+            "content-type: application/connect+json",
+            "--data-binary",
+            f"@{envelope}",
+        ]
+    else:
+        command = ["curl", "-s", "-N", f"{stack.url}/v1/users/{user.id}/notifications:stream"]
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+    try:
+        await wait_until(lambda: hub.open_streams == 1)
+    finally:
+        process.kill()
+        await process.wait()
+    await wait_until(lambda: hub.open_streams == 0)
