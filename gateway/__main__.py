@@ -46,6 +46,10 @@ async def run() -> None:
     server_config.accesslog = None
     server_config.errorlog = logging.getLogger("hypercorn.error")
     server_config.graceful_timeout = 5.0
+    # gRPC and Connect clients keep one connection for many calls: don't close it after
+    # Hypercorn's default 1000 requests (clients that ignore GOAWAY then fail) or 5 idle s.
+    server_config.keep_alive_max_requests = 1_000_000
+    server_config.keep_alive_timeout = 75.0
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

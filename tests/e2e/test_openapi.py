@@ -146,6 +146,7 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_break(stack: Sta
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=stack.mesh.data_dir,  # its cache stays out of the repository
     )
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1].lower()
