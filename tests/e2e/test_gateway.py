@@ -372,6 +372,18 @@ async def test_deadline_and_headers_reach_the_service_and_expiry_cancels_it(tmp_
             assert slow.metadata["x-tenant"] == "acme"
             assert "x-secret" not in slow.metadata
 
+            # The same over gRPC: the grpc-timeout header bounds the forwarded call.
+            slow.cancelled.clear()
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await user_pb2_grpc.UserServiceStub(channel).GetUser(
+                        user_pb2.GetUserRequest(id="usr_1"), timeout=0.05
+                    )
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert time.monotonic() - started < 1.0
+            await asyncio.wait_for(slow.cancelled.wait(), 2)
+
 
 async def wait_until(condition: Any, within: float = 5.0) -> None:
     deadline = time.monotonic() + within
