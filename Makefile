@@ -1,15 +1,15 @@
-# Shop mesh: make run | make test | make gen | make lint | make buf-breaking | make lock
+# Shop mesh: make run | make test | make gen | make lint | make buf-breaking | make bench | make lock
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test gen lint check-gen buf-lint buf-breaking clean
+.PHONY: install lock run test gen lint check-gen buf-lint buf-breaking bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -17,7 +17,7 @@ install: $(STAMP)
 ## lock: re-pin every installed package (after changing pyproject.toml's pins)
 lock:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	{ echo "# Every package of the dev environment, pinned: 'make lock' rewrites it."; \
 	  echo "# 'make install' uses it as pip constraints, so every machine gets the same set."; \
 	  $(BIN)/pip freeze --exclude-editable; } > requirements.lock
@@ -55,6 +55,12 @@ buf-lint: $(STAMP)
 AGAINST ?= HEAD~1
 buf-breaking: $(STAMP)
 	bash scripts/buf_breaking.sh $(AGAINST)
+
+## bench: both tiers against a bare grpc.aio baseline and a FastAPI peer (a few minutes)
+bench: $(STAMP)
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq wrk nghttp2-client; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

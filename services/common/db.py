@@ -3,7 +3,8 @@
 SQLite (aiosqlite, the embedded default) gets WAL, a busy timeout and foreign
 keys, and write transactions that start with BEGIN IMMEDIATE so that two
 writers queue on the busy timeout instead of failing on a lock upgrade.
-PostgreSQL (asyncpg) runs the same models and queries unchanged.
+Reads on SQLite skip BEGIN (autocommit). PostgreSQL (asyncpg) runs the same
+models and queries unchanged.
 """
 
 from __future__ import annotations
@@ -61,8 +62,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Any) -> None:
-        mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        # Writes begin IMMEDIATE. Reads run in autocommit (each statement is its own
+        # snapshot): no BEGIN, so a read costs one trip to the driver's thread, not two.
+        mode = connection.get_execution_options().get("sqlite_begin")
+        if mode is not None:
+            connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def create_engine(url: str) -> AsyncEngine:
