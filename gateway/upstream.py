@@ -62,12 +62,19 @@ class Upstreams:
         def serialize(request: Any) -> bytes:
             return bytes(request.SerializeToString())
 
+        callables: dict[int, Any] = {}  # one multicallable per event loop, made once
+
         def call(request: Any, **kwargs: Any) -> Any:
-            channel = self.channel(upstream)
-            kind = channel.unary_stream if method.server_streaming else channel.unary_unary
-            return kind(
-                path, request_serializer=serialize, response_deserializer=output.FromString
-            )(request, **kwargs)
+            loop = id(asyncio.get_running_loop())
+            multicallable = callables.get(loop)
+            if multicallable is None:
+                channel = self.channel(upstream)
+                kind = channel.unary_stream if method.server_streaming else channel.unary_unary
+                multicallable = kind(
+                    path, request_serializer=serialize, response_deserializer=output.FromString
+                )
+                callables[loop] = multicallable
+            return multicallable(request, **kwargs)
 
         return call
 
