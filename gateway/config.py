@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import DEFAULT_PORTS, env, env_float
+from services.common.config import env, env_float, service_addresses
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -30,10 +30,7 @@ class GatewayConfig:
         return cls(
             host=env("HOST", "127.0.0.1"),
             port=int(env("PORT", "8080")),
-            upstreams={
-                name: env(f"{name.upper()}_SERVICE_ADDR", f"127.0.0.1:{port}")
-                for name, port in DEFAULT_PORTS.items()
-            },
+            upstreams=service_addresses(),
             default_timeout=env_float("GATEWAY_DEFAULT_TIMEOUT", 30.0),
             forward_headers=_csv(env("GATEWAY_FORWARD_HEADERS", "accept-language")),
             max_body_bytes=int(env("GATEWAY_MAX_BODY_BYTES", str(1 << 20))),

@@ -17,6 +17,14 @@ def env(name: str, default: str) -> str:
     return value or default
 
 
+def service_addresses() -> dict[str, str]:
+    """Every service's address list, from `<NAME>_SERVICE_ADDR` or its default port."""
+    return {
+        name: env(f"{name.upper()}_SERVICE_ADDR", f"127.0.0.1:{port}")
+        for name, port in DEFAULT_PORTS.items()
+    }
+
+
 def env_float(name: str, default: float) -> float:
     raw = env(name, str(default))
     try:
@@ -76,8 +84,5 @@ class ServiceConfig:
             broker_url=env("BROKER_URL", ""),
             event_stream=env("EVENT_STREAM", "SHOP"),
             event_subject_prefix=env("EVENT_SUBJECT_PREFIX", "shop"),
-            peers={
-                peer: env(f"{peer.upper()}_SERVICE_ADDR", f"127.0.0.1:{port}")
-                for peer, port in DEFAULT_PORTS.items()
-            },
+            peers=service_addresses(),
         )
