@@ -1,10 +1,10 @@
-# Shop mesh: make run | make test | make gen | make lint | make buf-breaking | make bench | make lock
+# Shop mesh: make run | make test | make gen | make lint | make buf-breaking | make bench | make load | make lock
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test gen lint check-gen buf-lint buf-breaking bench clean
+.PHONY: install lock run test gen lint check-gen buf-lint buf-breaking bench load clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq wrk nghttp2-client; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## load: the traffic mix against a running mesh (make run first); LOAD_ARGS="--rate 50"
+load: $(STAMP)
+	$(BIN)/python -m bench.loadgen $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""The traffic-mix load generator, run as a user runs it, against the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.conftest import Stack
+
+
+async def test_traffic_mix_runs_every_operation_without_errors(
+    stack: Stack, tmp_path: Path
+) -> None:
+    out = tmp_path / "load.json"
+    # Not subprocess.run: the mesh serves from this test's event loop.
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--target",
+        stack.url,
+        "--rate",
+        "40",
+        "--duration",
+        "3",
+        "--report-every",
+        "1",
+        "--stream-hold",
+        "0.5",
+        "--users",
+        "3",
+        "--catalogue",
+        "4",
+        "--mix",
+        "browse=10,view=5,order=3,list=2,stream=2",
+        "--json",
+        str(out),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = (part.decode() for part in await asyncio.wait_for(child.communicate(), 60))
+    assert child.returncode == 0, stderr
+    summary = json.loads(out.read_text())
+    operations = summary["operations"]
+    assert set(operations) == {"browse", "view", "order", "list", "stream"}
+    for name, figures in operations.items():
+        assert figures["errors"] == {}, (name, figures)
+        assert figures["ok"] + figures["unmeasured"] > 0, name
+    # Reports came while it ran, and the table at the end names every operation.
+    assert stderr.count("in flight") >= 2
+    assert all(f"| {name} |" in stdout for name in operations)
+    # Every order the generator counted as placed is in the order service, and no other.
+    placed = await stack.mesh.sql("order", "SELECT count(*) FROM orders WHERE status = 'PLACED'")
+    assert placed == operations["order"]["ok"]
+    assert await stack.mesh.sql("product", "SELECT count(*) FROM products") == 4
+
+
+def test_bad_mix_is_refused_with_a_clear_message() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", "--mix", "browse=10,checkout=1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "bad mix entry 'checkout=1'" in run.stderr
