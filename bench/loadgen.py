@@ -145,7 +145,9 @@ class Shop:
     async def place_order(self) -> None:
         items = [
             order_pb2.CreateOrderItem(product_id=product_id, quantity=random.randint(1, 3))
-            for product_id in random.sample(self.product_ids, random.randint(1, 3))
+            for product_id in random.sample(
+                self.product_ids, random.randint(1, min(3, len(self.product_ids)))
+            )
         ]
         await self.orders.create_order(
             order_pb2.CreateOrderRequest(

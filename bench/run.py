@@ -215,7 +215,13 @@ async def notification_latency(gateway: str, user_id: str, product_id: str, orde
     )
 
 
-async def measure(seconds: float, notify_orders: int) -> list[Figures]:
+def wanted(name: str, only: set[str]) -> bool:
+    """`--only 2,3a,5,notify` picks scenarios by their number; empty picks all."""
+    key = "notify" if name.startswith("order ->") else name.split()[0]
+    return not only or key in only or key.rstrip("abc") in only
+
+
+async def measure(seconds: float, notify_orders: int, only: set[str]) -> list[Figures]:
     from shop.product.v1 import product_pb2
 
     figures: list[Figures] = []
@@ -267,16 +273,21 @@ async def measure(seconds: float, notify_orders: int) -> list[Figures]:
                         partial(wrk, f"http://{mesh['gateway']}/v1/orders", orders),
                     ),
                 ]
-                plans += [(name, partial(tool, name, level, seconds)) for name, tool in scenarios]
+                plans += [
+                    (name, partial(tool, name, level, seconds))
+                    for name, tool in scenarios
+                    if wanted(name, only)
+                ]
+            notify = wanted("order -> notification", only)
+            total = len(plans) + notify
             for index, (name, run) in enumerate(plans, 1):
-                say(f"({index}/{len(plans) + 1}) {name}")
+                say(f"({index}/{total}) {name}")
                 figures.append(await run())
-            say(
-                f"({len(plans) + 1}/{len(plans) + 1}) order -> notification, {notify_orders} orders"
-            )
-            figures.append(
-                await notification_latency(mesh["gateway"], user_id, product_id, notify_orders)
-            )
+            if notify:
+                say(f"({total}/{total}) order -> notification, {notify_orders} orders")
+                figures.append(
+                    await notification_latency(mesh["gateway"], user_id, product_id, notify_orders)
+                )
             say("stopping everything")
     return figures
 
@@ -286,24 +297,34 @@ def _find(figures: list[Figures], prefix: str, level: int) -> Figures:
 
 
 def ratios(figures: list[Figures]) -> dict[str, float]:
-    peer = _find(figures, "4 ", 64)
-    internal = _find(figures, "2 ", 64)
-    return {
-        "internal GetProduct / FastAPI peer (64 in flight)": internal.rps / peer.rps,
-        "gateway Connect-JSON GetProduct / FastAPI peer (64 in flight)": _find(
-            figures, "3a", 64
-        ).rps
-        / peer.rps,
-        "gateway p50 - direct gRPC p50 at 1 in flight (ms)": _find(figures, "3a", 1).p50_ms
-        - _find(figures, "2 ", 1).p50_ms,
-        "CreateOrder / internal GetProduct (64 in flight)": _find(figures, "5 ", 64).rps
-        / internal.rps,
-        "order-to-notification p99 (ms)": next(
-            f for f in figures if f.scenario.startswith("order ->")
-        ).p99_ms,
-        "internal GetProduct / bare grpc.aio baseline (64 in flight)": internal.rps
-        / _find(figures, "1 ", 64).rps,
+    """The goal ratios, each one whose scenarios were measured in this run."""
+
+    def rps(prefix: str) -> float:
+        return _find(figures, prefix, 64).rps
+
+    def p50(prefix: str) -> float:
+        return _find(figures, prefix, 1).p50_ms
+
+    def p99(prefix: str) -> float:
+        return next(f for f in figures if f.scenario.startswith(prefix)).p99_ms
+
+    formulas: dict[str, Callable[[], float]] = {
+        "internal GetProduct / FastAPI peer (64 in flight)": lambda: rps("2 ") / rps("4 "),
+        "gateway Connect-JSON GetProduct / FastAPI peer (64 in flight)": (
+            lambda: rps("3a") / rps("4 ")
+        ),
+        "gateway p50 - direct gRPC p50 at 1 in flight (ms)": lambda: p50("3a") - p50("2 "),
+        "CreateOrder / internal GetProduct (64 in flight)": lambda: rps("5 ") / rps("2 "),
+        "order-to-notification p99 (ms)": lambda: p99("order ->"),
+        "internal GetProduct / bare grpc.aio baseline (64 in flight)": (
+            lambda: rps("2 ") / rps("1 ")
+        ),
     }
+    computed = {}
+    for name, formula in formulas.items():
+        with contextlib.suppress(StopIteration):
+            computed[name] = formula()
+    return computed
 
 
 def versions() -> dict[str, str]:
@@ -362,8 +383,14 @@ def main() -> None:
     parser.add_argument(
         "--orders", type=int, default=200, help="orders for the notification latency"
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="scenarios to run, by number: e.g. 2,3a,5,notify (default: all)",
+    )
     args = parser.parse_args()
-    figures = asyncio.run(measure(args.seconds, args.orders))
+    only = {part.strip() for part in args.only.split(",") if part.strip()}
+    figures = asyncio.run(measure(args.seconds, args.orders, only))
     computed = ratios(figures)
     info = versions()
     report = table(figures, computed, info)

@@ -20,7 +20,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from gateway.config import GatewayConfig
-from services.common import logs
+from services.common import eventloop, logs
 
 log = logging.getLogger("shop.gateway")
 
@@ -64,7 +64,7 @@ async def run() -> None:
 def main() -> None:
     logs.configure("gateway")
     try:
-        asyncio.run(run())
+        eventloop.run(run())
     except KeyboardInterrupt:
         sys.exit(130)
 

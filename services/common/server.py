@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from services.common import logs, migrate, telemetry
+from services.common import eventloop, logs, migrate, telemetry
 from services.common.config import ServiceConfig
 from services.common.db import Database
 from services.common.interceptors import (
@@ -225,6 +225,6 @@ def main(spec: ServiceSpec) -> None:
     logs.configure(spec.name, config.log_level)
     telemetry.configure(spec.name)
     try:
-        asyncio.run(_serve(spec))
+        eventloop.run(_serve(spec))
     except KeyboardInterrupt:
         sys.exit(130)
