@@ -20,7 +20,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from gateway.config import GatewayConfig
-from services.common import eventloop, logs
+from services.common import eventloop, logs, telemetry
 
 log = logging.getLogger("shop.gateway")
 
@@ -63,10 +63,12 @@ async def run() -> None:
 
 def main() -> None:
     logs.configure("gateway")
+    telemetry.configure("gateway")
     try:
         eventloop.run(run())
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from gateway import docs, openapi
 from gateway.config import GatewayConfig
 from gateway.connect import connect_apps
+from gateway.observability import GatewayMetrics, RequestMetrics, traced
 from gateway.registry import public_services
 from gateway.rest import RestRouter, status_response
 from gateway.upstream import Upstreams
@@ -49,9 +50,14 @@ EXPOSED_HEADERS = (
 
 def create_app(config: GatewayConfig | None = None) -> Starlette:
     config = config or GatewayConfig.from_env()
-    upstreams = Upstreams(config.upstreams)
+    upstreams = Upstreams(config.upstreams, config.breaker)
     services = public_services()
-    routes: list[BaseRoute] = [Route("/healthz", _healthz)]
+    metrics = GatewayMetrics(
+        f"/{service.descriptor.full_name}/{method.name}"
+        for service in services
+        for method in service.descriptor.methods
+    )
+    routes: list[BaseRoute] = [Route("/healthz", _healthz), Route("/metrics", metrics.endpoint)]
     routes += [Mount(app.path, app=app) for app in connect_apps(services, upstreams, config)]
     rest = RestRouter(services, upstreams, config)
     spec = openapi.document(rest.routes)
@@ -76,7 +82,8 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         yield
         await upstreams.close()
 
-    middleware = []
+    # Outermost first: the request span, then the metrics (which see CORS answers too).
+    middleware = [Middleware(traced), Middleware(RequestMetrics, metrics=metrics)]
     if config.cors_origins:
         middleware.append(
             Middleware(

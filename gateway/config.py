@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.common.config import env, env_float, service_addresses
+from services.common.config import (
+    BreakerSettings,
+    env,
+    env_float,
+    service_addresses,
+)
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -24,6 +29,7 @@ class GatewayConfig:
     # Largest request body accepted, in bytes.
     max_body_bytes: int = 1 << 20
     cors_origins: tuple[str, ...] = ()
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -35,4 +41,5 @@ class GatewayConfig:
             forward_headers=_csv(env("GATEWAY_FORWARD_HEADERS", "accept-language")),
             max_body_bytes=int(env("GATEWAY_MAX_BODY_BYTES", str(1 << 20))),
             cors_origins=_csv(env("GATEWAY_CORS_ORIGINS", "")),
+            breaker=BreakerSettings.from_env(),
         )

@@ -25,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.config import GatewayConfig
 from gateway.errors import HTTP_STATUS, internal_status, status_of
+from gateway.observability import ROUTE_KEY
 from gateway.registry import PublicService
 from gateway.transcode import PathTemplate, build_request, field_by_name
 from gateway.upstream import REQUEST_ID, Upstreams, call_options, stream
@@ -172,6 +173,8 @@ class RestRouter:
             if route.verb != verb and not (verb == "HEAD" and route.verb == "GET"):
                 allowed.append(route.verb)
                 continue
+            # For the request metrics: the route, never the raw path with its ids.
+            request.scope[ROUTE_KEY] = f"{route.verb} {route.template.template}"
             return await self._serve(route, values, request)
         if allowed:
             methods = ", ".join(sorted(set(allowed)))

@@ -1,5 +1,6 @@
 """Calls to the internal gRPC services: one long-lived channel per service, the
-caller's deadline, request id, trace context and allowed headers passed on."""
+caller's deadline, request id and allowed headers passed on (the trace context
+is added by the channel's OpenTelemetry interceptor)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
 from services.common import clients
+from services.common.config import BreakerSettings
 
 REQUEST_ID = "x-request-id"
-TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def call_options(
     lowered = {k.lower(): v for k, v in headers.items()}
     request_id = lowered.get(REQUEST_ID, "").strip()[:128] or uuid.uuid4().hex
     metadata = [(REQUEST_ID, request_id)]
-    metadata += [(name, lowered[name]) for name in (*TRACE_HEADERS, *forward) if lowered.get(name)]
+    metadata += [(name, lowered[name]) for name in forward if lowered.get(name)]
     return CallOptions(timeout, tuple(metadata), request_id)
 
 
@@ -43,15 +44,21 @@ class Upstreams:
     """A channel per internal service, made on first use in the serving event loop
     (grpc.aio channels belong to the loop they were made in)."""
 
-    def __init__(self, addresses: Mapping[str, str]) -> None:
+    def __init__(self, addresses: Mapping[str, str], breaker: BreakerSettings) -> None:
         self._addresses = addresses
+        self._breaker = breaker
         self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
 
     def channel(self, service: str) -> grpc.aio.Channel:
         key = (service, id(asyncio.get_running_loop()))
         if key not in self._channels:
             # No default timeout: the gateway sets every call's deadline itself.
-            self._channels[key] = clients.channel(self._addresses[service], default_timeout=None)
+            self._channels[key] = clients.channel(
+                self._addresses[service],
+                peer=service,
+                default_timeout=None,
+                breaker=self._breaker,
+            )
         return self._channels[key]
 
     def method(self, upstream: str, method: MethodDescriptor) -> Callable[..., Any]:

@@ -42,10 +42,13 @@ class Mesh:
     services: dict[str, RunningService] = field(default_factory=dict)
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # Peer name -> address list used instead of the in-process service (replicas run apart).
+    peer_addresses: dict[str, str] = field(default_factory=dict)
 
     def config(self, name: str) -> ServiceConfig:
         base = ServiceConfig.from_env(name, 0)
         peers = {peer: f"127.0.0.1:{port}" for peer, port in self.ports.items()}
+        peers.update(self.peer_addresses)
         return replace(
             base,
             host="127.0.0.1",

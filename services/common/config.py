@@ -25,6 +25,27 @@ def service_addresses() -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class BreakerSettings:
+    """A peer's circuit opens after `threshold` failed calls in a row, for `reset_after` s."""
+
+    threshold: int = 5
+    reset_after: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> BreakerSettings:
+        return cls(
+            threshold=int(env_float("BREAKER_THRESHOLD", 5)),
+            reset_after=env_float("BREAKER_RESET_SECONDS", 2.0),
+        )
+
+
+def metrics_port(grpc_or_http_port: int) -> int:
+    """METRICS_PORT, or the serving port + 1000 (any free port when that is 0)."""
+    default = grpc_or_http_port + 1000 if grpc_or_http_port else 0
+    return int(env_float("METRICS_PORT", default))
+
+
 def env_float(name: str, default: float) -> float:
     raw = env(name, str(default))
     try:
@@ -58,6 +79,9 @@ class ServiceConfig:
     event_subject_prefix: str = "shop"
     # Peer service name -> address list, from `<NAME>_SERVICE_ADDR`.
     peers: Mapping[str, str] = field(default_factory=dict)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    # Prometheus /metrics over HTTP; None: not served (in-process test meshes).
+    metrics_port: int | None = None
 
     def peer(self, name: str) -> str:
         return self.peers.get(name) or f"127.0.0.1:{DEFAULT_PORTS[name]}"
@@ -85,4 +109,6 @@ class ServiceConfig:
             event_stream=env("EVENT_STREAM", "SHOP"),
             event_subject_prefix=env("EVENT_SUBJECT_PREFIX", "shop"),
             peers=service_addresses(),
+            breaker=BreakerSettings.from_env(),
+            metrics_port=metrics_port(int(port_raw)),
         )

@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
+from services.common import telemetry
+
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -86,6 +88,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_engine(url)
+        telemetry.trace_database(self.engine.sync_engine)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         writer = (
             self.engine.execution_options(sqlite_begin="IMMEDIATE")
@@ -109,6 +112,10 @@ class Database:
         """Raises if the database cannot answer a trivial query."""
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+
+    def connections_in_use(self) -> int:
+        """Pooled connections checked out now (for the metrics)."""
+        return int(getattr(self.engine.pool, "checkedout", lambda: 0)())
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 
 from services.common import deadline, validation
 from services.common.errors import DomainError, internal_status
+from services.common.metrics import Metrics
 
 log = logging.getLogger("shop.rpc")
 
@@ -72,18 +73,24 @@ def _code_name(context: Context, error: BaseException | None) -> str:
 
 
 class AccessLogInterceptor(_Wrapping):
-    """One JSON line per RPC: method, status code, duration, peer (trace ids via the log filter)."""
+    """Per RPC, the request metrics and one JSON line: method, status code, duration,
+    peer (trace ids via the log filter)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
 
     def _log(
         self, method: str, context: Any, peer: str, started: float, error: BaseException | None
     ) -> None:
         code = _code_name(context, error)
+        seconds = time.perf_counter() - started
+        self._metrics.observe_rpc(method, code, seconds)
         log.info(
             "rpc",
             extra={
                 "rpc_method": method,
                 "grpc_code": code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "duration_ms": round(seconds * 1000, 3),
                 "peer": peer,
             },
         )

@@ -32,6 +32,7 @@ from services.common.interceptors import (
     ErrorInterceptor,
     ValidationInterceptor,
 )
+from services.common.metrics import Metrics
 from services.common.pagination import PageTokens
 
 log = logging.getLogger("shop.server")
@@ -56,6 +57,9 @@ class Runtime:
     closers: list[Callable[[], object]] = field(default_factory=list)
     # The service's main parts by name, for metrics, health and tests to look at.
     components: dict[str, object] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=lambda: Metrics("service"))
+    # Where /metrics is served (0: not served).
+    metrics_port: int = 0
 
 
 # Adds the servicers to the server and returns the full names of the services added.
@@ -134,10 +138,19 @@ async def _watch_readiness(
         await asyncio.sleep(interval)
 
 
-def interceptors() -> list[grpc.aio.ServerInterceptor]:
+# Peers ping idle connections every 10 s (services.common.clients): allow it.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+]
+
+
+def interceptors(metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
     return [
         aio_server_interceptor(),  # type: ignore[no-untyped-call]
-        AccessLogInterceptor(),
+        AccessLogInterceptor(metrics),
         ErrorInterceptor(),
         DeadlineInterceptor(),
         ValidationInterceptor(),
@@ -148,9 +161,16 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
     """Starts the service and returns once it listens and its readiness is known."""
     db = Database(config.database_url)
     await migrate.upgrade(db, spec.migrations, spec.name)
-    runtime = Runtime(config=config, db=db, page_tokens=PageTokens(config.page_token_secret))
-
-    server = grpc.aio.server(interceptors=interceptors())
+    runtime = Runtime(
+        config=config,
+        db=db,
+        page_tokens=PageTokens(config.page_token_secret),
+        metrics=Metrics(spec.name),
+    )
+    runtime.metrics.gauge(
+        "db_pool_connections_in_use", "Database connections checked out.", db.connections_in_use
+    )
+    server = grpc.aio.server(interceptors=interceptors(runtime.metrics), options=SERVER_OPTIONS)
     names = list(spec.register(server, runtime))
     for hook in runtime.startup:
         await hook()
@@ -181,6 +201,9 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
         asyncio.create_task(_watch_readiness(db, health_servicer, names, config.health_interval)),
         *(asyncio.create_task(_supervised(loop)) for loop in runtime.background),
     ]
+    if config.metrics_port is not None:
+        runtime.metrics_port = runtime.metrics.serve(config.host, config.metrics_port)
+        runtime.closers.insert(0, runtime.metrics.close)
     return RunningService(server, port, runtime, health_servicer, tasks)
 
 
@@ -200,7 +223,13 @@ async def _serve(spec: ServiceSpec) -> None:
     config = ServiceConfig.from_env(spec.name, spec.default_port)
     running = await start(spec, config)
     # One machine-readable line on stdout says where the service listens (PORT=0 picks a port).
-    print(json.dumps({"service": spec.name, "listening": running.address}), flush=True)
+    metrics = (
+        f"{config.host}:{running.runtime.metrics_port}" if running.runtime.metrics_port else ""
+    )
+    print(
+        json.dumps({"service": spec.name, "listening": running.address, "metrics": metrics}),
+        flush=True,
+    )
     log.info("serving", extra={"address": running.address, "database": _redacted(config)})
 
     stopping = asyncio.Event()

@@ -85,6 +85,23 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
         runtime.db, CONSUMER, notifications.handle, ProcessedEventRow, ConsumerPositionRow
     )
     runtime.components.update(consumer=consumer, hub=hub, notifications=notifications)
+    metrics = runtime.metrics
+    metrics.gauge(
+        "notification_open_streams", "Open StreamNotifications calls.", lambda: hub.open_streams
+    )
+    metrics.gauge(
+        "event_consumer_lag_seconds",
+        "Seconds from commit to apply of the last order event received.",
+        lambda: consumer.lag_seconds,
+    )
+    metrics.gauge(
+        "event_consumer_applied", "Order events applied since start.", lambda: consumer.applied
+    )
+    metrics.gauge(
+        "event_consumer_duplicates",
+        "Order events received again and skipped since start.",
+        lambda: consumer.duplicates,
+    )
     if config.broker_url:
 
         def consume_from(bus: Bus) -> None:

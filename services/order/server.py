@@ -65,7 +65,7 @@ class OrderInternalServicer(order_internal_pb2_grpc.OrderInternalServiceServicer
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
     config = runtime.config
-    peers = Peers(config.peer("user"), config.peer("product"))
+    peers = Peers(config.peer("user"), config.peer("product"), config.breaker)
     feed = Feed(runtime.db)
 
     async def published() -> None:
@@ -82,6 +82,14 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
         connect_on_start(runtime, "shop-order", publish_to)
 
     runtime.components.update(orders=orders, relay=relay, feed=feed)
+    runtime.metrics.gauge(
+        "outbox_backlog_events", "Committed events not yet published.", lambda: relay.backlog
+    )
+    runtime.metrics.gauge(
+        "outbox_oldest_unsent_age_seconds",
+        "Age of the oldest committed event not yet published (0 when none).",
+        relay.oldest_unsent_age,
+    )
     runtime.background += [relay.run, orders.run_sweeper]
     runtime.closers.append(peers.close)
     order_pb2_grpc.add_OrderServiceServicer_to_server(OrderServicer(orders), server)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,3 +50,31 @@ def curl(*args: str) -> tuple[int, dict[str, Any]]:
         return int(status), json.loads(body)
     except ValueError:
         return int(status), {"text": body}
+
+
+@asynccontextmanager
+async def gateway_in_process(mesh: Mesh) -> AsyncIterator[str]:
+    """The gateway app served by Hypercorn in this event loop (for tests that need its
+    spans or its state in this process); yields its base URL."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from gateway.__main__ import listening_socket
+    from gateway.app import create_app
+    from gateway.config import GatewayConfig
+
+    upstreams = {name: f"127.0.0.1:{port}" for name, port in mesh.ports.items()}
+    app = create_app(GatewayConfig(upstreams={**upstreams, **mesh.peer_addresses}))
+    sock = listening_socket("127.0.0.1", 0)
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.graceful_timeout = 1.0
+    stopping = asyncio.Event()
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=stopping.wait))  # type: ignore[arg-type]
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        stopping.set()
+        await asyncio.wait_for(server, 10)
+        sock.detach()  # Hypercorn closed the descriptor it was given

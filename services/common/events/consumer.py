@@ -20,6 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Database
 from services.common.events.envelope import Event
+from services.common.events.tracing import age_seconds, consuming
 from services.common.times import utcnow
 
 log = logging.getLogger("shop.consumer")
@@ -61,6 +62,8 @@ class Consumer:
         # Counters since start: events applied here, and deliveries recognised as repeats.
         self.applied = 0
         self.duplicates = 0
+        # Seconds from commit to apply of the last event applied or seen again.
+        self.lag_seconds = 0.0
 
     async def position(self) -> int:
         async with self._db.read() as session:
@@ -69,6 +72,14 @@ class Consumer:
 
     async def apply(self, event: Event, *, position: int | None = None) -> bool:
         """Applies the event unless it was applied before; True when applied now."""
+        with consuming(event, self.name):
+            applied = await self._apply(event, position)
+        age = age_seconds(event)
+        if age is not None:
+            self.lag_seconds = age
+        return applied
+
+    async def _apply(self, event: Event, position: int | None) -> bool:
         after_commit = None
         try:
             async with self._db.write() as session:

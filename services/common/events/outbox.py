@@ -16,7 +16,7 @@ import contextlib
 import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -35,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Database
 from services.common.events.envelope import Event
+from services.common.events.tracing import CREATE_TIME, publishing
 from services.common.times import utcnow
 
 log = logging.getLogger("shop.outbox")
@@ -62,9 +63,14 @@ class OutboxMixin:
             event_id=self.event_id,
             subject=self.subject,
             payload=self.payload,
-            headers=dict(self.headers or {}),
+            headers={**(self.headers or {}), CREATE_TIME: _as_utc(self.create_time).isoformat()},
             sequence=self.position or 0,
         )
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite gives back naive datetimes; they were written in UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Sink(Protocol):
@@ -99,6 +105,14 @@ class Relay:
         self._wakeup = asyncio.Event()
         self._on_published = on_published
         self._local = asyncio.Lock()
+        # As of the last pass, for the metrics: events not yet published, and the oldest.
+        self.backlog = 0
+        self.oldest_unsent: datetime | None = None
+
+    def oldest_unsent_age(self) -> float:
+        if self.oldest_unsent is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - _as_utc(self.oldest_unsent)).total_seconds())
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -135,11 +149,17 @@ class Relay:
             published: list[int] = []
             try:
                 for row in rows:
-                    await self.sink.publish(row.to_event())
+                    with publishing(row.to_event()) as event:
+                        await self.sink.publish(event)
                     published.append(row.id)
             finally:
                 if published:
                     await self._stamp(published)
+                unsent = rows[len(published) :]
+                self.oldest_unsent = unsent[0].create_time if unsent else None
+                self.backlog = len(unsent)
+            if len(rows) == BATCH:
+                self.backlog = await backlog(self._db, model)
         if published:
             log.debug("published", extra={"count": len(published)})
         return len(published)
