@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shop.order.v1 import order_connect
 from shop.user.v1 import user_connect, user_pb2
+from tests.conftest import require
 from tests.e2e.conftest import gateway_in_process
 from tests.mesh import Mesh, running_mesh
 from tests.rpc import fails
@@ -87,9 +88,20 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.fixture(params=["embedded", "nats"])
+async def any_transport_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Mesh]:
+    broker = ""
+    if request.param == "nats":
+        require("127.0.0.1", 4222, "NATS")
+        broker = "nats://127.0.0.1:4222"
+    async with running_mesh(tmp_path, broker) as running:
+        yield running
+
+
 async def test_one_create_order_through_the_gateway_is_one_connected_trace(
-    mesh: Mesh, spans: InMemorySpanExporter
+    any_transport_mesh: Mesh, spans: InMemorySpanExporter
 ) -> None:
+    mesh = any_transport_mesh
     user = await mesh.user()
     product = await mesh.product(stock=5)
     async with gateway_in_process(mesh) as url:
@@ -135,6 +147,9 @@ async def test_one_create_order_through_the_gateway_is_one_connected_trace(
     assert len(publish) == 1 and len(process) == 1
     consumed, published = dict(process[0].attributes or {}), dict(publish[0].attributes or {})
     assert consumed["messaging.message.id"] == published["messaging.message.id"]
+    if mesh.broker_url:  # through NATS, the processing is a child of the publish
+        assert process[0].parent is not None
+        assert process[0].parent.span_id == publish[0].context.span_id
     # The notification's own database write happens inside the consumer span.
     inside = [s for s in database if s.parent and s.parent.span_id == process[0].context.span_id]
     assert inside, "no database span under the consumer span"
