@@ -238,8 +238,11 @@ class LoadRun:
         # Let what was started finish: unary calls within their deadline, streams after their hold.
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=max(self.shop.timeout_ms / 1000, 1) + 1)
-        for task in self.tasks:
+        leftovers = list(self.tasks)
+        for task in leftovers:
             task.cancel()
+        # Wait for the cancelled calls to unwind before the clients close under them.
+        await asyncio.gather(*leftovers, return_exceptions=True)
         return window
 
     def report(self, elapsed: float) -> None:

@@ -122,7 +122,13 @@ async def uvicorn_peer(data_dir: Path) -> AsyncIterator[str]:
 
 async def start_mesh(stack: AsyncExitStack, data_dir: Path) -> dict[str, str]:
     addresses: dict[str, str] = {}
-    env = {"DATA_DIR": str(data_dir), "PORT": "0", "LOG_LEVEL": "WARNING"}
+    # No per-client rate limit: the load tools call from one address on purpose.
+    env = {
+        "DATA_DIR": str(data_dir),
+        "PORT": "0",
+        "LOG_LEVEL": "WARNING",
+        "GATEWAY_RATE_LIMIT": "0",
+    }
     for name in ("user", "product", "order", "notification", "gateway"):
         peers = {f"{peer.upper()}_SERVICE_ADDR": address for peer, address in addresses.items()}
         module = "gateway" if name == "gateway" else f"services.{name}"

@@ -18,6 +18,7 @@ from gateway import docs, openapi
 from gateway.config import GatewayConfig
 from gateway.connect import connect_apps
 from gateway.observability import GatewayMetrics, RequestMetrics, traced
+from gateway.ratelimit import RateLimit
 from gateway.registry import public_services
 from gateway.rest import RestRouter, status_response
 from gateway.upstream import Upstreams
@@ -83,7 +84,23 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         await upstreams.close()
 
     # Outermost first: the request span, then the metrics (which see CORS answers too).
-    middleware = [Middleware(traced), Middleware(RequestMetrics, metrics=metrics)]
+    streaming = [
+        f"/{service.descriptor.full_name}/{method.name}"
+        for service in services
+        for method in service.descriptor.methods
+        if method.server_streaming
+    ]
+    middleware = [
+        Middleware(traced),
+        Middleware(RequestMetrics, metrics=metrics),
+        Middleware(
+            RateLimit,
+            rate=config.rate_limit,
+            burst=config.rate_burst,
+            max_streams=config.max_streams_per_client,
+            streaming_paths=streaming,
+        ),
+    ]
     if config.cors_origins:
         middleware.append(
             Middleware(

@@ -30,6 +30,11 @@ class GatewayConfig:
     max_body_bytes: int = 1 << 20
     cors_origins: tuple[str, ...] = ()
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    # Requests a second per client (user, else address), with bursts up to rate_burst;
+    # 0 turns the limit off. And the streams one client may hold open.
+    rate_limit: float = 100.0
+    rate_burst: float = 200.0
+    max_streams_per_client: int = 16
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -42,4 +47,7 @@ class GatewayConfig:
             max_body_bytes=int(env("GATEWAY_MAX_BODY_BYTES", str(1 << 20))),
             cors_origins=_csv(env("GATEWAY_CORS_ORIGINS", "")),
             breaker=BreakerSettings.from_env(),
+            rate_limit=env_float("GATEWAY_RATE_LIMIT", 100.0),
+            rate_burst=env_float("GATEWAY_RATE_BURST", 200.0),
+            max_streams_per_client=int(env_float("GATEWAY_MAX_STREAMS_PER_CLIENT", 16)),
         )

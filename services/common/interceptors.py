@@ -160,6 +160,17 @@ class ErrorInterceptor(_Wrapping):
         return mapped
 
 
+async def _abort_at_deadline(context: Context) -> None:
+    try:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        # The call had already ended (the client's deadline passed at the same moment):
+        # there is no status left to send, so end the handler as cancelled.
+        raise asyncio.CancelledError from None
+
+
 class DeadlineInterceptor(_Wrapping):
     """Bounds the handler by the caller's deadline and records it for outgoing calls."""
 
@@ -172,7 +183,7 @@ class DeadlineInterceptor(_Wrapping):
                     return await behaviour(request, context)
             except TimeoutError:
                 if bound.expired():
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                    await _abort_at_deadline(context)
                 raise
             finally:
                 deadline.reset_deadline(token)
@@ -189,7 +200,7 @@ class DeadlineInterceptor(_Wrapping):
                         yield response
             except TimeoutError:
                 if bound.expired():
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                    await _abort_at_deadline(context)
                 raise
             finally:
                 deadline.reset_deadline(token)
