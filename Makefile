@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test gen lint check-gen buf-lint buf-breaking bench load clean
+.PHONY: install lock run test gen lint check-gen buf-lint buf-breaking bench load token clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq wrk nghttp2-client; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## token: a development token (make run's key): make -s token USER_ID=usr_... [ROLES=admin]
+token: $(STAMP)
+	@test -n "$(USER_ID)" || { echo "usage: make -s token USER_ID=usr_... [ROLES=admin]" >&2; exit 2; }
+	@$(BIN)/python -m services.common.auth token --user "$(USER_ID)" --roles "$(ROLES)"
 
 ## load: the traffic mix against a running mesh (make run first); LOAD_ARGS="--rate 50"
 load: $(STAMP)

@@ -27,11 +27,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from services.common.auth import mint
 from shop.common.v1 import money_pb2
 from shop.notification.v1 import notification_connect, notification_pb2
 from shop.order.v1 import order_connect, order_pb2
@@ -92,8 +94,12 @@ class OpStats:
 class Shop:
     """The clients, and the users and products the traffic picks from."""
 
-    def __init__(self, target: str, timeout_ms: int, stream_hold: float) -> None:
+    def __init__(
+        self, target: str, timeout_ms: int, stream_hold: float, signing_key: bytes
+    ) -> None:
         self.target = target
+        self._signing_key = signing_key
+        self._tokens: dict[str, dict[str, str]] = {}
         self.timeout_ms = timeout_ms
         self.stream_hold = stream_hold
         self.users = user_connect.UserServiceClient(target, timeout_ms=timeout_ms)
@@ -102,6 +108,13 @@ class Shop:
         self.notifications = notification_connect.NotificationServiceClient(target)
         self.user_ids: list[str] = []
         self.product_ids: list[str] = []
+
+    def as_user(self, user_id: str, roles: tuple[str, ...] = ()) -> dict[str, str]:
+        """Headers that sign the call in as `user_id` (a token signed with --signing-key)."""
+        if user_id not in self._tokens:
+            token = mint(self._signing_key, user_id, roles, ttl=24 * 3600)
+            self._tokens[user_id] = {"authorization": f"Bearer {token}"}
+        return self._tokens[user_id]
 
     async def close(self) -> None:
         for client in (self.users, self.products, self.orders, self.notifications):
@@ -123,7 +136,9 @@ class Shop:
                 price=money_pb2.Money(currency_code="EUR", amount_minor=100 + 50 * index),
                 stock=1_000_000_000,
             )
-            self.product_ids.append((await self.products.create_product(product)).product.id)
+            admin = self.as_user("usr_loadgen_admin", ("admin",))
+            reply = await self.products.create_product(product, headers=admin)
+            self.product_ids.append(reply.product.id)
 
     def operations(self) -> dict[str, Callable[[], Awaitable[float | None]]]:
         return {
@@ -149,17 +164,17 @@ class Shop:
                 self.product_ids, random.randint(1, min(3, len(self.product_ids)))
             )
         ]
-        await self.orders.create_order(
-            order_pb2.CreateOrderRequest(
-                user_id=random.choice(self.user_ids),
-                idempotency_key=uuid.uuid4().hex,
-                items=items,
-            )
+        user_id = random.choice(self.user_ids)
+        request = order_pb2.CreateOrderRequest(
+            user_id=user_id, idempotency_key=uuid.uuid4().hex, items=items
         )
+        await self.orders.create_order(request, headers=self.as_user(user_id))
 
     async def list_orders(self) -> None:
+        user_id = random.choice(self.user_ids)
         await self.orders.list_orders(
-            order_pb2.ListOrdersRequest(user_id=random.choice(self.user_ids), page_size=20)
+            order_pb2.ListOrdersRequest(user_id=user_id, page_size=20),
+            headers=self.as_user(user_id),
         )
 
     async def open_stream(self) -> float | None:
@@ -168,12 +183,13 @@ class Shop:
         Returns the time to its first message (unread ones are replayed at once), or
         None when nothing arrived while it was open.
         """
-        request = notification_pb2.StreamNotificationsRequest(user_id=random.choice(self.user_ids))
+        user_id = random.choice(self.user_ids)
+        request = notification_pb2.StreamNotificationsRequest(user_id=user_id)
         started = time.perf_counter()
         first: float | None = None
         try:
             async for _ in self.notifications.stream_notifications(
-                request, timeout_ms=int(self.stream_hold * 1000)
+                request, timeout_ms=int(self.stream_hold * 1000), headers=self.as_user(user_id)
             ):
                 if first is None:
                     first = (time.perf_counter() - started) * 1000
@@ -299,7 +315,7 @@ def render(summary: dict[str, Any]) -> str:
 
 
 async def generate(args: argparse.Namespace) -> dict[str, Any]:
-    shop = Shop(args.target, args.timeout_ms, args.stream_hold)
+    shop = Shop(args.target, args.timeout_ms, args.stream_hold, args.signing_key.read_bytes())
     try:
         await shop.prepare(args.users, args.catalogue)
         load = LoadRun(shop, args.mix, args.rate, args.max_in_flight)
@@ -322,6 +338,12 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("--users", type=int, default=USERS)
     options.add_argument("--catalogue", type=int, default=CATALOGUE_SIZE)
     options.add_argument("--json", help="write the summary here as JSON")
+    options.add_argument(
+        "--signing-key",
+        type=Path,
+        default=Path(os.environ.get("DATA_DIR", "./var")) / "dev-keys" / "private.pem",
+        help="EC private key (PEM) the gateway trusts; default: make run's development key",
+    )
     return options
 
 

@@ -161,8 +161,9 @@ def lua_binary_request(body: bytes, content_type: str) -> str:
     )
 
 
-def lua_create_orders(user_id: str, product_id: str, run: str) -> str:
-    """Every request a new order: its own idempotency key (run, thread, counter)."""
+def lua_create_orders(user_id: str, product_id: str, run: str, token: str) -> str:
+    """Every request a new order: its own idempotency key (run, thread, counter),
+    signed in as `user_id`."""
     return f"""
 local thread_count = 0
 function setup(thread)
@@ -175,6 +176,7 @@ request = function()
   local body = string.format(
     '{{"userId":"{user_id}","idempotencyKey":"{run}-%d-%d","items":[{{"productId":"{product_id}","quantity":1}}]}}',
     tag, counter)
-  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, body)
+  local headers = {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {token}"}}
+  return wrk.format("POST", nil, headers, body)
 end
 """

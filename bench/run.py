@@ -138,7 +138,14 @@ async def start_mesh(stack: AsyncExitStack, data_dir: Path) -> dict[str, str]:
     return addresses
 
 
-async def seed(gateway: str) -> tuple[str, str]:
+def signed_in(data_dir: Path, user_id: str, roles: tuple[str, ...] = ()) -> str:
+    """A token from the development key the mesh made in its data directory."""
+    from services.common.auth import mint
+
+    return mint((data_dir / "dev-keys" / "private.pem").read_bytes(), user_id, roles)
+
+
+async def seed(gateway: str, data_dir: Path) -> tuple[str, str]:
     """A user and a product with plenty of stock, through the gateway."""
     from shop.common.v1 import money_pb2
     from shop.product.v1 import product_connect, product_pb2
@@ -161,25 +168,30 @@ async def seed(gateway: str) -> tuple[str, str]:
                     name="Mug",
                     price=money_pb2.Money(currency_code="EUR", amount_minor=1299),
                     stock=2_000_000_000,
-                )
+                ),
+                headers={"authorization": f"Bearer {signed_in(data_dir, 'usr_bench', ('admin',))}"},
             )
         ).product
     return user.id, product.id
 
 
-async def notification_latency(gateway: str, user_id: str, product_id: str, orders: int) -> Figures:
+async def notification_latency(
+    gateway: str, user_id: str, product_id: str, orders: int, token: str
+) -> Figures:
     """Order placed (reply received) -> its notification read from an open Connect stream."""
     from shop.notification.v1 import notification_connect, notification_pb2
     from shop.order.v1 import order_connect, order_pb2
 
     latencies: list[float] = []
+    headers = {"authorization": f"Bearer {token}"}
     async with (
         notification_connect.NotificationServiceClient(f"http://{gateway}") as notifications,
         order_connect.OrderServiceClient(f"http://{gateway}") as client,
     ):
         stream = aiter(
             notifications.stream_notifications(
-                notification_pb2.StreamNotificationsRequest(user_id=user_id, cursor="")
+                notification_pb2.StreamNotificationsRequest(user_id=user_id, cursor=""),
+                headers=headers,
             )
         )
         # Drain what is there already (orders placed by earlier scenarios are unread).
@@ -196,7 +208,7 @@ async def notification_latency(gateway: str, user_id: str, product_id: str, orde
                 idempotency_key=uuid.uuid4().hex,
                 items=[order_pb2.CreateOrderItem(product_id=product_id, quantity=1)],
             )
-            placed = (await client.create_order(request)).order
+            placed = (await client.create_order(request, headers=headers)).order
             sent = time.perf_counter()
             while True:
                 message = await asyncio.wait_for(pending, 10)
@@ -240,7 +252,8 @@ async def measure(seconds: float, notify_orders: int, only: set[str]) -> list[Fi
             )
             mesh = await start_mesh(stack, data_dir)
             peer = await stack.enter_async_context(uvicorn_peer(data_dir))
-            user_id, product_id = await seed(mesh["gateway"])
+            user_id, product_id = await seed(mesh["gateway"], data_dir)
+            token = signed_in(data_dir, user_id)
             get = product_pb2.GetProductRequest(id=product_id)
             connect_json = lua_request("POST", json.dumps({"id": product_id}))
             connect_proto = lua_binary_request(get.SerializeToString(), "application/proto")
@@ -251,7 +264,7 @@ async def measure(seconds: float, notify_orders: int, only: set[str]) -> list[Fi
             rest_url = f"http://{mesh['gateway']}/v1/products/{product_id}"
             baseline_body = product_pb2.GetProductRequest(id="prd_baseline").SerializeToString()
             for level in LEVELS:
-                orders = lua_create_orders(user_id, product_id, uuid.uuid4().hex[:8])
+                orders = lua_create_orders(user_id, product_id, uuid.uuid4().hex[:8], token)
                 scenarios: list[tuple[str, Callable[..., Awaitable[Figures]]]] = [
                     (
                         "1 baseline: bare grpc.aio GetProduct",
@@ -292,7 +305,9 @@ async def measure(seconds: float, notify_orders: int, only: set[str]) -> list[Fi
             if notify:
                 say(f"({total}/{total}) order -> notification, {notify_orders} orders")
                 figures.append(
-                    await notification_latency(mesh["gateway"], user_id, product_id, notify_orders)
+                    await notification_latency(
+                        mesh["gateway"], user_id, product_id, notify_orders, token
+                    )
                 )
             say("stopping everything")
     return figures

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from google.rpc import code_pb2, status_pb2
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway import docs, openapi
+from gateway.auth import Authentication
 from gateway.config import GatewayConfig
 from gateway.connect import connect_apps
 from gateway.observability import GatewayMetrics, RequestMetrics, traced
@@ -22,6 +24,7 @@ from gateway.ratelimit import RateLimit
 from gateway.registry import public_services
 from gateway.rest import RestRouter, status_response
 from gateway.upstream import Upstreams
+from services.common.auth import AuthSettings, Verifier
 
 CONNECT_HEADERS = (
     "Connect-Protocol-Version",
@@ -51,6 +54,7 @@ EXPOSED_HEADERS = (
 
 def create_app(config: GatewayConfig | None = None) -> Starlette:
     config = config or GatewayConfig.from_env()
+    auth = config.auth or AuthSettings.from_env(Path("./var"))
     upstreams = Upstreams(config.upstreams, config.breaker)
     services = public_services()
     metrics = GatewayMetrics(
@@ -93,6 +97,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
     middleware = [
         Middleware(traced),
         Middleware(RequestMetrics, metrics=metrics),
+        Middleware(Authentication, verifier=Verifier(auth)),
         Middleware(
             RateLimit,
             rate=config.rate_limit,

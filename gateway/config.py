@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from services.common.auth import AuthSettings
 from services.common.config import (
     BreakerSettings,
     env,
@@ -35,6 +37,7 @@ class GatewayConfig:
     rate_limit: float = 100.0
     rate_burst: float = 200.0
     max_streams_per_client: int = 16
+    auth: AuthSettings | None = None  # None: the development keys in ./var/dev-keys
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -50,4 +53,5 @@ class GatewayConfig:
             rate_limit=env_float("GATEWAY_RATE_LIMIT", 100.0),
             rate_burst=env_float("GATEWAY_RATE_BURST", 200.0),
             max_streams_per_client=int(env_float("GATEWAY_MAX_STREAMS_PER_CLIENT", 16)),
+            auth=AuthSettings.from_env(Path(env("DATA_DIR", "./var"))),
         )

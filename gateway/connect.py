@@ -13,10 +13,12 @@ from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from google.protobuf.descriptor import MethodDescriptor
 
+from gateway.auth import require_token
 from gateway.config import GatewayConfig
 from gateway.errors import connect_error, internal_status, status_of
 from gateway.registry import PublicService
 from gateway.upstream import REQUEST_ID, CallOptions, Upstreams, call_options, stream
+from services.common.errors import DomainError
 
 log = logging.getLogger("shop.gateway")
 
@@ -54,20 +56,37 @@ class Forwarder:
         return options
 
     def _unary(self, method: MethodDescriptor, call: Any) -> Callable[..., Any]:
+        procedure = _procedure(method)
+
         async def forward(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+            _signed_in(procedure, ctx)
             options = self._options(ctx, streaming=False)
             return await call(request, timeout=options.timeout, metadata=options.metadata)
 
         return forward
 
     def _server_stream(self, method: MethodDescriptor, call: Any) -> Callable[..., Any]:
+        procedure = _procedure(method)
+
         async def forward(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+            _signed_in(procedure, ctx)
             options = self._options(ctx, streaming=True)
             responses = call(request, timeout=options.timeout, metadata=options.metadata)
             async for response in stream(responses):
                 yield response
 
         return forward
+
+
+def _procedure(method: MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def _signed_in(procedure: str, ctx: RequestContext[Any, Any]) -> None:
+    try:
+        require_token(procedure, ctx.request_headers.get("authorization"))
+    except DomainError as error:
+        raise connect_error(error.to_status()) from None
 
 
 def as_connect_error(error: Exception, ctx: RequestContext[Any, Any]) -> ConnectError:

@@ -23,6 +23,7 @@ from google.rpc import code_pb2, status_pb2
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway.auth import require_token
 from gateway.config import GatewayConfig
 from gateway.errors import HTTP_STATUS, internal_status, status_of
 from gateway.observability import ROUTE_KEY
@@ -193,6 +194,11 @@ class RestRouter:
         streaming = route.method.server_streaming
         timeout = _timeout(request, None if streaming else self._config.default_timeout)
         options = call_options(dict(request.headers.items()), timeout, self._config.forward_headers)
+        procedure = f"/{route.method.containing_service.full_name}/{route.method.name}"
+        try:
+            require_token(procedure, request.headers.get("authorization"))
+        except DomainError as error:
+            return status_response(error.to_status(), options.request_id)
         try:
             raw = await _read_body(request, self._config.max_body_bytes) if route.body else b""
             msg = message_factory.GetMessageClass(route.method.input_type)()

@@ -37,6 +37,8 @@ def call_options(
     request_id = lowered.get(REQUEST_ID, "").strip()[:128] or uuid.uuid4().hex
     metadata = [(REQUEST_ID, request_id)]
     metadata += [(name, lowered[name]) for name in forward if lowered.get(name)]
+    if lowered.get("authorization"):  # verified by the gateway, verified again by the service
+        metadata.append(("authorization", lowered["authorization"]))
     return CallOptions(timeout, tuple(metadata), request_id)
 
 

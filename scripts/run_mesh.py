@@ -50,11 +50,19 @@ def banner(addresses: dict[str, str]) -> str:
         "      -H 'content-type: application/json' \\",
         '      -d \'{"email": "ann@example.com", "displayName": "Ann"}\'',
         "",
+        "everything but sign-up and the catalogue needs a token; for the user id above:",
+        "  TOKEN=$(make -s token USER_ID=usr_...)       # ROLES=admin for product writes",
+        f'  curl http://{gateway}/v1/users/usr_... -H "Authorization: Bearer $TOKEN"',
+        "",
     ]
     return "\n".join(lines)
 
 
 async def main() -> int:
+    # The development signing key, made once before any process needs it.
+    from services.common.auth import AuthSettings
+
+    AuthSettings.from_env(Path(os.environ.get("DATA_DIR", "./var")))
     processes: dict[str, asyncio.subprocess.Process] = {}
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ import pytest
 
 from services.common.config import ServiceConfig
 from services.common.server import RunningService, ServiceSpec, start
+from tests import tokens
 
 PG_HOST = os.environ.get("SHOP_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("SHOP_TEST_PG_PORT", "5432"))
@@ -88,6 +89,7 @@ def test_config(spec: ServiceSpec, database_url: str, data_dir: Path) -> Service
         database_url=database_url,
         health_interval=0.2,
         shutdown_grace=1.0,
+        auth=tokens.SETTINGS,
     )
 
 
@@ -97,7 +99,7 @@ async def running(
 ) -> AsyncIterator[tuple[RunningService, grpc.aio.Channel]]:
     """The real service on 127.0.0.1, any free port, and a channel to it."""
     service = await start(spec, test_config(spec, database_url, data_dir))
-    channel = grpc.aio.insecure_channel(service.address)
+    channel = tokens.admin_channel(service.address)
     try:
         yield service, channel
     finally:

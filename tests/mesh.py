@@ -27,6 +27,7 @@ from shop.notification.v1 import notification_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.product.v1 import product_internal_pb2_grpc, product_pb2, product_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
+from tests import tokens
 from tests.conftest import postgres_database
 
 SPECS = {"user": USER, "product": PRODUCT, "order": ORDER, "notification": NOTIFICATION}
@@ -63,6 +64,7 @@ class Mesh:
             event_stream=self.event_namespace.upper() or base.event_stream,
             event_subject_prefix=self.event_namespace or base.event_subject_prefix,
             peers=peers,
+            auth=tokens.SETTINGS,
         )
 
     async def start(self, name: str, spec: ServiceSpec | None = None) -> RunningService:
@@ -71,7 +73,7 @@ class Mesh:
         self.services[name] = service
         self.ports[name] = service.port
         if name not in self.channels:
-            self.channels[name] = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+            self.channels[name] = tokens.admin_channel(f"127.0.0.1:{service.port}")
         return service
 
     async def stop(self, name: str) -> None:

@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import tokens
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,7 +46,7 @@ async def service_process(
 ) -> AsyncIterator[ServiceProcess]:
     """Starts `python -m services.<name>` (or `module`) on 127.0.0.1 port 0 and yields
     once it says where it listens."""
-    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", **env}
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", **tokens.ENV, **env}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -48,10 +48,7 @@ SAFE_TO_RETRY = (
 )
 
 
-class DeadlineInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-):
+class _Deadline:
     """Gives every outgoing call the time left on the incoming call, at most."""
 
     def __init__(self, default_timeout: float | None) -> None:
@@ -63,9 +60,14 @@ class DeadlineInterceptor(
             details = details._replace(timeout=timeout)
         return details
 
+
+# grpc.aio files an interceptor under the first kind it implements: one class per kind.
+class DeadlineInterceptor(_Deadline, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_deadline(details), request)
 
+
+class StreamDeadlineInterceptor(_Deadline, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_deadline(details), request)
 
@@ -163,7 +165,10 @@ def channel(
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config()),
     ]
-    chain: list[grpc.aio.ClientInterceptor] = [DeadlineInterceptor(default_timeout)]
+    chain: list[grpc.aio.ClientInterceptor] = [
+        DeadlineInterceptor(default_timeout),
+        StreamDeadlineInterceptor(default_timeout),
+    ]
     chain += aio_client_interceptors()  # type: ignore[no-untyped-call]
     if breaker is not None:
         chain.append(BreakerInterceptor(peer or addresses, breaker))

@@ -6,6 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.common.auth import AuthSettings
 
 # Where each service listens by default; `<NAME>_SERVICE_ADDR` overrides it for callers,
 # and may list several replicas (`host:p1,host:p2`).
@@ -38,6 +42,12 @@ class BreakerSettings:
             threshold=int(env_float("BREAKER_THRESHOLD", 5)),
             reset_after=env_float("BREAKER_RESET_SECONDS", 2.0),
         )
+
+
+def _auth_from_env(data_dir: Path) -> AuthSettings:
+    from services.common.auth import AuthSettings  # auth builds on this module
+
+    return AuthSettings.from_env(data_dir)
 
 
 def metrics_port(grpc_or_http_port: int) -> int:
@@ -80,8 +90,10 @@ class ServiceConfig:
     # Peer service name -> address list, from `<NAME>_SERVICE_ADDR`.
     peers: Mapping[str, str] = field(default_factory=dict)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    # Prometheus /metrics over HTTP; None: not served (in-process test meshes).
+    # Prometheus /metrics over HTTP; None: not served.
     metrics_port: int | None = None
+    # Where the public keys that verify callers' tokens are (see services.common.auth).
+    auth: AuthSettings = field(default_factory=lambda: _auth_from_env(Path("./var")))
 
     def peer(self, name: str) -> str:
         return self.peers.get(name) or f"127.0.0.1:{DEFAULT_PORTS[name]}"
@@ -111,4 +123,5 @@ class ServiceConfig:
             peers=service_addresses(),
             breaker=BreakerSettings.from_env(),
             metrics_port=metrics_port(int(port_raw)),
+            auth=_auth_from_env(data_dir),
         )

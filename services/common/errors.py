@@ -147,3 +147,17 @@ class Unavailable(DomainError):
 def internal_status() -> status_pb2.Status:
     """What a client sees of an unexpected exception: nothing of its text."""
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or credentials that do not verify (HTTP 401)."""
+
+    def __init__(self, message: str, reason: str = "UNAUTHENTICATED") -> None:
+        super().__init__(message, reason, code=grpc.StatusCode.UNAUTHENTICATED)
+
+
+class PermissionDenied(DomainError):
+    """A verified caller asking for what is not theirs (HTTP 403)."""
+
+    def __init__(self, message: str, reason: str = "NOT_OWNER") -> None:
+        super().__init__(message, reason, code=grpc.StatusCode.PERMISSION_DENIED)

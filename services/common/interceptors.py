@@ -1,7 +1,7 @@
 """Server interceptors: the single place where every RPC gets the platform's behaviour.
 
 Order (outermost first): tracing (OpenTelemetry) -> access log -> errors ->
-deadline -> validation -> the servicer. Each one wraps the handler's behaviour,
+deadline -> authentication -> validation -> the servicer. Each one wraps the handler's behaviour,
 for unary and server-streaming methods alike.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from grpc_status import rpc_status
 
-from services.common import deadline, validation
+from services.common import auth, deadline, validation
 from services.common.errors import DomainError, internal_status
 from services.common.metrics import Metrics
 
@@ -206,6 +206,46 @@ class DeadlineInterceptor(_Wrapping):
                 deadline.reset_deadline(token)
 
         return bounded
+
+
+class AuthInterceptor(_Wrapping):
+    """Verifies the caller's bearer token (passed on by the gateway) for the public
+    services and makes the caller known to the handler, which checks ownership.
+    A call without a token goes on anonymous: the handler decides whether that is
+    enough (sign-up and the catalogue are public). Internal services are for other
+    services only and take no user token."""
+
+    def __init__(self, verifier: auth.Verifier) -> None:
+        self._verifier = verifier
+
+    def _caller(self, method: str, context: Context) -> auth.Caller | None:
+        if "InternalService/" in method:
+            return None
+        metadata = dict(context.invocation_metadata() or ())
+        value = metadata.get("authorization")
+        token = auth.bearer_token(value.decode() if isinstance(value, bytes) else value)
+        return None if token is None else self._verifier.verify(token)
+
+    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
+        async def authenticated(request: Any, context: Context) -> Any:
+            token = auth.set_caller(self._caller(method, context))
+            try:
+                return await behaviour(request, context)
+            finally:
+                auth.reset_caller(token)
+
+        return authenticated
+
+    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
+        async def authenticated(request: Any, context: Context) -> AsyncIterator[Any]:
+            token = auth.set_caller(self._caller(method, context))
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            finally:
+                auth.reset_caller(token)
+
+        return authenticated
 
 
 class ValidationInterceptor(_Wrapping):

@@ -24,10 +24,12 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.common import eventloop, logs, migrate, telemetry
+from services.common.auth import Verifier
 from services.common.config import ServiceConfig
 from services.common.db import Database
 from services.common.interceptors import (
     AccessLogInterceptor,
+    AuthInterceptor,
     DeadlineInterceptor,
     ErrorInterceptor,
     ValidationInterceptor,
@@ -147,12 +149,13 @@ SERVER_OPTIONS = [
 ]
 
 
-def interceptors(metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
+def interceptors(metrics: Metrics, verifier: Verifier) -> list[grpc.aio.ServerInterceptor]:
     return [
         aio_server_interceptor(),  # type: ignore[no-untyped-call]
         AccessLogInterceptor(metrics),
         ErrorInterceptor(),
         DeadlineInterceptor(),
+        AuthInterceptor(verifier),
         ValidationInterceptor(),
     ]
 
@@ -170,7 +173,9 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
     runtime.metrics.gauge(
         "db_pool_connections_in_use", "Database connections checked out.", db.connections_in_use
     )
-    server = grpc.aio.server(interceptors=interceptors(runtime.metrics), options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=interceptors(runtime.metrics, Verifier(config.auth)), options=SERVER_OPTIONS
+    )
     names = list(spec.register(server, runtime))
     for hook in runtime.startup:
         await hook()

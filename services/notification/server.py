@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from services.common.auth import require_owner
 from services.common.config import env
 from services.common.events.consumer import Consumer
 from services.common.events.nats import Bus, NatsSource, connect_on_start
@@ -50,6 +51,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     async def ListNotifications(
         self, request: notification_pb2.ListNotificationsRequest, context: Context
     ) -> notification_pb2.ListNotificationsResponse:
+        require_owner(request.user_id)
         size = request.page_size if request.HasField("page_size") else None
         rows, next_token = await self._notifications.list_page(
             request.user_id, request.unread_only, size, request.page_token
@@ -61,12 +63,14 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     async def MarkRead(
         self, request: notification_pb2.MarkReadRequest, context: Context
     ) -> notification_pb2.MarkReadResponse:
+        require_owner(request.user_id)
         rows = await self._notifications.mark_read(request.user_id, list(request.notification_ids))
         return notification_pb2.MarkReadResponse(notifications=[to_proto(r) for r in rows])
 
     async def StreamNotifications(
         self, request: notification_pb2.StreamNotificationsRequest, context: Context
     ) -> AsyncIterator[notification_pb2.StreamNotificationsResponse]:
+        require_owner(request.user_id)
         async for row in self._notifications.stream(request.user_id, request.cursor):
             yield notification_pb2.StreamNotificationsResponse(
                 notification=to_proto(row),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 
+from services.common.auth import require_owner
 from services.common.events.nats import Bus, NatsSink, connect_on_start
 from services.common.events.order_feed import to_feed_message
 from services.common.events.outbox import NoSink, Relay
@@ -27,6 +28,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def CreateOrder(
         self, request: order_pb2.CreateOrderRequest, context: Context
     ) -> order_pb2.CreateOrderResponse:
+        require_owner(request.user_id)
         lines = [Line(item.product_id, item.quantity) for item in request.items]
         order = await self._orders.create(request.user_id, lines, request.idempotency_key)
         return order_pb2.CreateOrderResponse(order=order_to_proto(order))
@@ -34,11 +36,14 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def GetOrder(
         self, request: order_pb2.GetOrderRequest, context: Context
     ) -> order_pb2.GetOrderResponse:
-        return order_pb2.GetOrderResponse(order=order_to_proto(await self._orders.get(request.id)))
+        order = await self._orders.get(request.id)
+        require_owner(order.user_id)
+        return order_pb2.GetOrderResponse(order=order_to_proto(order))
 
     async def ListOrders(
         self, request: order_pb2.ListOrdersRequest, context: Context
     ) -> order_pb2.ListOrdersResponse:
+        require_owner(request.user_id)
         size = request.page_size if request.HasField("page_size") else None
         rows, next_token = await self._orders.list_page(request.user_id, size, request.page_token)
         return order_pb2.ListOrdersResponse(
@@ -48,6 +53,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     async def CancelOrder(
         self, request: order_pb2.CancelOrderRequest, context: Context
     ) -> order_pb2.CancelOrderResponse:
+        require_owner((await self._orders.get(request.id)).user_id)
         order = await self._orders.cancel(request.id, request.reason)
         return order_pb2.CancelOrderResponse(order=order_to_proto(order))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 from services.common import fieldmask
+from services.common.auth import require_admin
 from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
 from services.common.times import to_timestamp
@@ -64,6 +65,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
     async def CreateProduct(
         self, request: product_pb2.CreateProductRequest, context: Context
     ) -> product_pb2.CreateProductResponse:
+        require_admin()
         draft = ProductDraft(
             name=request.name,
             description=request.description,
@@ -92,6 +94,7 @@ class ProductServicer(product_pb2_grpc.ProductServiceServicer):
     async def UpdateProduct(
         self, request: product_pb2.UpdateProductRequest, context: Context
     ) -> product_pb2.UpdateProductResponse:
+        require_admin()
         changes = fieldmask.changes(request.update_mask, request.product, UPDATABLE)
         if "price" in changes:
             changes["price"] = _price(changes["price"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 from services.common import fieldmask
+from services.common.auth import require_admin, require_owner
 from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
 from services.common.times import to_timestamp
@@ -40,11 +41,13 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     async def GetUser(
         self, request: user_pb2.GetUserRequest, context: Context
     ) -> user_pb2.GetUserResponse:
+        require_owner(request.id)
         return user_pb2.GetUserResponse(user=to_proto(await self._users.get(request.id)))
 
     async def ListUsers(
         self, request: user_pb2.ListUsersRequest, context: Context
     ) -> user_pb2.ListUsersResponse:
+        require_admin()
         size = request.page_size if request.HasField("page_size") else None
         rows, next_token = await self._users.list_page(size, request.page_token)
         return user_pb2.ListUsersResponse(
@@ -54,6 +57,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     async def UpdateUser(
         self, request: user_pb2.UpdateUserRequest, context: Context
     ) -> user_pb2.UpdateUserResponse:
+        require_owner(request.user.id)
         changes = fieldmask.changes(request.update_mask, request.user, UPDATABLE)
         user = await self._users.update(request.user.id, changes)
         return user_pb2.UpdateUserResponse(user=to_proto(user))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests import tokens
 from tests.mesh import Mesh, running_mesh
 from tests.processes import service_process
 
@@ -43,10 +44,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield Stack(mesh, f"http://{gateway.address}")
 
 
-def curl(*args: str) -> tuple[int, dict[str, Any]]:
-    """curl, as a person would use it; returns the HTTP status and the JSON body."""
+def curl(*args: str, token: str | None = tokens.ADMIN_TOKEN) -> tuple[int, dict[str, Any]]:
+    """curl, as a person would use it (signed in as the test admin unless `token` says
+    otherwise; None: no token); returns the HTTP status and the JSON body."""
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []
     result = subprocess.run(
-        ["curl", "-s", "-m", "10", "-w", "\n%{http_code}", *args],
+        ["curl", "-s", "-m", "10", "-w", "\n%{http_code}", *auth, *args],
         capture_output=True,
         text=True,
         check=True,
@@ -70,7 +73,8 @@ async def gateway_in_process(mesh: Mesh) -> AsyncIterator[str]:
     from gateway.config import GatewayConfig
 
     upstreams = {name: f"127.0.0.1:{port}" for name, port in mesh.ports.items()}
-    app = create_app(GatewayConfig(upstreams={**upstreams, **mesh.peer_addresses}))
+    settings = GatewayConfig(upstreams={**upstreams, **mesh.peer_addresses}, auth=tokens.SETTINGS)
+    app = create_app(settings)
     sock = listening_socket("127.0.0.1", 0)
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]

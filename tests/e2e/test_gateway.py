@@ -29,6 +29,7 @@ from shop.notification.v1 import notification_connect, notification_pb2
 from shop.order.v1 import order_connect, order_pb2, order_pb2_grpc
 from shop.product.v1 import product_connect, product_pb2, product_pb2_grpc
 from shop.user.v1 import user_connect, user_pb2, user_pb2_grpc
+from tests import tokens
 from tests.e2e.conftest import Stack, curl, gateway_env
 from tests.mesh import running_mesh
 from tests.processes import service_process
@@ -106,7 +107,7 @@ async def test_connect_json_with_curl(stack: Stack) -> None:
     ids=["connect-binary", "connect-json", "grpc-web"],
 )
 async def test_generated_async_client(stack: Stack, protocol: ProtocolType, codec: Any) -> None:
-    options: dict[str, Any] = {"protocol": protocol}
+    options: dict[str, Any] = {"protocol": protocol, "interceptors": [tokens.ConnectBearer()]}
     if codec is not None:
         options["codec"] = codec
     async with (
@@ -148,10 +149,11 @@ async def test_generated_async_client(stack: Stack, protocol: ProtocolType, code
 
 async def test_generated_sync_client(stack: Stack) -> None:
     def flow() -> tuple[order_pb2.Order, order_pb2.Order]:
+        bearer = [tokens.ConnectBearerSync()]
         with (
-            user_connect.UserServiceClientSync(stack.url) as users,
-            product_connect.ProductServiceClientSync(stack.url) as products,
-            order_connect.OrderServiceClientSync(stack.url) as orders,
+            user_connect.UserServiceClientSync(stack.url, interceptors=bearer) as users,
+            product_connect.ProductServiceClientSync(stack.url, interceptors=bearer) as products,
+            order_connect.OrderServiceClientSync(stack.url, interceptors=bearer) as orders,
         ):
             user = users.create_user(
                 user_pb2.CreateUserRequest(email="sync@x.io", display_name="S")
@@ -173,7 +175,7 @@ async def test_generated_sync_client(stack: Stack) -> None:
 
 
 async def test_grpcio_stub_pointed_at_the_gateway(stack: Stack) -> None:
-    async with grpc.aio.insecure_channel(stack.url.removeprefix("http://")) as channel:
+    async with tokens.admin_channel(stack.url.removeprefix("http://")) as channel:
         users = user_pb2_grpc.UserServiceStub(channel)
         products = product_pb2_grpc.ProductServiceStub(channel)
         orders = order_pb2_grpc.OrderServiceStub(channel)
@@ -223,6 +225,8 @@ def buf_curl(protocol: str, image: Path, url: str, body: dict[str, Any]) -> dict
             *flags,
             "--schema",
             str(image),
+            "-H",
+            tokens.ADMIN_HEADER,
             "-d",
             json.dumps(body),
             url,
@@ -253,7 +257,9 @@ async def test_buf_curl(stack: Stack, image: Path, protocol: str) -> None:
 
 async def test_live_notifications_on_a_connect_stream(stack: Stack) -> None:
     user, product = await stack.mesh.user(), await stack.mesh.product(stock=5)
-    async with notification_connect.NotificationServiceClient(stack.url) as client:
+    async with notification_connect.NotificationServiceClient(
+        stack.url, interceptors=[tokens.ConnectBearer()]
+    ) as client:
         stream = client.stream_notifications(
             notification_pb2.StreamNotificationsRequest(user_id=user.id)
         )
@@ -374,7 +380,7 @@ async def test_deadline_and_headers_reach_the_service_and_expiry_cancels_it(tmp_
 
             # The same over gRPC: the grpc-timeout header bounds the forwarded call.
             slow.cancelled.clear()
-            async with grpc.aio.insecure_channel(gateway.address) as channel:
+            async with tokens.admin_channel(gateway.address) as channel:
                 started = time.monotonic()
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await user_pb2_grpc.UserServiceStub(channel).GetUser(
@@ -412,11 +418,14 @@ async def test_a_client_going_away_cancels_the_internal_stream(stack: Stack, cli
             f"{stack.url}/shop.notification.v1.NotificationService/StreamNotifications",
             "-H",
             "content-type: application/connect+json",
+            "-H",
+            tokens.ADMIN_HEADER,
             "--data-binary",
             f"@{envelope}",
         ]
     else:
-        command = ["curl", "-s", "-N", f"{stack.url}/v1/users/{user.id}/notifications:stream"]
+        url = f"{stack.url}/v1/users/{user.id}/notifications:stream"
+        command = ["curl", "-s", "-N", "-H", tokens.ADMIN_HEADER, url]
     process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
     try:
         await wait_until(lambda: hub.open_streams == 1)

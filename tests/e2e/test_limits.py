@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from shop.product.v1 import product_pb2, product_pb2_grpc
+from tests import tokens
 from tests.e2e.conftest import Stack, gateway_env
 from tests.mesh import running_mesh
 from tests.processes import service_process
@@ -33,10 +34,11 @@ async def limited(tmp_path: Path) -> AsyncIterator[Stack]:
             yield Stack(mesh, f"http://{gateway.address}")
 
 
-def _curl(source: str, *args: str) -> tuple[int, dict[str, str], str]:
+def _curl(source: str, token: str | None, *args: str) -> tuple[int, dict[str, str], str]:
     """curl from a given loopback address; returns status, headers and body."""
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []
     result = subprocess.run(
-        ["curl", "-s", "-m", "10", "--interface", source, "-D", "-", *args],
+        ["curl", "-s", "-m", "10", "--interface", source, *auth, "-D", "-", *args],
         capture_output=True,
         text=True,
         check=True,
@@ -48,8 +50,11 @@ def _curl(source: str, *args: str) -> tuple[int, dict[str, str], str]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
-async def curl_from(source: str, *args: str) -> tuple[int, dict[str, str], str]:
-    return await asyncio.to_thread(_curl, source, *args)
+async def curl_from(
+    source: str, *args: str, token: str | None = None
+) -> tuple[int, dict[str, str], str]:
+    """Anonymous unless `token` is given: the limit is then by address."""
+    return await asyncio.to_thread(lambda: _curl(source, token, *args))
 
 
 async def list_products(stack: Stack, source: str) -> tuple[int, dict[str, str], str]:
@@ -102,14 +107,16 @@ async def test_a_client_may_hold_only_so_many_streams(limited: Stack) -> None:
     try:
         writer.write(
             f"GET /v1/users/{user.id}/notifications:stream HTTP/1.1\r\n"
-            f"Host: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+            f"Host: {host}\r\nAccept: text/event-stream\r\n{tokens.ADMIN_HEADER}\r\n\r\n".encode()
         )
         await writer.drain()
         first_line = await asyncio.wait_for(reader.readline(), 5)
         assert first_line.startswith(b"HTTP/1.1 200")
 
         status, _, body = await curl_from(
-            "127.0.0.1", f"{limited.url}/v1/users/{user.id}/notifications:stream"
+            "127.0.0.1",
+            f"{limited.url}/v1/users/{user.id}/notifications:stream",
+            token=tokens.ADMIN_TOKEN,
         )
         assert status == 429
         assert json.loads(body)["message"] == "at most 1 open streams per client"

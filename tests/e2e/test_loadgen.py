@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import tokens
 from tests.e2e.conftest import Stack
 
 
@@ -32,6 +33,8 @@ async def test_traffic_mix_runs_every_operation_without_errors(
         "0.5",
         "--users",
         "3",
+        "--signing-key",
+        str(tokens.KEYS / "private.pem"),
         "--catalogue",
         "4",
         "--mix",

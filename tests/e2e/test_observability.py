@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shop.order.v1 import order_connect
 from shop.user.v1 import user_connect, user_pb2
+from tests import tokens
 from tests.conftest import require
 from tests.e2e.conftest import gateway_in_process
 from tests.mesh import Mesh, running_mesh
@@ -106,7 +107,9 @@ async def test_one_create_order_through_the_gateway_is_one_connected_trace(
     product = await mesh.product(stock=5)
     async with gateway_in_process(mesh) as url:
         spans.clear()
-        async with order_connect.OrderServiceClient(url) as client:
+        async with order_connect.OrderServiceClient(
+            url, interceptors=[tokens.ConnectBearer()]
+        ) as client:
             placed = await client.create_order(mesh.order_request(user.id, {product.id: 2}))
     consumer = mesh.services["notification"].runtime.components["consumer"]
 
@@ -207,7 +210,9 @@ async def test_metrics_count_calls_and_errors_exactly(mesh: Mesh) -> None:
 
     # The gateway counts by route: a Connect procedure, a REST rule, never a raw id.
     async with gateway_in_process(mesh) as url:
-        async with user_connect.UserServiceClient(url) as client:
+        async with user_connect.UserServiceClient(
+            url, interceptors=[tokens.ConnectBearer()]
+        ) as client:
             for _ in range(2):
                 await client.get_user(user_pb2.GetUserRequest(id=user.id))
         await asyncio.to_thread(_get_status, f"{url}/v1/users/usr_missing")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import tokens
 from tests.e2e.conftest import Stack, curl, gateway_env
 from tests.mesh import running_mesh
 from tests.processes import service_process
@@ -134,6 +135,8 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_break(stack: Sta
             "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
             "--exclude-path-regex",
             ":stream$",
+            "--header",
+            tokens.ADMIN_HEADER,
             "--max-examples",
             "25",
             "--seed",

@@ -14,6 +14,7 @@ from services.product.server import ProductInternalServicer
 from shop.common.v1 import money_pb2
 from shop.order.v1 import order_pb2
 from shop.product.v1 import product_pb2, product_pb2_grpc
+from tests import tokens
 from tests.mesh import Mesh, running_mesh
 from tests.processes import service_process
 from tests.rpc import fails
@@ -28,7 +29,7 @@ async def test_orders_go_on_when_one_of_two_product_replicas_is_killed(tmp_path:
         service_process("product", env) as survivor,
     ):
         mesh = Mesh(tmp_path, peer_addresses={"product": f"{doomed.address},{survivor.address}"})
-        survivor_channel = grpc.aio.insecure_channel(survivor.address)
+        survivor_channel = tokens.admin_channel(survivor.address)
         products = product_pb2_grpc.ProductServiceStub(survivor_channel)
         try:
             for name in ("user", "order", "notification"):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests import tokens
 from tests.e2e.conftest import Stack, curl
 
 JSON = "content-type: application/json"
@@ -163,6 +164,8 @@ async def test_server_sent_events_stream_new_notifications(stack: Stack) -> None
         "-N",
         "-m",
         "10",
+        "-H",
+        tokens.ADMIN_HEADER,
         f"{stack.url}/v1/users/{user_id}/notifications:stream",
         stdout=subprocess.PIPE,
     )

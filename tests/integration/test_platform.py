@@ -23,6 +23,7 @@ from services.common.server import Runtime, ServiceSpec
 from services.product.server import SPEC as PRODUCT
 from services.user.server import SPEC as USER
 from shop.user.v1 import user_pb2, user_pb2_grpc
+from tests import tokens
 from tests.conftest import pg_admin_dsn, postgres_database, running
 from tests.processes import service_process
 from tests.rpc import fails
@@ -102,7 +103,7 @@ async def test_reflection_lists_services_and_serves_buf_curl(tmp_path: Path) -> 
 async def test_one_json_log_line_per_rpc_and_clean_shutdown(tmp_path: Path) -> None:
     env = {"DATA_DIR": str(tmp_path), "LOG_LEVEL": "INFO"}
     async with service_process("user", env) as process:
-        async with grpc.aio.insecure_channel(process.address) as channel:
+        async with tokens.admin_channel(process.address) as channel:
             stub = user_pb2_grpc.UserServiceStub(channel)
             await stub.CreateUser(
                 user_pb2.CreateUserRequest(email="log@example.com", display_name="L")

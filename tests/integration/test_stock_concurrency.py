@@ -19,6 +19,7 @@ from shop.product.v1 import (
     product_pb2,
     product_pb2_grpc,
 )
+from tests import tokens
 from tests.processes import service_process
 
 CALLS = 50
@@ -32,7 +33,7 @@ async def race_two_replicas(database_url: str, data_dir: Path) -> None:
         first = await stack.enter_async_context(service_process("product", env))
         second = await stack.enter_async_context(service_process("product", env))
         channels = [
-            await stack.enter_async_context(grpc.aio.insecure_channel(p.address))
+            await stack.enter_async_context(tokens.admin_channel(p.address))
             for p in (first, second)
         ]
         catalogue = product_pb2_grpc.ProductServiceStub(channels[0])

@@ -1,0 +1,274 @@
+"""Who is calling: bearer JWTs verified against the mesh's public keys (a JWKS file).
+
+The gateway verifies the token of every request and passes it on as the
+`authorization` metadata; each service verifies it again and enforces ownership
+itself, so a call that reaches a service without the gateway gains nothing
+without a valid signed token.
+
+- Only asymmetric algorithms (ES256, RS256), and only the one the key with the
+  token's `kid` declares: `alg: none` and HMAC-with-the-public-key are refused.
+- Issuer, audience, expiry, issue time and subject are required and checked.
+- Several keys may be in the file at once (rotation by `kid`); the file is read
+  again when a token names a key it does not know and the file has changed.
+- `make run` needs no set-up: with no JWT_JWKS_FILE, a development key pair is
+  made in `$DATA_DIR/dev-keys/` on first start, and `python -m services.common.auth
+  token --user usr_...` prints a token signed with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from services.common.config import env
+from services.common.errors import PermissionDenied, Unauthenticated
+
+ALGORITHMS = ("ES256", "RS256")
+ADMIN = "admin"
+LEEWAY_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    jwks_file: Path
+    issuer: str = "shop-dev"
+    audience: str = "shop"
+
+    @classmethod
+    def from_env(cls, data_dir: Path) -> AuthSettings:
+        configured = env("JWT_JWKS_FILE", "")
+        jwks_file = Path(configured) if configured else data_dir / "dev-keys" / "jwks.json"
+        if not configured:
+            ensure_dev_keys(jwks_file.parent)
+        elif not jwks_file.is_file():
+            raise SystemExit(f"JWT_JWKS_FILE {configured!r} does not exist")
+        return cls(jwks_file, env("JWT_ISSUER", "shop-dev"), env("JWT_AUDIENCE", "shop"))
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: str
+    roles: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN in self.roles
+
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    return _caller.get()
+
+
+def set_caller(caller: Caller | None) -> contextvars.Token[Caller | None]:
+    return _caller.set(caller)
+
+
+def reset_caller(token: contextvars.Token[Caller | None]) -> None:
+    _caller.reset(token)
+
+
+def require_signed_in() -> Caller:
+    caller = _caller.get()
+    if caller is None:
+        raise Unauthenticated("this call needs a bearer token", "TOKEN_MISSING")
+    return caller
+
+
+def require_owner(user_id: str) -> Caller:
+    """The caller is `user_id`, or an admin."""
+    caller = require_signed_in()
+    if caller.user_id != user_id and not caller.is_admin:
+        raise PermissionDenied("this belongs to another user")
+    return caller
+
+
+def require_admin() -> Caller:
+    caller = require_signed_in()
+    if not caller.is_admin:
+        raise PermissionDenied("this needs the admin role", "ADMIN_ONLY")
+    return caller
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value; None when there is none."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "the authorization header must be 'Bearer <token>'", "TOKEN_MALFORMED"
+        )
+    return token.strip()
+
+
+class Verifier:
+    def __init__(self, settings: AuthSettings) -> None:
+        self.settings = settings
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._loaded_mtime = -1.0
+
+    def _reload(self) -> None:
+        mtime = self.settings.jwks_file.stat().st_mtime
+        if mtime == self._loaded_mtime:
+            return
+        document = json.loads(self.settings.jwks_file.read_text())
+        keys = jwt.PyJWKSet.from_dict(document).keys
+        self._keys = {key.key_id: key for key in keys if key.key_id}
+        self._loaded_mtime = mtime
+
+    def _key(self, kid: Any) -> jwt.PyJWK:
+        if not isinstance(kid, str) or not kid:
+            raise Unauthenticated("the token names no key (kid)", "TOKEN_INVALID")
+        if kid not in self._keys:
+            self._reload()
+        if kid not in self._keys:
+            raise Unauthenticated("the token is signed with an unknown key", "TOKEN_INVALID")
+        return self._keys[kid]
+
+    def verify(self, token: str) -> Caller:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("the token is malformed", "TOKEN_MALFORMED") from None
+        if header.get("alg") not in ALGORITHMS:
+            raise Unauthenticated("the token's algorithm is not accepted", "TOKEN_INVALID")
+        key = self._key(header.get("kid"))
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm_name],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired", "TOKEN_EXPIRED") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated("the token is for another audience", "TOKEN_INVALID") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated("the token is from another issuer", "TOKEN_INVALID") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated("the token's signature is wrong", "TOKEN_INVALID") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("the token is not valid", "TOKEN_INVALID") from None
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthenticated("the token's roles are not a list of names", "TOKEN_INVALID")
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("the token has no subject", "TOKEN_INVALID")
+        return Caller(subject, frozenset(roles))
+
+
+# -- development keys and tokens ----------------------------------------------
+
+
+def _kid(public_key: Any) -> str:
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "dev-" + hashlib.sha256(der).hexdigest()[:16]
+
+
+def _write_once(path: Path, data: bytes, mode: int) -> None:
+    """Writes `path` unless it exists; safe when processes start at the same moment."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_bytes(data)
+    os.chmod(temporary, mode)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+
+
+def ensure_dev_keys(directory: Path) -> None:
+    """An ES256 key pair for development: private.pem (0600) and jwks.json."""
+    jwks = directory / "jwks.json"
+    private = directory / "private.pem"
+    if jwks.is_file() and private.is_file():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    generated = ec.generate_private_key(ec.SECP256R1())
+    pem = generated.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_once(private, pem, 0o600)
+    key = serialization.load_pem_private_key(private.read_bytes(), None)  # the winner's
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    public.update(kid=_kid(key.public_key()), alg="ES256", use="sig")
+    _write_once(jwks, json.dumps({"keys": [public]}, indent=2).encode(), 0o644)
+
+
+def mint(
+    private_pem: bytes,
+    user_id: str,
+    roles: list[str] | tuple[str, ...] = (),
+    *,
+    issuer: str = "shop-dev",
+    audience: str = "shop",
+    ttl: int = 3600,
+    now: float | None = None,
+) -> str:
+    """A token for `user_id`, signed with an EC (ES256) private key in PEM."""
+    key = serialization.load_pem_private_key(private_pem, None)
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "sub": user_id,
+        "roles": list(roles),
+        "iss": issuer,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ttl,
+    }
+    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": _kid(key.public_key())})  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.common.auth", description="Development tokens."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    token = commands.add_parser("token", help="print a token signed with the development key")
+    token.add_argument("--user", required=True, help="the user id (the token's subject)")
+    token.add_argument("--roles", default="", help="comma-separated, e.g. admin")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds")
+    args = parser.parse_args(argv)
+    data_dir = Path(env("DATA_DIR", "./var"))
+    settings = AuthSettings.from_env(data_dir)
+    private = Path(env("JWT_PRIVATE_KEY_FILE", str(settings.jwks_file.parent / "private.pem")))
+    roles = [role for role in args.roles.split(",") if role]
+    print(
+        mint(
+            private.read_bytes(),
+            args.user,
+            roles,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            ttl=args.ttl,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Signed tokens for the tests: one key pair per test run, trusted by every service
+and gateway the tests start (in-process through their config, as processes through
+JWT_JWKS_FILE)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from services.common.auth import AuthSettings, ensure_dev_keys, mint
+
+KEYS = Path(tempfile.gettempdir()) / f"shop-test-keys-{os.getpid()}"
+ensure_dev_keys(KEYS)
+SETTINGS = AuthSettings(KEYS / "jwks.json")
+ENV = {"JWT_JWKS_FILE": str(SETTINGS.jwks_file)}
+ADMIN_ID = "usr_test_admin"
+
+
+def token(user_id: str, roles: tuple[str, ...] = (), **options: Any) -> str:
+    return mint((KEYS / "private.pem").read_bytes(), user_id, roles, **options)
+
+
+def bearer(user_id: str, roles: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata for a call as `user_id`."""
+    return (("authorization", f"Bearer {token(user_id, roles)}"),)
+
+
+ADMIN_TOKEN = token(ADMIN_ID, ("admin",), ttl=24 * 3600)
+ADMIN_HEADER = f"Authorization: Bearer {ADMIN_TOKEN}"
+
+
+class _AsAdmin:
+    """Calls go as the test admin unless they carry their own authorization."""
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = list(details.metadata or ())
+        if not any(key == "authorization" for key, _ in metadata):
+            metadata.append(("authorization", f"Bearer {ADMIN_TOKEN}"))
+        return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+
+# grpc.aio files an interceptor under the first kind it implements: one class per kind.
+class AsAdminUnary(_AsAdmin, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+class AsAdminStream(_AsAdmin, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+def admin_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, interceptors=[AsAdminUnary(), AsAdminStream()])
+
+
+class ConnectBearer:
+    """A connectrpc client interceptor: sends `token` unless the call sets its own."""
+
+    def __init__(self, token: str = ADMIN_TOKEN) -> None:
+        self.value = f"Bearer {token}"
+
+    def _add(self, ctx: Any) -> None:
+        if "authorization" not in ctx.request_headers:
+            ctx.request_headers["authorization"] = self.value
+
+    async def on_start(self, ctx: Any) -> None:
+        self._add(ctx)
+
+    async def on_end(self, token: Any, ctx: Any, error: Exception | None, /) -> None:
+        return None
+
+
+class ConnectBearerSync(ConnectBearer):
+    def on_start_sync(self, ctx: Any, /) -> None:
+        self._add(ctx)
+
+    def on_end_sync(self, token: Any, ctx: Any, error: Exception | None, /) -> None:
+        return None
