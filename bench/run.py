@@ -122,12 +122,15 @@ async def uvicorn_peer(data_dir: Path) -> AsyncIterator[str]:
 
 async def start_mesh(stack: AsyncExitStack, data_dir: Path) -> dict[str, str]:
     addresses: dict[str, str] = {}
-    # No per-client rate limit: the load tools call from one address on purpose.
+    # No per-client rate limit: the load tools call from one address on purpose. And no
+    # TLS inside: h2load can't present a client certificate, and the baseline and the
+    # peer are plaintext too (mutual TLS is what the mesh runs by default).
     env = {
         "DATA_DIR": str(data_dir),
         "PORT": "0",
         "LOG_LEVEL": "WARNING",
         "GATEWAY_RATE_LIMIT": "0",
+        "TLS_MODE": "plaintext",
     }
     for name in ("user", "product", "order", "notification", "gateway"):
         peers = {f"{peer.upper()}_SERVICE_ADDR": address for peer, address in addresses.items()}

@@ -25,6 +25,7 @@ from gateway.registry import public_services
 from gateway.rest import RestRouter, status_response
 from gateway.upstream import Upstreams
 from services.common.auth import AuthSettings, Verifier
+from services.common.tls import GATEWAY, TlsSettings
 
 CONNECT_HEADERS = (
     "Connect-Protocol-Version",
@@ -55,7 +56,8 @@ EXPOSED_HEADERS = (
 def create_app(config: GatewayConfig | None = None) -> Starlette:
     config = config or GatewayConfig.from_env()
     auth = config.auth or AuthSettings.from_env(Path("./var"))
-    upstreams = Upstreams(config.upstreams, config.breaker)
+    tls = config.tls or TlsSettings.from_env("gateway", GATEWAY, Path("./var"))
+    upstreams = Upstreams(config.upstreams, config.breaker, tls)
     services = public_services()
     metrics = GatewayMetrics(
         f"/{service.descriptor.full_name}/{method.name}"

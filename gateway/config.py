@@ -12,6 +12,7 @@ from services.common.config import (
     env_float,
     service_addresses,
 )
+from services.common.tls import GATEWAY, TlsSettings
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -38,6 +39,9 @@ class GatewayConfig:
     rate_burst: float = 200.0
     max_streams_per_client: int = 16
     auth: AuthSettings | None = None  # None: the development keys in ./var/dev-keys
+    # The gateway's client certificate for the services (services.common.tls);
+    # None: the development PKI in ./var/dev-pki.
+    tls: TlsSettings | None = None
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
@@ -54,4 +58,5 @@ class GatewayConfig:
             rate_burst=env_float("GATEWAY_RATE_BURST", 200.0),
             max_streams_per_client=int(env_float("GATEWAY_MAX_STREAMS_PER_CLIENT", 16)),
             auth=AuthSettings.from_env(Path(env("DATA_DIR", "./var"))),
+            tls=TlsSettings.from_env("gateway", GATEWAY, Path(env("DATA_DIR", "./var"))),
         )

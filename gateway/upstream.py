@@ -16,6 +16,7 @@ from google.protobuf.descriptor import MethodDescriptor
 
 from services.common import clients
 from services.common.config import BreakerSettings
+from services.common.tls import TlsSettings
 
 REQUEST_ID = "x-request-id"
 
@@ -46,9 +47,12 @@ class Upstreams:
     """A channel per internal service, made on first use in the serving event loop
     (grpc.aio channels belong to the loop they were made in)."""
 
-    def __init__(self, addresses: Mapping[str, str], breaker: BreakerSettings) -> None:
+    def __init__(
+        self, addresses: Mapping[str, str], breaker: BreakerSettings, tls: TlsSettings
+    ) -> None:
         self._addresses = addresses
         self._breaker = breaker
+        self._tls = tls
         self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
 
     def channel(self, service: str) -> grpc.aio.Channel:
@@ -60,6 +64,7 @@ class Upstreams:
                 peer=service,
                 default_timeout=None,
                 breaker=self._breaker,
+                tls=self._tls,
             )
         return self._channels[key]
 

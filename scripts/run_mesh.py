@@ -62,7 +62,13 @@ async def main() -> int:
     # The development signing key, made once before any process needs it.
     from services.common.auth import AuthSettings
 
-    AuthSettings.from_env(Path(os.environ.get("DATA_DIR", "./var")))
+    data_dir = Path(os.environ.get("DATA_DIR", "./var"))
+    AuthSettings.from_env(data_dir)
+    if os.environ.get("TLS_MODE", "mtls") != "plaintext" and not os.environ.get("TLS_CA_FILE"):
+        from services.common.tls import SERVICE, dev_pki
+
+        # The development CA, and a certificate to call the services with by hand.
+        dev_pki(Path(os.environ.get("TLS_DIR", str(data_dir / "dev-pki"))), "cli", SERVICE)
     processes: dict[str, asyncio.subprocess.Process] = {}
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

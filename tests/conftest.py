@@ -90,6 +90,7 @@ def test_config(spec: ServiceSpec, database_url: str, data_dir: Path) -> Service
         health_interval=0.2,
         shutdown_grace=1.0,
         auth=tokens.SETTINGS,
+        tls=tokens.service_tls(spec.name),
     )
 
 

@@ -65,6 +65,7 @@ class Mesh:
             event_subject_prefix=self.event_namespace or base.event_subject_prefix,
             peers=peers,
             auth=tokens.SETTINGS,
+            tls=tokens.service_tls(name),
         )
 
     async def start(self, name: str, spec: ServiceSpec | None = None) -> RunningService:

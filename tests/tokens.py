@@ -1,6 +1,6 @@
-"""Signed tokens for the tests: one key pair per test run, trusted by every service
-and gateway the tests start (in-process through their config, as processes through
-JWT_JWKS_FILE)."""
+"""The tests' identities: one token signing key and one mesh CA per test run, trusted
+by every service and gateway the tests start (in-process through their config, as
+processes through JWT_JWKS_FILE and TLS_DIR)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,24 @@ from typing import Any
 import grpc
 
 from services.common.auth import AuthSettings, ensure_dev_keys, mint
+from services.common.tls import GATEWAY, SERVICE, TlsSettings, dev_pki
 
 KEYS = Path(tempfile.gettempdir()) / f"shop-test-keys-{os.getpid()}"
 ensure_dev_keys(KEYS)
 SETTINGS = AuthSettings(KEYS / "jwks.json")
-ENV = {"JWT_JWKS_FILE": str(SETTINGS.jwks_file)}
+PKI = KEYS / "pki"
+CLIENT_TLS = dev_pki(PKI, "test-client", SERVICE)  # a service certificate: may call anything
+ENV = {"JWT_JWKS_FILE": str(SETTINGS.jwks_file), "TLS_DIR": str(PKI)}
+
+
+def service_tls(name: str) -> TlsSettings:
+    return dev_pki(PKI, name, SERVICE)
+
+
+def gateway_tls() -> TlsSettings:
+    return dev_pki(PKI, "gateway", GATEWAY)
+
+
 ADMIN_ID = "usr_test_admin"
 
 
@@ -55,6 +68,19 @@ class AsAdminStream(_AsAdmin, grpc.aio.UnaryStreamClientInterceptor):
 
 
 def admin_channel(address: str) -> grpc.aio.Channel:
+    """To a service (mutual TLS with the test client's certificate), as the admin."""
+    return grpc.aio.secure_channel(
+        address, CLIENT_TLS.channel_credentials(), interceptors=[AsAdminUnary(), AsAdminStream()]
+    )
+
+
+def service_channel(address: str, tls: TlsSettings = CLIENT_TLS) -> grpc.aio.Channel:
+    """To a service with a certificate and no token."""
+    return grpc.aio.secure_channel(address, tls.channel_credentials())
+
+
+def edge_channel(address: str) -> grpc.aio.Channel:
+    """To the gateway's gRPC (plaintext HTTP/2 at the edge), as the admin."""
     return grpc.aio.insecure_channel(address, interceptors=[AsAdminUnary(), AsAdminStream()])
 
 

@@ -30,6 +30,7 @@ from purgatory.domain.model import OpenedState
 
 from services.common import deadline
 from services.common.config import BreakerSettings
+from services.common.tls import TlsSettings
 
 PEER_FAILURES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 RETRY_POLICY = {
@@ -150,6 +151,7 @@ def channel(
     peer: str = "",
     default_timeout: float | None = 10.0,
     breaker: BreakerSettings | None = None,
+    tls: TlsSettings | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """One long-lived channel per peer service, shared by all calls to it."""
@@ -172,6 +174,18 @@ def channel(
     chain += aio_client_interceptors()  # type: ignore[no-untyped-call]
     if breaker is not None:
         chain.append(BreakerInterceptor(peer or addresses, breaker))
+    if tls is not None and tls.enabled:
+        if "," in addresses:
+            # An ipv4: list has no single authority: check certificates against the host
+            # of the first address (replicas of one service share its name).
+            host = addresses.split(",")[0].strip().rsplit(":", 1)[0]
+            options.append(("grpc.ssl_target_name_override", host))
+        return grpc.aio.secure_channel(
+            target(addresses),
+            tls.channel_credentials(),
+            options=options,
+            interceptors=[*chain, *interceptors],
+        )
     return grpc.aio.insecure_channel(
         target(addresses), options=options, interceptors=[*chain, *interceptors]
     )

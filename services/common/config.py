@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from services.common.auth import AuthSettings
+    from services.common.tls import TlsSettings
 
 # Where each service listens by default; `<NAME>_SERVICE_ADDR` overrides it for callers,
 # and may list several replicas (`host:p1,host:p2`).
@@ -48,6 +49,12 @@ def _auth_from_env(data_dir: Path) -> AuthSettings:
     from services.common.auth import AuthSettings  # auth builds on this module
 
     return AuthSettings.from_env(data_dir)
+
+
+def _tls_from_env(name: str, data_dir: Path) -> TlsSettings:
+    from services.common.tls import SERVICE, TlsSettings  # tls builds on this module
+
+    return TlsSettings.from_env(name, SERVICE, data_dir)
 
 
 def metrics_port(grpc_or_http_port: int) -> int:
@@ -94,6 +101,8 @@ class ServiceConfig:
     metrics_port: int | None = None
     # Where the public keys that verify callers' tokens are (see services.common.auth).
     auth: AuthSettings = field(default_factory=lambda: _auth_from_env(Path("./var")))
+    # This process's certificate and the mesh CA (services.common.tls).
+    tls: TlsSettings = field(default_factory=lambda: _tls_from_env("service", Path("./var")))
 
     def peer(self, name: str) -> str:
         return self.peers.get(name) or f"127.0.0.1:{DEFAULT_PORTS[name]}"
@@ -124,4 +133,5 @@ class ServiceConfig:
             breaker=BreakerSettings.from_env(),
             metrics_port=metrics_port(int(port_raw)),
             auth=_auth_from_env(data_dir),
+            tls=_tls_from_env(name, data_dir),
         )

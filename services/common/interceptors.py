@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from grpc_status import rpc_status
 
-from services.common import auth, deadline, validation
-from services.common.errors import DomainError, internal_status
+from services.common import auth, deadline, tls, validation
+from services.common.errors import DomainError, PermissionDenied, internal_status
 from services.common.metrics import Metrics
 
 log = logging.getLogger("shop.rpc")
@@ -215,11 +215,19 @@ class AuthInterceptor(_Wrapping):
     enough (sign-up and the catalogue are public). Internal services are for other
     services only and take no user token."""
 
-    def __init__(self, verifier: auth.Verifier) -> None:
+    def __init__(self, verifier: auth.Verifier, *, services_only_internal: bool) -> None:
         self._verifier = verifier
+        self._services_only = services_only_internal
 
     def _caller(self, method: str, context: Context) -> auth.Caller | None:
         if "InternalService/" in method:
+            # For other services only: a service certificate, not the gateway's.
+            if self._services_only:
+                role = tls.role_of(context.auth_context())
+                if role != tls.SERVICE:
+                    raise PermissionDenied(
+                        "internal RPCs are for the mesh's services only", "SERVICE_ONLY"
+                    )
             return None
         metadata = dict(context.invocation_metadata() or ())
         value = metadata.get("authorization")

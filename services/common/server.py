@@ -149,13 +149,15 @@ SERVER_OPTIONS = [
 ]
 
 
-def interceptors(metrics: Metrics, verifier: Verifier) -> list[grpc.aio.ServerInterceptor]:
+def interceptors(
+    metrics: Metrics, verifier: Verifier, mutual_tls: bool
+) -> list[grpc.aio.ServerInterceptor]:
     return [
         aio_server_interceptor(),  # type: ignore[no-untyped-call]
         AccessLogInterceptor(metrics),
         ErrorInterceptor(),
         DeadlineInterceptor(),
-        AuthInterceptor(verifier),
+        AuthInterceptor(verifier, services_only_internal=mutual_tls),
         ValidationInterceptor(),
     ]
 
@@ -174,7 +176,8 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
         "db_pool_connections_in_use", "Database connections checked out.", db.connections_in_use
     )
     server = grpc.aio.server(
-        interceptors=interceptors(runtime.metrics, Verifier(config.auth)), options=SERVER_OPTIONS
+        interceptors=interceptors(runtime.metrics, Verifier(config.auth), config.tls.enabled),
+        options=SERVER_OPTIONS,
     )
     names = list(spec.register(server, runtime))
     for hook in runtime.startup:
@@ -189,7 +192,12 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
         ],
         server,
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    listen = f"{config.host}:{config.port}"
+    if config.tls.enabled:
+        port = server.add_secure_port(listen, config.tls.server_credentials())
+    else:
+        log.warning("TLS_MODE=plaintext: serving without TLS, for local debugging only")
+        port = server.add_insecure_port(listen)
     if port == 0:
         raise SystemExit(f"cannot listen on {config.host}:{config.port}")
     await server.start()

@@ -113,7 +113,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
 
         connect_on_start(runtime, "shop-notification", consume_from)
     else:
-        feed = FeedSource(config.peer("order"), consumer)
+        feed = FeedSource(config.peer("order"), consumer, config.tls)
         runtime.background.append(feed.run)
         runtime.closers.append(feed.close)
 

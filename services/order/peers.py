@@ -16,6 +16,7 @@ from google.rpc import status_pb2
 from services.common import clients, deadline
 from services.common.config import BreakerSettings
 from services.common.errors import DomainError
+from services.common.tls import TlsSettings
 from shop.product.v1 import (
     product_internal_pb2,
     product_internal_pb2_grpc,
@@ -62,10 +63,16 @@ class PeerError(DomainError):
 
 class Peers:
     def __init__(
-        self, user_addresses: str, product_addresses: str, breaker: BreakerSettings
+        self,
+        user_addresses: str,
+        product_addresses: str,
+        breaker: BreakerSettings,
+        tls: TlsSettings | None = None,
     ) -> None:
-        self._user_channel = clients.channel(user_addresses, peer="user", breaker=breaker)
-        self._product_channel = clients.channel(product_addresses, peer="product", breaker=breaker)
+        self._user_channel = clients.channel(user_addresses, peer="user", breaker=breaker, tls=tls)
+        self._product_channel = clients.channel(
+            product_addresses, peer="product", breaker=breaker, tls=tls
+        )
         self._users = user_internal_pb2_grpc.UserInternalServiceStub(self._user_channel)
         self._products = product_pb2_grpc.ProductServiceStub(self._product_channel)
         self._stock = product_internal_pb2_grpc.ProductInternalServiceStub(self._product_channel)

@@ -71,7 +71,7 @@ class OrderInternalServicer(order_internal_pb2_grpc.OrderInternalServiceServicer
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
     config = runtime.config
-    peers = Peers(config.peer("user"), config.peer("product"), config.breaker)
+    peers = Peers(config.peer("user"), config.peer("product"), config.breaker, config.tls)
     feed = Feed(runtime.db)
 
     async def published() -> None:

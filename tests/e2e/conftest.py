@@ -73,7 +73,11 @@ async def gateway_in_process(mesh: Mesh) -> AsyncIterator[str]:
     from gateway.config import GatewayConfig
 
     upstreams = {name: f"127.0.0.1:{port}" for name, port in mesh.ports.items()}
-    settings = GatewayConfig(upstreams={**upstreams, **mesh.peer_addresses}, auth=tokens.SETTINGS)
+    settings = GatewayConfig(
+        upstreams={**upstreams, **mesh.peer_addresses},
+        auth=tokens.SETTINGS,
+        tls=tokens.gateway_tls(),
+    )
     app = create_app(settings)
     sock = listening_socket("127.0.0.1", 0)
     config = Config()

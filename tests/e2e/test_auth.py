@@ -182,7 +182,7 @@ async def test_services_enforce_ownership_without_the_gateway(
 ) -> None:
     ann, bob, order = two_shoppers
     address = f"127.0.0.1:{stack.mesh.ports['order']}"
-    async with grpc.aio.insecure_channel(address) as channel:  # straight to the service
+    async with tokens.service_channel(address) as channel:  # straight to the service
         orders = order_pb2_grpc.OrderServiceStub(channel)
         await fails(
             orders.GetOrder(order_pb2.GetOrderRequest(id=order.id)),

@@ -175,7 +175,7 @@ async def test_generated_sync_client(stack: Stack) -> None:
 
 
 async def test_grpcio_stub_pointed_at_the_gateway(stack: Stack) -> None:
-    async with tokens.admin_channel(stack.url.removeprefix("http://")) as channel:
+    async with tokens.edge_channel(stack.url.removeprefix("http://")) as channel:
         users = user_pb2_grpc.UserServiceStub(channel)
         products = product_pb2_grpc.ProductServiceStub(channel)
         orders = order_pb2_grpc.OrderServiceStub(channel)
@@ -380,7 +380,7 @@ async def test_deadline_and_headers_reach_the_service_and_expiry_cancels_it(tmp_
 
             # The same over gRPC: the grpc-timeout header bounds the forwarded call.
             slow.cancelled.clear()
-            async with tokens.admin_channel(gateway.address) as channel:
+            async with tokens.edge_channel(gateway.address) as channel:
                 started = time.monotonic()
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await user_pb2_grpc.UserServiceStub(channel).GetUser(

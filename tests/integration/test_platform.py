@@ -81,8 +81,18 @@ def buf(*args: str) -> str:
 
 async def test_reflection_lists_services_and_serves_buf_curl(tmp_path: Path) -> None:
     async with running(USER, f"sqlite+aiosqlite:///{tmp_path / 'u.db'}", tmp_path) as (service, _):
-        base = f"http://{service.address}"
-        grpc_flags = ["--protocol", "grpc", "--http2-prior-knowledge"]
+        base = f"https://{service.address}"  # mutual TLS: the test client's certificate
+        client = tokens.CLIENT_TLS
+        grpc_flags = [
+            "--protocol",
+            "grpc",
+            "--cacert",
+            str(client.ca_file),
+            "--cert",
+            str(client.cert_file),
+            "--key",
+            str(client.key_file),
+        ]
         methods = await asyncio.to_thread(buf, "curl", *grpc_flags, "--list-methods", base)
         listed = set(methods.split())
         assert {
@@ -133,7 +143,9 @@ class ProbeServicer(user_pb2_grpc.UserServiceServicer):
     def __init__(self, downstream: str | None) -> None:
         self.seen_time_remaining: list[float | None] = []
         self.cancelled = asyncio.Event()
-        self._downstream = clients.channel(downstream) if downstream else None
+        self._downstream = (
+            clients.channel(downstream, tls=tokens.CLIENT_TLS) if downstream else None
+        )
 
     async def GetUser(
         self, request: user_pb2.GetUserRequest, context: Context

@@ -10,6 +10,7 @@ import grpc
 from services.common import clients
 from services.common.events.consumer import Consumer
 from services.common.events.envelope import Event
+from services.common.tls import TlsSettings
 from shop.order.v1 import events_pb2, order_internal_pb2, order_internal_pb2_grpc
 
 log = logging.getLogger("shop.feed")
@@ -53,8 +54,10 @@ class FeedSource:
     stored with each applied event, nothing is skipped or applied twice.
     """
 
-    def __init__(self, order_addresses: str, consumer: Consumer) -> None:
-        self._channel = clients.channel(order_addresses, default_timeout=None)
+    def __init__(
+        self, order_addresses: str, consumer: Consumer, tls: TlsSettings | None = None
+    ) -> None:
+        self._channel = clients.channel(order_addresses, default_timeout=None, tls=tls)
         self._stub = order_internal_pb2_grpc.OrderInternalServiceStub(self._channel)
         self._consumer = consumer
         self.connected = asyncio.Event()

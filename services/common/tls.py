@@ -1,0 +1,190 @@
+"""Mutual TLS between the processes of the mesh.
+
+Every process presents a certificate signed by the mesh CA, and every service
+accepts only clients that do (`require_client_auth`). A certificate says what
+its holder is in its organizational unit: `service` for the four services,
+`gateway` for the gateway; `*InternalService` RPCs accept services only, so
+stock can't be reserved from the edge.
+
+Files come from TLS_CA_FILE, TLS_CERT_FILE and TLS_KEY_FILE. Without them, a
+development CA and one certificate per process name are made on first start in
+TLS_DIR (default `$DATA_DIR/dev-pki`). Plaintext is possible only when
+TLS_MODE=plaintext is set on purpose, for local debugging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.common.config import env
+
+SERVICE = "service"
+GATEWAY = "gateway"
+VALID_DAYS = 365
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """None of the files set: plaintext (TLS_MODE=plaintext only)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca_file is not None
+
+    @classmethod
+    def from_env(cls, name: str, role: str, data_dir: Path) -> TlsSettings:
+        mode = env("TLS_MODE", "mtls").lower()
+        if mode == "plaintext":
+            return cls()
+        if mode != "mtls":
+            raise SystemExit(f"TLS_MODE must be mtls or plaintext, not {mode!r}")
+        files = [env(f"TLS_{part}_FILE", "") for part in ("CA", "CERT", "KEY")]
+        if all(files):
+            ca, cert, key = (Path(f) for f in files)
+            return cls(ca, cert, key)
+        if any(files):
+            raise SystemExit("set all of TLS_CA_FILE, TLS_CERT_FILE and TLS_KEY_FILE, or none")
+        return dev_pki(Path(env("TLS_DIR", str(data_dir / "dev-pki"))), name, role)
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        assert self.ca_file and self.cert_file and self.key_file
+        return self.ca_file.read_bytes(), self.cert_file.read_bytes(), self.key_file.read_bytes()
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        ca, cert, key = self.read()
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=True
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        ca, cert, key = self.read()
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+
+
+def role_of(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
+    """The caller's role from a verified client certificate (None: no certificate)."""
+    if list(auth_context.get("transport_security_type", [])) != [b"ssl"]:
+        return None
+    for name in auth_context.get("x509_subject_alternative_name", []):
+        text = name.decode()
+        if text.startswith("spiffe://shop/"):
+            return text.removeprefix("spiffe://shop/").split("/")[0]
+    return None
+
+
+# -- the development PKI ----------------------------------------------------------
+
+
+def _write_once(path: Path, data: bytes, mode: int) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_bytes(data)
+    os.chmod(temporary, mode)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
+def _ensure_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key_file, cert_file = directory / "ca-key.pem", directory / "ca.pem"
+    if not cert_file.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_once(key_file, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
+        key = _load_key(key_file)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shop development CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        _write_once(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return x509.load_pem_x509_certificate(cert_file.read_bytes()), _load_key(key_file)
+
+
+def dev_pki(directory: Path, name: str, role: str) -> TlsSettings:
+    """The development CA in `directory`, and a certificate for `name` in `role`."""
+    ca, ca_key = _ensure_ca(directory)
+    key_file, cert_file = directory / f"{name}-key.pem", directory / f"{name}.pem"
+    if not cert_file.is_file():
+        _write_once(key_file, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
+        key = _load_key(key_file)
+        now = datetime.datetime.now(datetime.UTC)
+        names = [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.UniformResourceIdentifier(f"spiffe://shop/{role}/{name}"),
+        ]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write_once(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return TlsSettings(directory / "ca.pem", cert_file, key_file)
