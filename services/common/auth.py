@@ -8,8 +8,9 @@ without a valid signed token.
 - Only asymmetric algorithms (ES256, RS256), and only the one the key with the
   token's `kid` declares: `alg: none` and HMAC-with-the-public-key are refused.
 - Issuer, audience, expiry, issue time and subject are required and checked.
-- Several keys may be in the file at once (rotation by `kid`); the file is read
-  again when a token names a key it does not know and the file has changed.
+- Keys come from JWT_JWKS_FILE: a JWKS document, or a single public key in PEM.
+  Several keys may be in a JWKS at once (rotation by `kid`); the file is read
+  again whenever it changes, so keys are added and withdrawn without a restart.
 - `make run` needs no set-up: with no JWT_JWKS_FILE, a development key pair is
   made in `$DATA_DIR/dev-keys/` on first start, and `python -m services.common.auth
   token --user usr_...` prints a token signed with it.
@@ -29,7 +30,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from services.common.config import env
 from services.common.errors import PermissionDenied, Unauthenticated
@@ -122,19 +123,20 @@ class Verifier:
         self._loaded_mtime = -1.0
 
     def _reload(self) -> None:
+        """Reads the key file again when it changed (one stat a call): a key added is
+        trusted, and a key removed is no longer, without a restart."""
         mtime = self.settings.jwks_file.stat().st_mtime
         if mtime == self._loaded_mtime:
             return
-        document = json.loads(self.settings.jwks_file.read_text())
-        keys = jwt.PyJWKSet.from_dict(document).keys
-        self._keys = {key.key_id: key for key in keys if key.key_id}
+        self._keys = _read_keys(self.settings.jwks_file)
         self._loaded_mtime = mtime
 
     def _key(self, kid: Any) -> jwt.PyJWK:
+        self._reload()
+        if kid is None and len(self._keys) == 1:  # a single PEM key needs no kid
+            return next(iter(self._keys.values()))
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("the token names no key (kid)", "TOKEN_INVALID")
-        if kid not in self._keys:
-            self._reload()
         if kid not in self._keys:
             raise Unauthenticated("the token is signed with an unknown key", "TOKEN_INVALID")
         return self._keys[kid]
@@ -174,6 +176,25 @@ class Verifier:
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("the token has no subject", "TOKEN_INVALID")
         return Caller(subject, frozenset(roles))
+
+
+def _read_keys(path: Path) -> dict[str, jwt.PyJWK]:
+    """A JWKS document, or one public key in PEM (EC for ES256, RSA for RS256)."""
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        public = serialization.load_pem_public_key(data)
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public))
+            jwk["alg"] = "ES256"
+        elif isinstance(public, rsa.RSAPublicKey):
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public))
+            jwk["alg"] = "RS256"
+        else:
+            raise SystemExit(f"{path}: only EC (ES256) and RSA (RS256) public keys are accepted")
+        jwk["kid"] = _kid(public)
+        return {jwk["kid"]: jwt.PyJWK(jwk)}
+    keys = jwt.PyJWKSet.from_dict(json.loads(data)).keys
+    return {key.key_id: key for key in keys if key.key_id}
 
 
 # -- development keys and tokens ----------------------------------------------

@@ -16,9 +16,10 @@ import pytest
 from services.common.auth import ensure_dev_keys, mint
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
-from shop.user.v1 import user_pb2
+from shop.user.v1 import user_pb2, user_pb2_grpc
 from tests import tokens
 from tests.e2e.conftest import Stack, curl
+from tests.processes import service_process
 from tests.rpc import fails
 
 JSON = "content-type: application/json"
@@ -203,3 +204,23 @@ async def test_services_enforce_ownership_without_the_gateway(
             order_pb2.GetOrderRequest(id=order.id), metadata=tokens.bearer(ann.id)
         )
         assert mine.order.status == order_pb2.ORDER_STATUS_PLACED
+
+
+async def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
+
+    good, bad = tokens.token("usr_logs"), tokens.token("usr_logs")[:-8] + "AAAAAAAA"
+    env = {"DATA_DIR": str(tmp_path), "LOG_LEVEL": "DEBUG"}
+    async with service_process("user", env) as process:
+        async with tokens.service_channel(process.address) as channel:
+            stub = user_pb2_grpc.UserServiceStub(channel)
+            for token in (good, bad):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.GetUser(
+                        user_pb2.GetUserRequest(id="usr_logs"),
+                        metadata=(("authorization", f"Bearer {token}"),),
+                    )
+        await process.stop()
+    logged = "\n".join(process.stderr_lines)
+    assert "GetUser" in logged  # the calls were logged...
+    assert good not in logged and bad not in logged  # ...their tokens were not
+    assert good.split(".")[2] not in logged
