@@ -12,9 +12,12 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.protocol import ProtocolType
 
 from services.common.auth import ensure_dev_keys, mint
-from shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from shop.notification.v1 import notification_connect, notification_pb2, notification_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 from tests import tokens
@@ -171,6 +174,16 @@ async def test_one_user_cannot_see_anothers_orders_or_notifications(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stream.read()
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # gRPC-Web and Connect binary, with the generated client
+    for protocol in (ProtocolType.GRPC_WEB, ProtocolType.CONNECT):
+        async with notification_connect.NotificationServiceClient(
+            stack.url, protocol=protocol, interceptors=[tokens.ConnectBearer(as_bob)]
+        ) as client:
+            with pytest.raises(ConnectError) as denied:
+                await client.list_notifications(
+                    notification_pb2.ListNotificationsRequest(user_id=ann.id)
+                )
+            assert denied.value.code == Code.PERMISSION_DENIED, protocol
     # Ann's order is as it was; Ann herself sees it.
     status, reply = await connect(
         stack, "shop.order.v1.OrderService/GetOrder", {"id": order.id}, token=tokens.token(ann.id)
