@@ -22,7 +22,6 @@ import argparse
 import contextvars
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from services.common.config import env
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.files import write_once
 
 ALGORITHMS = ("ES256", "RS256")
 ADMIN = "admin"
@@ -207,19 +207,6 @@ def _kid(public_key: Any) -> str:
     return "dev-" + hashlib.sha256(der).hexdigest()[:16]
 
 
-def _write_once(path: Path, data: bytes, mode: int) -> None:
-    """Writes `path` unless it exists; safe when processes start at the same moment."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_bytes(data)
-    os.chmod(temporary, mode)
-    try:
-        os.link(temporary, path)
-    except FileExistsError:
-        pass
-    finally:
-        temporary.unlink()
-
-
 def ensure_dev_keys(directory: Path) -> None:
     """An ES256 key pair for development: private.pem (0600) and jwks.json."""
     jwks = directory / "jwks.json"
@@ -233,12 +220,12 @@ def ensure_dev_keys(directory: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_once(private, pem, 0o600)
+    write_once(private, pem, 0o600)
     key = serialization.load_pem_private_key(private.read_bytes(), None)  # the winner's
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     public.update(kid=_kid(key.public_key()), alg="ES256", use="sig")
-    _write_once(jwks, json.dumps({"keys": [public]}, indent=2).encode(), 0o644)
+    write_once(jwks, json.dumps({"keys": [public]}, indent=2).encode(), 0o644)
 
 
 def mint(

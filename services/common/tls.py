@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common.config import env
+from services.common.files import write_once
 
 SERVICE = "service"
 GATEWAY = "gateway"
@@ -92,18 +92,6 @@ def role_of(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
 # -- the development PKI ----------------------------------------------------------
 
 
-def _write_once(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_bytes(data)
-    os.chmod(temporary, mode)
-    try:
-        os.link(temporary, path)
-    except FileExistsError:
-        pass
-    finally:
-        temporary.unlink()
-
-
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -122,7 +110,7 @@ def _ensure_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePriva
     key_file, cert_file = directory / "ca-key.pem", directory / "ca.pem"
     if not cert_file.is_file():
         directory.mkdir(parents=True, exist_ok=True)
-        _write_once(key_file, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
+        write_once(key_file, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
         key = _load_key(key_file)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shop development CA")])
         now = datetime.datetime.now(datetime.UTC)
@@ -151,7 +139,7 @@ def _ensure_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePriva
             )
             .sign(key, hashes.SHA256())
         )
-        _write_once(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_once(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return x509.load_pem_x509_certificate(cert_file.read_bytes()), _load_key(key_file)
 
 
@@ -160,7 +148,7 @@ def dev_pki(directory: Path, name: str, role: str) -> TlsSettings:
     ca, ca_key = _ensure_ca(directory)
     key_file, cert_file = directory / f"{name}-key.pem", directory / f"{name}.pem"
     if not cert_file.is_file():
-        _write_once(key_file, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
+        write_once(key_file, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
         key = _load_key(key_file)
         now = datetime.datetime.now(datetime.UTC)
         names = [
@@ -186,5 +174,5 @@ def dev_pki(directory: Path, name: str, role: str) -> TlsSettings:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        _write_once(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_once(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return TlsSettings(directory / "ca.pem", cert_file, key_file)
