@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from google.rpc import code_pb2, status_pb2
@@ -21,11 +20,10 @@ from gateway.config import GatewayConfig
 from gateway.connect import connect_apps
 from gateway.observability import GatewayMetrics, RequestMetrics, traced
 from gateway.ratelimit import RateLimit
-from gateway.registry import public_services
+from gateway.registry import procedure, public_services
 from gateway.rest import RestRouter, status_response
 from gateway.upstream import Upstreams
-from services.common.auth import AuthSettings, Verifier
-from services.common.tls import GATEWAY, TlsSettings
+from services.common.auth import Verifier
 
 CONNECT_HEADERS = (
     "Connect-Protocol-Version",
@@ -55,14 +53,10 @@ EXPOSED_HEADERS = (
 
 def create_app(config: GatewayConfig | None = None) -> Starlette:
     config = config or GatewayConfig.from_env()
-    auth = config.auth or AuthSettings.from_env(Path("./var"))
-    tls = config.tls or TlsSettings.from_env("gateway", GATEWAY, Path("./var"))
-    upstreams = Upstreams(config.upstreams, config.breaker, tls)
+    upstreams = Upstreams(config.upstreams, config.breaker, config.tls)
     services = public_services()
     metrics = GatewayMetrics(
-        f"/{service.descriptor.full_name}/{method.name}"
-        for service in services
-        for method in service.descriptor.methods
+        procedure(method) for service in services for method in service.descriptor.methods
     )
     routes: list[BaseRoute] = [Route("/healthz", _healthz), Route("/metrics", metrics.endpoint)]
     routes += [Mount(app.path, app=app) for app in connect_apps(services, upstreams, config)]
@@ -91,7 +85,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
 
     # Outermost first: the request span, then the metrics (which see CORS answers too).
     streaming = [
-        f"/{service.descriptor.full_name}/{method.name}"
+        procedure(method)
         for service in services
         for method in service.descriptor.methods
         if method.server_streaming
@@ -99,7 +93,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
     middleware = [
         Middleware(traced),
         Middleware(RequestMetrics, metrics=metrics),
-        Middleware(Authentication, verifier=Verifier(auth)),
+        Middleware(Authentication, verifier=Verifier(config.auth)),
         Middleware(
             RateLimit,
             rate=config.rate_limit,

@@ -38,10 +38,12 @@ class GatewayConfig:
     rate_limit: float = 100.0
     rate_burst: float = 200.0
     max_streams_per_client: int = 16
-    auth: AuthSettings | None = None  # None: the development keys in ./var/dev-keys
-    # The gateway's client certificate for the services (services.common.tls);
-    # None: the development PKI in ./var/dev-pki.
-    tls: TlsSettings | None = None
+    # The keys that verify callers' tokens (by default the development keys in ./var).
+    auth: AuthSettings = field(default_factory=lambda: AuthSettings.from_env(Path("./var")))
+    # The gateway's client certificate for the services (services.common.tls).
+    tls: TlsSettings = field(
+        default_factory=lambda: TlsSettings.from_env("gateway", GATEWAY, Path("./var"))
+    )
 
     @classmethod
     def from_env(cls) -> GatewayConfig:

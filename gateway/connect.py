@@ -16,7 +16,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from gateway.auth import require_token
 from gateway.config import GatewayConfig
 from gateway.errors import connect_error, internal_status, status_of
-from gateway.registry import PublicService
+from gateway.registry import PublicService, procedure
 from gateway.upstream import REQUEST_ID, CallOptions, Upstreams, call_options, stream
 from services.common.errors import DomainError
 
@@ -56,30 +56,26 @@ class Forwarder:
         return options
 
     def _unary(self, method: MethodDescriptor, call: Any) -> Callable[..., Any]:
-        procedure = _procedure(method)
+        path = procedure(method)
 
         async def forward(request: Any, ctx: RequestContext[Any, Any]) -> Any:
-            _signed_in(procedure, ctx)
+            _signed_in(path, ctx)
             options = self._options(ctx, streaming=False)
             return await call(request, timeout=options.timeout, metadata=options.metadata)
 
         return forward
 
     def _server_stream(self, method: MethodDescriptor, call: Any) -> Callable[..., Any]:
-        procedure = _procedure(method)
+        path = procedure(method)
 
         async def forward(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
-            _signed_in(procedure, ctx)
+            _signed_in(path, ctx)
             options = self._options(ctx, streaming=True)
             responses = call(request, timeout=options.timeout, metadata=options.metadata)
             async for response in stream(responses):
                 yield response
 
         return forward
-
-
-def _procedure(method: MethodDescriptor) -> str:
-    return f"/{method.containing_service.full_name}/{method.name}"
 
 
 def _signed_in(procedure: str, ctx: RequestContext[Any, Any]) -> None:

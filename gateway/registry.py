@@ -11,7 +11,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 import shop
 
@@ -26,6 +26,11 @@ class PublicService:
     def upstream(self) -> str:
         """The internal service that owns it: `shop.user.v1.UserService` -> `user`."""
         return self.descriptor.full_name.split(".")[1]
+
+
+def procedure(method: MethodDescriptor) -> str:
+    """The method's path on the wire: `/shop.user.v1.UserService/GetUser`."""
+    return f"/{method.containing_service.full_name}/{method.name}"
 
 
 def public_services() -> list[PublicService]:

@@ -27,7 +27,7 @@ from gateway.auth import require_token
 from gateway.config import GatewayConfig
 from gateway.errors import HTTP_STATUS, internal_status, status_of
 from gateway.observability import ROUTE_KEY
-from gateway.registry import PublicService
+from gateway.registry import PublicService, procedure
 from gateway.transcode import PathTemplate, build_request, field_by_name
 from gateway.upstream import REQUEST_ID, Upstreams, call_options, stream
 from services.common import validation
@@ -194,9 +194,8 @@ class RestRouter:
         streaming = route.method.server_streaming
         timeout = _timeout(request, None if streaming else self._config.default_timeout)
         options = call_options(dict(request.headers.items()), timeout, self._config.forward_headers)
-        procedure = f"/{route.method.containing_service.full_name}/{route.method.name}"
         try:
-            require_token(procedure, request.headers.get("authorization"))
+            require_token(procedure(route.method), request.headers.get("authorization"))
         except DomainError as error:
             return status_response(error.to_status(), options.request_id)
         try:

@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
+from gateway.registry import procedure
 from services.common import clients
 from services.common.config import BreakerSettings
 from services.common.tls import TlsSettings
@@ -70,7 +71,7 @@ class Upstreams:
 
     def method(self, upstream: str, method: MethodDescriptor) -> Callable[..., Any]:
         """A callable like a grpc multicallable: `call(request, timeout=, metadata=)`."""
-        path = f"/{method.containing_service.full_name}/{method.name}"
+        path = procedure(method)
         output = message_factory.GetMessageClass(method.output_type)
 
         def serialize(request: Any) -> bytes:
