@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,8 @@ async def test_traffic_mix_runs_every_operation_without_errors(
         str(out),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Should it ever crash in native code, the Python stacks land in stderr.
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     stdout, stderr = (part.decode() for part in await asyncio.wait_for(child.communicate(), 60))
     assert child.returncode == 0, stderr
