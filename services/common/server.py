@@ -9,7 +9,6 @@ validation. `main()` runs it until SIGTERM/SIGINT, then drains in-flight calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -40,6 +39,7 @@ from services.common.pagination import PageTokens
 log = logging.getLogger("shop.server")
 
 DB_PING_TIMEOUT = 2.0
+STOP_STEP_TIMEOUT = 5.0
 
 
 @dataclass
@@ -102,13 +102,19 @@ class RunningService:
         await self.server.stop(self.runtime.config.shutdown_grace if grace is None else grace)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Shutdown is bounded: a background task or a closer that does not finish (a
+        # peer channel stuck mid-reconnect, say) must not keep the process alive.
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP_TIMEOUT)
+            if stuck:
+                log.warning("background tasks did not stop", extra={"count": len(stuck)})
         for close in reversed(self.runtime.closers):
             result = close()
             if asyncio.iscoroutine(result):
-                await result
+                try:
+                    await asyncio.wait_for(result, STOP_STEP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("a closer did not finish", extra={"closer": repr(close)})
         await self.runtime.db.close()
 
 
