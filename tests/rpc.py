@@ -30,6 +30,12 @@ def detail(error: grpc.aio.AioRpcError, kind: type[Any]) -> Any:
     return None
 
 
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The google.rpc.ErrorInfo reason of a failed call ("" when it has none)."""
+    info = detail(error, error_details_pb2.ErrorInfo)
+    return str(info.reason) if info is not None else ""
+
+
 def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
     bad_request = detail(error, error_details_pb2.BadRequest)
     assert bad_request is not None, f"no BadRequest detail in {status_of(error)}"

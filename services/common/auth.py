@@ -7,7 +7,9 @@ without a valid signed token.
 
 - Only asymmetric algorithms (ES256, RS256), and only the one the key with the
   token's `kid` declares: `alg: none` and HMAC-with-the-public-key are refused.
-- Issuer, audience, expiry, issue time and subject are required and checked.
+- Issuer, audience, expiry, issue time and subject are required and checked, and a
+  token may not live longer than JWT_MAX_TTL (24 h by default): a stolen token
+  minted for ten years would otherwise never stop working.
 - Keys come from JWT_JWKS_FILE: a JWKS document, or a single public key in PEM.
   Several keys may be in a JWKS at once (rotation by `kid`); the file is read
   again whenever it changes, so keys are added and withdrawn without a restart.
@@ -31,13 +33,14 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.common.config import env
+from services.common.config import env, env_float
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.files import write_once
 
 ALGORITHMS = ("ES256", "RS256")
 ADMIN = "admin"
 LEEWAY_SECONDS = 30
+MAX_TTL_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class AuthSettings:
     jwks_file: Path
     issuer: str = "shop-dev"
     audience: str = "shop"
+    # The longest lifetime (exp - iat) a token may have, in seconds.
+    max_ttl: float = MAX_TTL_SECONDS
 
     @classmethod
     def from_env(cls, data_dir: Path) -> AuthSettings:
@@ -54,7 +59,12 @@ class AuthSettings:
             ensure_dev_keys(jwks_file.parent)
         elif not jwks_file.is_file():
             raise SystemExit(f"JWT_JWKS_FILE {configured!r} does not exist")
-        return cls(jwks_file, env("JWT_ISSUER", "shop-dev"), env("JWT_AUDIENCE", "shop"))
+        return cls(
+            jwks_file,
+            env("JWT_ISSUER", "shop-dev"),
+            env("JWT_AUDIENCE", "shop"),
+            env_float("JWT_MAX_TTL", MAX_TTL_SECONDS),
+        )
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,16 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
+def single_authorization(values: list[str]) -> str | None:
+    """The one Authorization value of a request. Several are refused: a proxy and the
+    service behind it could each read a different one (the first, the last)."""
+    if len(values) > 1:
+        raise Unauthenticated(
+            f"send one Authorization header, not {len(values)}", "TOKEN_MALFORMED"
+        )
+    return values[0] if values else None
+
+
 class Verifier:
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
@@ -169,6 +189,11 @@ class Verifier:
             raise Unauthenticated("the token's signature is wrong", "TOKEN_INVALID") from None
         except jwt.PyJWTError:
             raise Unauthenticated("the token is not valid", "TOKEN_INVALID") from None
+        lifetime = claims["exp"] - claims["iat"]
+        if not isinstance(lifetime, int | float) or lifetime > self.settings.max_ttl:
+            raise Unauthenticated(
+                f"the token lives longer than {int(self.settings.max_ttl)} s", "TOKEN_INVALID"
+            )
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthenticated("the token's roles are not a list of names", "TOKEN_INVALID")

@@ -73,6 +73,16 @@ class StreamDeadlineInterceptor(_Deadline, grpc.aio.UnaryStreamClientInterceptor
         return await continuation(self._with_deadline(details), request)
 
 
+CIRCUIT_OPEN = "(circuit open)"
+
+
+def refused_by_breaker(error: grpc.aio.AioRpcError) -> bool:
+    """True for the UNAVAILABLE a breaker answers with, without calling the peer."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and (error.details() or "").endswith(
+        CIRCUIT_OPEN
+    )
+
+
 def _not_a_peer_failure(error: BaseException) -> bool:
     return not isinstance(error, grpc.aio.AioRpcError) or error.code() not in PEER_FAILURES
 
@@ -103,7 +113,7 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 grpc.StatusCode.UNAVAILABLE,
                 grpc.aio.Metadata(),
                 grpc.aio.Metadata(),
-                details=f"{self.peer} service unavailable (circuit open)",
+                details=f"{self.peer} service unavailable {CIRCUIT_OPEN}",
             ) from None
 
 
@@ -136,7 +146,11 @@ def _shop_services() -> list[Any]:
 
 
 def target(addresses: str) -> str:
-    """`host:p1,host:p2` as a gRPC target that the round_robin policy spreads over."""
+    """`host:p1,host:p2` as a gRPC target that the round_robin policy spreads over; a
+    target with a scheme (`dns:///user:50051`, every address the name resolves to, as
+    a Kubernetes headless Service gives) is used as it is."""
+    if ":///" in addresses or addresses.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+        return addresses.strip()
     parts = [a.strip() for a in addresses.split(",") if a.strip()]
     if not parts:
         raise ValueError("no address given")

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from grpc_status import rpc_status
 
-from services.common import auth, deadline, tls, validation
-from services.common.errors import DomainError, PermissionDenied, internal_status
+from services.common import access, auth, deadline, tls, validation
+from services.common.errors import DomainError, PermissionDenied, Unauthenticated, internal_status
 from services.common.metrics import Metrics
 
 log = logging.getLogger("shop.rpc")
@@ -209,18 +209,20 @@ class DeadlineInterceptor(_Wrapping):
 
 
 class AuthInterceptor(_Wrapping):
-    """Verifies the caller's bearer token (passed on by the gateway) for the public
-    services and makes the caller known to the handler, which checks ownership.
-    A call without a token goes on anonymous: the handler decides whether that is
-    enough (sign-up and the catalogue are public). Internal services are for other
-    services only and take no user token."""
+    """Verifies the caller's bearer token (passed on by the gateway) and applies the
+    access the contract declares for the method (`(shop.common.v1.access)`): service
+    methods take only the mesh's service certificates, signed-in ones a valid token,
+    admin ones the admin role. The handler then checks ownership against the data."""
 
     def __init__(self, verifier: auth.Verifier, *, services_only_internal: bool) -> None:
         self._verifier = verifier
         self._services_only = services_only_internal
 
     def _caller(self, method: str, context: Context) -> auth.Caller | None:
-        if "InternalService/" in method:
+        if not method.startswith("/shop."):
+            return None  # health and reflection: the platform's own, open to any peer
+        level = access.access_of(method)
+        if level == access.SERVICE:
             # For other services only: a service certificate, not the gateway's.
             if self._services_only:
                 role = tls.role_of(context.auth_context())
@@ -229,10 +231,18 @@ class AuthInterceptor(_Wrapping):
                         "internal RPCs are for the mesh's services only", "SERVICE_ONLY"
                     )
             return None
-        metadata = dict(context.invocation_metadata() or ())
-        value = metadata.get("authorization")
-        token = auth.bearer_token(value.decode() if isinstance(value, bytes) else value)
-        return None if token is None else self._verifier.verify(token)
+        values = [
+            value.decode("latin-1") if isinstance(value, bytes) else value
+            for key, value in context.invocation_metadata() or ()
+            if key == "authorization"
+        ]
+        token = auth.bearer_token(auth.single_authorization(values))
+        caller = None if token is None else self._verifier.verify(token)
+        if level != access.PUBLIC and caller is None:
+            raise Unauthenticated("this call needs a bearer token", "TOKEN_MISSING")
+        if level == access.ADMIN and caller is not None and not caller.is_admin:
+            raise PermissionDenied("this needs the admin role", "ADMIN_ONLY")
+        return caller
 
     def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
         async def authenticated(request: Any, context: Context) -> Any:

@@ -52,7 +52,11 @@ class PeerError(DomainError):
         else:
             code = grpc.StatusCode.UNAVAILABLE
             message_text = f"{peer} service is unavailable"
-        super().__init__(message_text, f"{peer.upper()}_{code.name}", {"peer": peer}, code=code)
+        reason = f"{peer.upper()}_{code.name}"
+        if clients.refused_by_breaker(error):
+            # Not even tried: the peer failed too often just before.
+            reason = f"{peer.upper()}_CIRCUIT_OPEN"
+        super().__init__(message_text, reason, {"peer": peer}, code=code)
         self.peer = peer
 
     def to_status(self) -> status_pb2.Status:

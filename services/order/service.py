@@ -49,6 +49,11 @@ from shop.product.v1 import product_pb2
 log = logging.getLogger("shop.order")
 
 INT64_MAX = 2**63 - 1
+# The longest a claimed attempt may take from claim to PLACED (ORDER_ATTEMPT_TIMEOUT):
+# if its process dies, its key is free again within this plus CLOCK_MARGIN plus one
+# sweep interval.
+ATTEMPT_TIMEOUT = 20.0
+CLOCK_MARGIN = 5.0
 VISIBLE = (PLACED, CANCELLED)
 
 
@@ -71,14 +76,17 @@ class Orders:
         page_tokens: PageTokens,
         relay: Relay,
         *,
-        pending_timeout: float = 120.0,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
         retry_poll: float = 0.05,
     ) -> None:
         self._db = db
         self._peers = peers
         self._tokens = page_tokens
         self._relay = relay
-        self._pending_timeout = pending_timeout
+        self._attempt_timeout = attempt_timeout
+        # An attempt never runs longer than attempt_timeout, so a PENDING row older than
+        # that (plus a margin for clocks of other replicas) belongs to a dead process.
+        self._pending_timeout = attempt_timeout + CLOCK_MARGIN
         self._retry_poll = retry_poll
         self._cleanups: set[asyncio.Task[None]] = set()
 
@@ -106,10 +114,14 @@ class Orders:
                 continue  # a concurrent attempt claimed the key first: look again
             break
         try:
-            await self._peers.reserve(
-                order.reservation_id, {line.product_id: line.quantity for line in lines}
-            )
-            placed = await self._place(order.id)
+            async with asyncio.timeout(self._attempt_timeout):
+                await self._peers.reserve(
+                    order.reservation_id, {line.product_id: line.quantity for line in lines}
+                )
+                placed = await self._place(order.id)
+        except TimeoutError:
+            await asyncio.shield(self._spawn_cleanup(order.id))
+            raise Unavailable("the order attempt took too long; retry with the same key") from None
         except BaseException:
             # Shielded: it goes on even if this call is cancelled at its deadline.
             cleanup = self._spawn_cleanup(order.id)

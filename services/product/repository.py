@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.times import utcnow
-from services.product.models import ProductRow, ReservationRow
+from services.product.models import (
+    RELEASED,
+    ProductRow,
+    ReservationItemRow,
+    ReservationRow,
+)
 
 
 async def get(session: AsyncSession, product_id: str) -> ProductRow | None:
@@ -59,3 +65,22 @@ async def get_reservation(
     session: AsyncSession, reservation_id: str, *, for_update: bool = False
 ) -> ReservationRow | None:
     return await session.get(ReservationRow, reservation_id, with_for_update=for_update)
+
+
+async def delete_released(session: AsyncSession, released_before: datetime) -> int:
+    """Deletes reservations (and their items) released before the cutoff."""
+    old = select(ReservationRow.id).where(
+        ReservationRow.state == RELEASED, ReservationRow.release_time < released_before
+    )
+    await session.execute(
+        delete(ReservationItemRow)
+        .where(ReservationItemRow.reservation_id.in_(old))
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(
+        delete(ReservationRow)
+        .where(ReservationRow.state == RELEASED, ReservationRow.release_time < released_before)
+        .execution_options(synchronize_session=False)
+    )
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)

@@ -9,6 +9,7 @@ import grpc
 
 from services.common import fieldmask
 from services.common.auth import require_admin
+from services.common.config import env_float
 from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
 from services.common.times import to_timestamp
@@ -21,6 +22,10 @@ from shop.product.v1 import (
     product_pb2,
     product_pb2_grpc,
 )
+
+# Seconds a released reservation (or tombstone) is kept: far longer than any order
+# attempt that could still send a ReserveStock under its id.
+DEFAULT_RETENTION = 3600.0
 
 
 def to_proto(product: ProductRow) -> product_pb2.Product:
@@ -134,8 +139,11 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
     product_pb2_grpc.add_ProductServiceServicer_to_server(
         ProductServicer(Catalogue(runtime.db, runtime.page_tokens)), server
     )
+    reservations = Reservations(runtime.db)
+    retention = env_float("RESERVATION_RETENTION", DEFAULT_RETENTION)
+    runtime.background.append(lambda: reservations.run_purge(retention))
     product_internal_pb2_grpc.add_ProductInternalServiceServicer_to_server(
-        ProductInternalServicer(Reservations(runtime.db)), server
+        ProductInternalServicer(reservations), server
     )
     return [
         product_pb2.DESCRIPTOR.services_by_name["ProductService"].full_name,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +24,8 @@ from services.product.models import (
     ReservationItemRow,
     ReservationRow,
 )
+
+log = logging.getLogger("shop.product")
 
 UPDATABLE = ("name", "description", "price", "stock")
 
@@ -149,7 +154,19 @@ class Reservations:
             return _repeated(existing, wanted)
 
     async def release(self, reservation_id: str) -> tuple[ReservationRow, bool]:
-        """Gives back what the reservation took, once; True for the call that did."""
+        """Gives back what the reservation took, once; True for the call that did.
+
+        A release can meet a reservation whose transaction is still open (on
+        PostgreSQL the row is not visible yet): its tombstone insert then waits on
+        the reservation's id and fails once that commits. The release is tried
+        again, and now finds the committed reservation and gives its stock back.
+        """
+        try:
+            return await self._release_once(reservation_id)
+        except IntegrityError:
+            return await self._release_once(reservation_id)
+
+    async def _release_once(self, reservation_id: str) -> tuple[ReservationRow, bool]:
         try:
             async with self._db.write() as session:
                 reservation = await repository.get_reservation(
@@ -174,12 +191,28 @@ class Reservations:
                 reservation.release_time = now
                 return reservation, True
         except IntegrityError:
-            # A concurrent release of the same unknown id wrote the tombstone first.
+            # The id was written concurrently: a release's tombstone (nothing left to do)
+            # or a reservation that committed meanwhile (the caller tries again).
             async with self._db.read() as session:
                 existing = await repository.get_reservation(session, reservation_id)
-            if existing is None:
+            if existing is None or existing.state != RELEASED:
                 raise
             return existing, False
+
+    async def purge(self, released_before: datetime) -> int:
+        """Deletes released reservations and tombstones released before the cutoff;
+        returns how many. They only exist to refuse a late ReserveStock of the same
+        id, which can't come after its order attempt's deadline has long passed."""
+        async with self._db.write() as session:
+            return await repository.delete_released(session, released_before)
+
+    async def run_purge(self, retention: float, interval: float = 60.0) -> None:
+        """Purges released reservations older than `retention` seconds, for ever."""
+        while True:
+            purged = await self.purge(utcnow() - timedelta(seconds=retention))
+            if purged:
+                log.info("purged released reservations", extra={"count": purged})
+            await asyncio.sleep(interval)
 
 
 def _repeated(existing: ReservationRow, wanted: Mapping[str, int]) -> ReservationRow:

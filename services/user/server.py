@@ -9,11 +9,12 @@ import grpc
 
 from services.common import fieldmask
 from services.common.auth import require_admin, require_owner
+from services.common.errors import PermissionDenied
 from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
 from services.common.times import to_timestamp
 from services.user.models import UserRow
-from services.user.service import UPDATABLE, Users
+from services.user.service import ADMIN_ONLY, UPDATABLE, Users
 from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc, user_pb2, user_pb2_grpc
 
 
@@ -57,8 +58,11 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     async def UpdateUser(
         self, request: user_pb2.UpdateUserRequest, context: Context
     ) -> user_pb2.UpdateUserResponse:
-        require_owner(request.user.id)
+        caller = require_owner(request.user.id)
         changes = fieldmask.changes(request.update_mask, request.user, UPDATABLE)
+        if ADMIN_ONLY.intersection(changes) and not caller.is_admin:
+            fields = ", ".join(sorted(ADMIN_ONLY.intersection(changes)))
+            raise PermissionDenied(f"only an administrator may change {fields}", "ADMIN_ONLY")
         user = await self._users.update(request.user.id, changes)
         return user_pb2.UpdateUserResponse(user=to_proto(user))
 

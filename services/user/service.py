@@ -16,6 +16,9 @@ from services.user import repository
 from services.user.models import UserRow
 
 UPDATABLE = ("display_name", "email", "active")
+# Fields only an administrator may change, even on one's own record: a user an admin
+# deactivated must not be able to reactivate himself.
+ADMIN_ONLY = frozenset({"active"})
 
 
 def _email_taken(email: str) -> AlreadyExists:

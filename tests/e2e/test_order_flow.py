@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 
+from services.common.times import utcnow
 from shop.notification.v1 import notification_pb2
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2
 from tests.conftest import require
@@ -430,3 +432,62 @@ async def test_a_hanging_peer_costs_the_deadline_and_no_stock(mesh: Mesh) -> Non
     await mesh.start("product")
     assert await mesh.stock_of(mug.id) == [4]
     await assert_nothing_happened(mesh, user.id)
+
+
+async def test_a_key_whose_process_died_is_free_again_within_the_attempt_bound(
+    mesh: Mesh,
+) -> None:
+    """An attempt can't outlive ORDER_ATTEMPT_TIMEOUT (20 s), so the sweeper may take a
+    PENDING row as soon as it is older than that plus the clock margin (5 s): a key
+    whose process died 30 s ago is free again (it used to be blocked for 120 s)."""
+    from services.order.service import Orders
+
+    user = await mesh.user()
+    mug = await mesh.product(stock=5)
+    await mesh.sql(
+        "order",
+        "INSERT INTO orders (id, user_id, status, idempotency_key, request_fingerprint, "
+        "reservation_id, currency_code, total_amount_minor, cancel_reason, stock_released, "
+        f"create_time, update_time) VALUES ('ord_dead', '{user.id}', 'PENDING', 'dead-key', "
+        "'x', 'res_ord_dead', 'EUR', 500, '', false, "
+        f"'{(utcnow() - timedelta(seconds=30)).isoformat(' ')}', '2020-01-01 00:00:00')",
+    )
+    orders = mesh.services["order"].runtime.components["orders"]
+    assert isinstance(orders, Orders)
+    assert await orders.sweep() == 1
+    placed = await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2}, "dead-key"))
+    assert placed.order.status == order_pb2.ORDER_STATUS_PLACED
+
+
+async def test_an_attempt_is_cut_off_at_the_attempt_timeout_and_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reservation that never answers (and a caller with no deadline): the attempt
+    ends at ORDER_ATTEMPT_TIMEOUT with UNAVAILABLE, the key is free, no stock moved."""
+    from services.product.server import ProductInternalServicer
+
+    hanging = asyncio.Event()
+    original = ProductInternalServicer.ReserveStock
+
+    async def slow(self: object, request: object, context: object) -> object:
+        if not hanging.is_set():
+            await asyncio.sleep(3)
+        return await original(self, request, context)  # type: ignore[arg-type]
+
+    monkeypatch.setenv("ORDER_ATTEMPT_TIMEOUT", "0.5")
+    monkeypatch.setattr(ProductInternalServicer, "ReserveStock", slow)
+    async with running_mesh(tmp_path) as mesh:
+        user = await mesh.user()
+        mug = await mesh.product(stock=5)
+        error = await fails(
+            mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2}, "slow-key")),
+            grpc.StatusCode.UNAVAILABLE,
+        )
+        assert "retry with the same key" in (error.details() or "")
+        assert await mesh.sql("order", "SELECT count(*) FROM orders") == 0
+        hanging.set()
+        await asyncio.sleep(3)  # the cut-off ReserveStock finishes late: refused (released)
+        assert await mesh.stock_of(mug.id) == [5]
+        placed = await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2}, "slow-key"))
+        assert placed.order.status == order_pb2.ORDER_STATUS_PLACED
+        assert await mesh.stock_of(mug.id) == [3]

@@ -46,8 +46,12 @@ async def wait_for_health(channel: grpc.aio.Channel, wanted: int, service: str =
 
 
 async def test_health_follows_the_database(tmp_path: Path) -> None:
-    async with postgres_database() as url, running(PRODUCT, url, tmp_path) as (_, channel):
+    """Readiness ("" and each service) follows the database, on the mTLS port and on the
+    plaintext health port that probes use; "liveness" stays SERVING meanwhile."""
+    async with postgres_database() as url, running(PRODUCT, url, tmp_path) as (service, channel):
+        probe = grpc.aio.insecure_channel(f"127.0.0.1:{service.runtime.health_port}")
         assert await health_of(channel) == SERVING
+        assert await health_of(probe) == SERVING
         assert await health_of(channel, "shop.product.v1.ProductService") == SERVING
 
         name = url.rsplit("/", 1)[1]
@@ -56,10 +60,19 @@ async def test_health_follows_the_database(tmp_path: Path) -> None:
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
             await wait_for_health(channel, NOT_SERVING)
             assert await health_of(channel, "shop.product.v1.ProductInternalService") == NOT_SERVING
+            assert await health_of(probe) == NOT_SERVING
+            assert await health_of(probe, "liveness") == SERVING
             await admin.execute(f'CREATE DATABASE "{name}"')
             await wait_for_health(channel, SERVING)
+            assert await health_of(probe) == SERVING
+            # The plaintext port serves health and nothing else.
+            stub = user_pb2_grpc.UserServiceStub(probe)
+            await fails(
+                stub.GetUser(user_pb2.GetUserRequest(id="x")), grpc.StatusCode.UNIMPLEMENTED
+            )
         finally:
             await admin.close()
+            await probe.close()
 
 
 async def test_health_is_not_serving_while_draining(tmp_path: Path) -> None:
@@ -153,7 +166,9 @@ class ProbeServicer(user_pb2_grpc.UserServiceServicer):
         self.seen_time_remaining.append(context.time_remaining())
         if request.id == "relay" and self._downstream is not None:
             stub = user_pb2_grpc.UserServiceStub(self._downstream)
-            return await stub.GetUser(user_pb2.GetUserRequest(id="record"))  # no timeout given here
+            return await stub.GetUser(  # no timeout given here
+                user_pb2.GetUserRequest(id="record"), metadata=tokens.bearer(tokens.ADMIN_ID)
+            )
         if request.id == "block":
             try:
                 await asyncio.sleep(60)
