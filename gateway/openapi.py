@@ -4,19 +4,29 @@ Schemas follow the Protobuf JSON mapping (lowerCamel names, 64-bit integers as
 strings, enums by name, well-known types in their JSON form); protovalidate
 rules become constraints where JSON Schema can say them (lengths, patterns,
 ranges, enums, item counts, required). Server-streaming routes are described
-as `text/event-stream`, errors as `google.rpc.Status`.
+as `text/event-stream`, errors as `google.rpc.Status`. Summaries and descriptions
+are the proto comments (gen/shop/comments.json, written by `make gen`), and every
+operation that is not ACCESS_PUBLIC asks for the bearer token, so /docs can send it.
 """
 
 from __future__ import annotations
 
+import importlib.resources
+import json
 import re
-from typing import Any
+from collections.abc import Mapping
+from functools import cache
+from typing import Any, NamedTuple
 
 from google.api import field_behavior_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 
+import shop
 from buf.validate import validate_pb2
+from gateway.registry import procedure
 from gateway.rest import Route
+from services.common import access
+from shop.common.v1 import access_pb2
 
 REF = "#/components/schemas/"
 INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -33,14 +43,21 @@ WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?s$"},
     "google.protobuf.FieldMask": {
         "type": "string",
-        "description": "comma-separated lowerCamel field paths",
+        "description": "Comma-separated lowerCamel field paths.",
     },
     "google.protobuf.Struct": {"type": "object"},
     "google.protobuf.Value": {},
     "google.protobuf.Empty": {"type": "object"},
     "google.protobuf.Any": {
         "type": "object",
-        "properties": {"@type": {"type": "string"}},
+        "description": "google.protobuf.Any: a message of the type named by `@type`, "
+        "with that message's fields beside it.",
+        "properties": {
+            "@type": {
+                "type": "string",
+                "description": "The type URL, such as `type.googleapis.com/google.rpc.ErrorInfo`.",
+            }
+        },
         "required": ["@type"],
         "additionalProperties": True,
     },
@@ -49,12 +66,62 @@ STATUS = {
     "type": "object",
     "description": "google.rpc.Status: the gRPC code, a message, and typed details.",
     "properties": {
-        "code": {"type": "integer", "format": "int32"},
-        "message": {"type": "string"},
-        "details": {"type": "array", "items": {"$ref": REF + "google.protobuf.Any"}},
+        "code": {"type": "integer", "format": "int32", "description": "The gRPC status code."},
+        "message": {"type": "string", "description": "What went wrong, for a developer."},
+        "details": {
+            "type": "array",
+            "items": {"$ref": REF + "google.protobuf.Any"},
+            "description": "Typed details, such as google.rpc.ErrorInfo with a stable reason.",
+        },
     },
     "required": ["code", "message"],
 }
+
+
+BEARER = "bearer"
+SECURITY_SCHEMES = {
+    BEARER: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A JWT signed by the shop's issuer (`make -s token USER_ID=...`).",
+    }
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": REF + "google.rpc.Status"}}},
+    }
+
+
+UNAUTHENTICATED = _error("No bearer token, or one that does not verify (`unauthenticated`).")
+PERMISSION_DENIED = _error("The caller may not do this, or not to this data (`permission_denied`).")
+
+
+@cache
+def load_comments() -> Mapping[str, str]:
+    """The proto comments by full name (fields as `Message.field`, enum values as
+    `Enum.VALUE`): the embedded descriptors carry none, so `make gen` writes them."""
+    text = importlib.resources.files(shop).joinpath("comments.json").read_text("utf-8")
+    comments: dict[str, str] = json.loads(text)
+    return comments
+
+
+def _describe(schema: dict[str, Any], *texts: str | None) -> dict[str, Any]:
+    """Puts the non-empty `texts` in front of what the schema already says about itself."""
+    parts = [t for t in (*texts, schema.get("description")) if t]
+    if parts:
+        schema["description"] = "\n\n".join(parts)
+    return schema
+
+
+def _summary(text: str) -> str:
+    """The first sentence: what Swagger UI shows next to the path."""
+    flat = " ".join(text.split())
+    match = re.match(r"(.+?[.!?])(\s|$)", flat)
+    return match.group(1) if match else flat
 
 
 def _rules(field: FieldDescriptor) -> validate_pb2.FieldRules | None:
@@ -94,7 +161,8 @@ def _scalar_constraints(schema: dict[str, Any], rules: Any, kind: str) -> None:
 
 
 class SchemaBuilder:
-    def __init__(self) -> None:
+    def __init__(self, comments: Mapping[str, str]) -> None:
+        self.comments = comments
         self.schemas: dict[str, Any] = {
             "google.rpc.Status": STATUS,
             **{
@@ -128,9 +196,27 @@ class SchemaBuilder:
         }
         if required:
             shape["required"] = required
-        return shape
+        return _describe(shape, self.comments.get(message.full_name))
+
+    def _enum_doc(self, field: FieldDescriptor) -> str | None:
+        """The enum's comment and its documented values, for the field that uses it."""
+        enum = field.enum_type
+        if enum is None:
+            return None
+        values = [
+            f"- `{value.name}`: {' '.join(text.split())}"
+            for value in enum.values
+            if (text := self.comments.get(f"{enum.full_name}.{value.name}"))
+        ]
+        parts = [self.comments.get(enum.full_name, ""), "\n".join(values)]
+        return "\n\n".join(p for p in parts if p) or None
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
+        """The field's schema, described by its proto comment (and its enum's values)."""
+        comment = self.comments.get(field.full_name)
+        return _describe(self._field(field), comment, self._enum_doc(field))
+
+    def _field(self, field: FieldDescriptor) -> dict[str, Any]:
         rules = _rules(field)
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value = field.message_type.fields_by_name["value"]
@@ -207,10 +293,30 @@ def _path_field(message: Descriptor, path: str) -> FieldDescriptor | None:
     return field
 
 
+class AccessDocs(NamedTuple):
+    sentence: str  # for the operation's description
+    security: list[dict[str, list[str]]]  # the operation's security requirement
+    responses: dict[str, Any]  # the refusals it may get
+
+
+def _access_docs(method: MethodDescriptor, comments: Mapping[str, str]) -> AccessDocs:
+    """Who may call the operation, as its contract declares: no bearer requirement when
+    it is public, the bearer token (and 401/403 answers) otherwise."""
+    level = access.access_of(procedure(method))
+    value = access_pb2.Access.Name(level)
+    who = " ".join(comments.get(f"{access_pb2.Access.DESCRIPTOR.full_name}.{value}", "").split())
+    sentence = f"**Access**: `{value}`. {who}".rstrip()
+    if level == access.PUBLIC:
+        return AccessDocs(sentence, [], {})
+    refusals = {"401": UNAUTHENTICATED, "403": PERMISSION_DENIED}
+    return AccessDocs(sentence, [{BEARER: []}], refusals)
+
+
 def document(
     routes: list[Route], title: str = "Shop mesh API", version: str = "v1"
 ) -> dict[str, Any]:
-    builder = SchemaBuilder()
+    comments = load_comments()
+    builder = SchemaBuilder(comments)
     paths: dict[str, dict[str, Any]] = {}
     seen_ids: set[str] = set()
     for route in routes:
@@ -221,9 +327,17 @@ def document(
             field = _path_field(request, variable)
             schema = builder.field(field) if field is not None else {"type": "string"}
             parameter = {"name": _parameter_name(variable), "in": "path", "required": True}
-            parameters.append({**parameter, "schema": schema, "description": f"`{variable}`"})
+            described = f"`{variable}`"
+            if "description" in schema:
+                described += f": {schema['description']}"
+            parameters.append({**parameter, "schema": schema, "description": described})
+        comment = comments.get(method.full_name, method.name)
+        docs = _access_docs(method, comments)
         operation: dict[str, Any] = {
             "tags": [method.containing_service.name],
+            "summary": _summary(comment),
+            "description": f"{comment}\n\n{docs.sentence}",
+            "security": docs.security,
             "parameters": parameters,
         }
         operation_id = f"{method.containing_service.name}_{method.name}"
@@ -258,6 +372,8 @@ def document(
                     "in": "query",
                     "schema": schema,
                 }
+                if "description" in schema:
+                    query["description"] = schema["description"]
                 if field.is_repeated:
                     query.update(style="form", explode=True)
                 parameters.append(query)
@@ -280,15 +396,19 @@ def document(
             ok = {"description": "OK", "content": {"application/json": {"schema": body_schema}}}
         operation["responses"] = {
             "200": ok,
-            "default": {
-                "description": "An error: google.rpc.Status, with the HTTP status of its code.",
-                "content": {"application/json": {"schema": {"$ref": REF + "google.rpc.Status"}}},
-            },
+            **docs.responses,
+            "default": _error("An error: google.rpc.Status, with the HTTP status of its code."),
         }
         paths.setdefault(_openapi_path(route.template.template), {})[route.verb.lower()] = operation
+    services = {route.method.containing_service for route in routes}
+    tags = [
+        {"name": service.name, "description": comments.get(service.full_name, service.full_name)}
+        for service in sorted(services, key=lambda s: s.name)
+    ]
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version},
+        "tags": tags,
         "paths": paths,
-        "components": {"schemas": builder.schemas},
+        "components": {"schemas": builder.schemas, "securitySchemes": SECURITY_SCHEMES},
     }

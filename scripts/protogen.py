@@ -6,7 +6,7 @@ googleapis-common-protos (as .proto sources) and buf/validate from protovalidate
 (whose wheel carries only the serialized descriptor, kept as a descriptor set).
 
     python scripts/protogen.py vendor          # refresh third_party/
-    python scripts/protogen.py gen             # regenerate gen/ from a clean tree
+    python scripts/protogen.py gen             # regenerate gen/ (and gen/shop/comments.json)
     python scripts/protogen.py image OUT [DIR] # a Buf image of DIR (default proto/)
 """
 
@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import json
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc_tools
@@ -28,6 +31,7 @@ PROTO = ROOT / "proto"
 THIRD_PARTY = ROOT / "third_party"
 VALIDATE_SET = THIRD_PARTY / "buf" / "validate" / "validate.binpb"
 GEN = ROOT / "gen"
+COMMENTS = GEN / "shop" / "comments.json"
 GOOGLE_API_FILES = ("annotations.proto", "http.proto", "field_behavior.proto")
 WELL_KNOWN = Path(grpc_tools.__file__).parent / "_proto"
 
@@ -98,9 +102,84 @@ def gen() -> None:
     )
     # The Google-protobuf module of buf/validate, which the contracts import at run time.
     run_protoc(PROTO, [*outputs, "buf/validate/validate.proto"])
+    write_comments(COMMENTS)
     for directory in (p for p in GEN.rglob("*") if p.is_dir()):
         if directory.name != "__pycache__":
             (directory / "__init__.py").touch()
+
+
+# Field numbers in descriptor.proto, the steps of a SourceCodeInfo location path.
+FILE_MESSAGE, FILE_ENUM, FILE_SERVICE = 4, 5, 6
+MESSAGE_FIELD, MESSAGE_NESTED, MESSAGE_ENUM = 2, 3, 4
+ENUM_VALUE = 2
+SERVICE_METHOD = 2
+LocationPath = tuple[int, ...]
+
+
+def _enum_names(
+    path: LocationPath, name: str, enum: descriptor_pb2.EnumDescriptorProto
+) -> Iterator[tuple[LocationPath, str]]:
+    yield path, name
+    for i, value in enumerate(enum.value):
+        yield (*path, ENUM_VALUE, i), f"{name}.{value.name}"
+
+
+def _message_names(
+    path: LocationPath, name: str, message: descriptor_pb2.DescriptorProto
+) -> Iterator[tuple[LocationPath, str]]:
+    yield path, name
+    for i, field in enumerate(message.field):
+        yield (*path, MESSAGE_FIELD, i), f"{name}.{field.name}"
+    for i, nested in enumerate(message.nested_type):
+        yield from _message_names((*path, MESSAGE_NESTED, i), f"{name}.{nested.name}", nested)
+    for i, enum in enumerate(message.enum_type):
+        yield from _enum_names((*path, MESSAGE_ENUM, i), f"{name}.{enum.name}", enum)
+
+
+def _file_names(file: descriptor_pb2.FileDescriptorProto) -> Iterator[tuple[LocationPath, str]]:
+    """Every commentable element's location path, with its key in comments.json."""
+    for i, message in enumerate(file.message_type):
+        yield from _message_names((FILE_MESSAGE, i), f"{file.package}.{message.name}", message)
+    for i, enum in enumerate(file.enum_type):
+        yield from _enum_names((FILE_ENUM, i), f"{file.package}.{enum.name}", enum)
+    for i, service in enumerate(file.service):
+        name = f"{file.package}.{service.name}"
+        yield (FILE_SERVICE, i), name
+        for j, method in enumerate(service.method):
+            yield (FILE_SERVICE, i, SERVICE_METHOD, j), f"{name}.{method.name}"
+
+
+def _comment(text: str) -> str:
+    """`// Returns one user.` is kept as ` Returns one user.`: drop that space, keep lines."""
+    lines = [line.removeprefix(" ").rstrip() for line in text.splitlines()]
+    return "\n".join(lines).strip()
+
+
+def comments(proto_root: Path) -> dict[str, str]:
+    """The leading comment of every service, method, message, field, enum and enum value,
+    by full name (fields and enum values as `<message or enum>.<name>`).
+
+    The descriptors embedded in the generated modules carry no comments (protoc strips
+    source info), so the gateway's OpenAPI document reads them from this map."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "contracts.binpb"
+        run_protoc(proto_root, ["--include_source_info", f"-o{out}", *contract_files(proto_root)])
+        files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+    found: dict[str, str] = {}
+    for file in files:
+        names = dict(_file_names(file))
+        for location in file.source_code_info.location:
+            name = names.get(tuple(location.path))
+            text = _comment(location.leading_comments)
+            if name is not None and text:
+                found[name] = text
+    return found
+
+
+def write_comments(out: Path) -> None:
+    """Sorted keys and a final newline, so `make check-gen` sees the same bytes every time."""
+    text = json.dumps(comments(PROTO), indent=2, sort_keys=True, ensure_ascii=False)
+    out.write_text(text + "\n", encoding="utf-8")
 
 
 def image(out: Path, proto_root: Path) -> None:

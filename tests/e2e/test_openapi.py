@@ -34,6 +34,7 @@ async def test_openapi_describes_every_rest_route(stack: Stack) -> None:
         "type": "string",
         "format": "email",
         "maxLength": 254,
+        "description": "Email address to sign up with; it must not be taken.",
     }
     page_size = next(p for p in paths["/v1/users"]["get"]["parameters"] if p["name"] == "pageSize")
     assert (page_size["schema"]["minimum"], page_size["schema"]["maximum"]) == (1, 1000)
@@ -43,6 +44,49 @@ async def test_openapi_describes_every_rest_route(stack: Stack) -> None:
     assert paths["/v1/users"]["post"]["responses"]["default"]["content"]["application/json"][
         "schema"
     ] == {"$ref": "#/components/schemas/google.rpc.Status"}
+
+
+async def test_openapi_says_who_may_call_and_what_the_protos_say(stack: Stack) -> None:
+    status, spec = await asyncio.to_thread(curl, f"{stack.url}/openapi.json", token=None)
+    assert status == 200
+    bearer = spec["components"]["securitySchemes"]["bearer"]
+    assert (bearer["type"], bearer["scheme"], bearer["bearerFormat"]) == ("http", "bearer", "JWT")
+    paths = spec["paths"]
+    get_product = paths["/v1/products/{id}"]["get"]
+    get_user = paths["/v1/users/{id}"]["get"]
+    create_product = paths["/v1/products"]["post"]
+    assert get_product.get("security", []) == []  # ACCESS_PUBLIC
+    assert "401" not in get_product["responses"]
+    assert get_user["security"] == [{"bearer": []}]  # ACCESS_SIGNED_IN
+    assert create_product["security"] == [{"bearer": []}]  # ACCESS_ADMIN
+    assert "`ACCESS_ADMIN`" in create_product["description"]
+    assert set(get_user["responses"]) == {"200", "401", "403", "default"}
+    operations = [op for methods in paths.values() for op in methods.values()]
+    assert len(operations) == 17
+    status_ref = {"$ref": "#/components/schemas/google.rpc.Status"}
+    for op in operations:
+        assert op["summary"] and op["summary"].endswith("."), op["operationId"]
+        assert op["responses"]["default"]["content"]["application/json"]["schema"] == status_ref
+    # The proto comments: the first sentence is the summary, the whole comment the description.
+    create_user = paths["/v1/users"]["post"]
+    assert create_user["summary"] == "Creates a user."
+    assert create_user["description"].startswith(
+        "Creates a user. The email must not be taken (ALREADY_EXISTS otherwise)."
+    )
+    assert get_user["summary"] == "Returns one user by id (NOT_FOUND for an unknown id)."
+    schemas = spec["components"]["schemas"]
+    user = schemas["shop.user.v1.User"]
+    assert user["description"] == "A customer account."
+    assert user["properties"]["active"]["description"] == "Only active users can place orders."
+    status_field = schemas["shop.order.v1.Order"]["properties"]["status"]["description"]
+    assert "- `ORDER_STATUS_PLACED`: Stored with its stock reserved." in status_field
+    undocumented = [
+        f"{name}.{prop}" if prop else name
+        for name, schema in schemas.items()
+        for prop in ["", *schema.get("properties", {})]
+        if "description" not in (schema["properties"][prop] if prop else schema)
+    ]
+    assert undocumented == []
 
 
 async def test_docs_page_is_served_without_a_cdn(stack: Stack) -> None:

@@ -26,9 +26,10 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'shop/notification/v1/notification.proto\x12\x14shop.notification.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\x0cNotification\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.shop.notification.v1.NotificationKind\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x10\n\x08order_id\x18\x06 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\t\x12\x0c\n\x04read\x18\x08 \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x33\n\tread_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9f\x01\n\x18ListNotificationsRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\"\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x13\n\x0bunread_only\x18\x04 \x01(\x08\x42\x0c\n\n_page_size\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"e\n\x0fMarkReadRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\x32\n\x10notification_ids\x18\x02 \x03(\tB\x18\xe2\x41\x01\x02\xbaH\x11\x92\x01\x0e\x08\x01\x10\x64\x18\x01\"\x06r\x04\x10\x01\x18@\"M\n\x10MarkReadResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\"V\n\x1aStreamNotificationsRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\x18\n\x06\x63ursor\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"g\n\x1bStreamNotificationsResponse\x12\x38\n\x0cnotification\x18\x01 \x01(\x0b\x32\".shop.notification.v1.Notification\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t*\x80\x01\n\x10NotificationKind\x12!\n\x1dNOTIFICATION_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eNOTIFICATION_KIND_ORDER_PLACED\x10\x01\x12%\n!NOTIFICATION_KIND_ORDER_CANCELLED\x10\x02\x32\x84\x04\n\x13NotificationService\x12\xa2\x01\n\x11ListNotifications\x12..shop.notification.v1.ListNotificationsRequest\x1a/.shop.notification.v1.ListNotificationsResponse\",\x90\x02\x01\x82\xd3\xe4\x93\x02#\x12!/v1/users/{user_id}/notifications\x12\x93\x01\n\x08MarkRead\x12%.shop.notification.v1.MarkReadRequest\x1a&.shop.notification.v1.MarkReadResponse\"8\x90\x02\x02\x82\xd3\xe4\x93\x02/\"*/v1/users/{user_id}/notifications:markRead:\x01*\x12\xb1\x01\n\x13StreamNotifications\x12\x30.shop.notification.v1.StreamNotificationsRequest\x1a\x31.shop.notification.v1.StreamNotificationsResponse\"3\x90\x02\x01\x82\xd3\xe4\x93\x02*\x12(/v1/users/{user_id}/notifications:stream0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'shop/notification/v1/notification.proto\x12\x14shop.notification.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bshop/common/v1/access.proto\"\xa2\x02\n\x0cNotification\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x34\n\x04kind\x18\x03 \x01(\x0e\x32&.shop.notification.v1.NotificationKind\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x10\n\x08order_id\x18\x06 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\t\x12\x0c\n\x04read\x18\x08 \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x33\n\tread_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x9f\x01\n\x18ListNotificationsRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\"\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x12\x13\n\x0bunread_only\x18\x04 \x01(\x08\x42\x0c\n\n_page_size\"o\n\x19ListNotificationsResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"e\n\x0fMarkReadRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\x32\n\x10notification_ids\x18\x02 \x03(\tB\x18\xe2\x41\x01\x02\xbaH\x11\x92\x01\x0e\x08\x01\x10\x64\x18\x01\"\x06r\x04\x10\x01\x18@\"M\n\x10MarkReadResponse\x12\x39\n\rnotifications\x18\x01 \x03(\x0b\x32\".shop.notification.v1.Notification\"V\n\x1aStreamNotificationsRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\x18\n\x06\x63ursor\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\"g\n\x1bStreamNotificationsResponse\x12\x38\n\x0cnotification\x18\x01 \x01(\x0b\x32\".shop.notification.v1.Notification\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t*\x80\x01\n\x10NotificationKind\x12!\n\x1dNOTIFICATION_KIND_UNSPECIFIED\x10\x00\x12\"\n\x1eNOTIFICATION_KIND_ORDER_PLACED\x10\x01\x12%\n!NOTIFICATION_KIND_ORDER_CANCELLED\x10\x02\x32\x90\x04\n\x13NotificationService\x12\xa6\x01\n\x11ListNotifications\x12..shop.notification.v1.ListNotificationsRequest\x1a/.shop.notification.v1.ListNotificationsResponse\"0\x90\x02\x01\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02#\x12!/v1/users/{user_id}/notifications\x12\x97\x01\n\x08MarkRead\x12%.shop.notification.v1.MarkReadRequest\x1a&.shop.notification.v1.MarkReadResponse\"<\x90\x02\x02\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02/\"*/v1/users/{user_id}/notifications:markRead:\x01*\x12\xb5\x01\n\x13StreamNotifications\x12\x30.shop.notification.v1.StreamNotificationsRequest\x1a\x31.shop.notification.v1.StreamNotificationsResponse\"7\x90\x02\x01\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02*\x12(/v1/users/{user_id}/notifications:stream0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,27 +57,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMNOTIFICATIONSREQUEST'].fields_by_name['cursor']._loaded_options = None
   _globals['_STREAMNOTIFICATIONSREQUEST'].fields_by_name['cursor']._serialized_options = b'\272H\005r\003\030\200\004'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._loaded_options = None
-  _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\220\002\001\202\323\344\223\002#\022!/v1/users/{user_id}/notifications'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListNotifications']._serialized_options = b'\220\002\001\260\341\030\002\202\323\344\223\002#\022!/v1/users/{user_id}/notifications'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['MarkRead']._loaded_options = None
-  _globals['_NOTIFICATIONSERVICE'].methods_by_name['MarkRead']._serialized_options = b'\220\002\002\202\323\344\223\002/\"*/v1/users/{user_id}/notifications:markRead:\001*'
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['MarkRead']._serialized_options = b'\220\002\002\260\341\030\002\202\323\344\223\002/\"*/v1/users/{user_id}/notifications:markRead:\001*'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamNotifications']._loaded_options = None
-  _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamNotifications']._serialized_options = b'\220\002\001\202\323\344\223\002*\022(/v1/users/{user_id}/notifications:stream'
-  _globals['_NOTIFICATIONKIND']._serialized_start=1134
-  _globals['_NOTIFICATIONKIND']._serialized_end=1262
-  _globals['_NOTIFICATION']._serialized_start=191
-  _globals['_NOTIFICATION']._serialized_end=481
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=484
-  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=643
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=645
-  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=756
-  _globals['_MARKREADREQUEST']._serialized_start=758
-  _globals['_MARKREADREQUEST']._serialized_end=859
-  _globals['_MARKREADRESPONSE']._serialized_start=861
-  _globals['_MARKREADRESPONSE']._serialized_end=938
-  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_start=940
-  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_end=1026
-  _globals['_STREAMNOTIFICATIONSRESPONSE']._serialized_start=1028
-  _globals['_STREAMNOTIFICATIONSRESPONSE']._serialized_end=1131
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=1265
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=1781
+  _globals['_NOTIFICATIONSERVICE'].methods_by_name['StreamNotifications']._serialized_options = b'\220\002\001\260\341\030\002\202\323\344\223\002*\022(/v1/users/{user_id}/notifications:stream'
+  _globals['_NOTIFICATIONKIND']._serialized_start=1163
+  _globals['_NOTIFICATIONKIND']._serialized_end=1291
+  _globals['_NOTIFICATION']._serialized_start=220
+  _globals['_NOTIFICATION']._serialized_end=510
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_start=513
+  _globals['_LISTNOTIFICATIONSREQUEST']._serialized_end=672
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_start=674
+  _globals['_LISTNOTIFICATIONSRESPONSE']._serialized_end=785
+  _globals['_MARKREADREQUEST']._serialized_start=787
+  _globals['_MARKREADREQUEST']._serialized_end=888
+  _globals['_MARKREADRESPONSE']._serialized_start=890
+  _globals['_MARKREADRESPONSE']._serialized_end=967
+  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_start=969
+  _globals['_STREAMNOTIFICATIONSREQUEST']._serialized_end=1055
+  _globals['_STREAMNOTIFICATIONSRESPONSE']._serialized_start=1057
+  _globals['_STREAMNOTIFICATIONSRESPONSE']._serialized_end=1160
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1294
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=1822
 # @@protoc_insertion_point(module_scope)

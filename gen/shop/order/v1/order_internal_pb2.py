@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
 from shop.order.v1 import events_pb2 as shop_dot_order_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shop/order/v1/order_internal.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1ashop/order/v1/events.proto\";\n\x18StreamOrderEventsRequest\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"\x9e\x02\n\x19StreamOrderEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x46\n\x07headers\x18\x02 \x03(\x0b\x32\x35.shop.order.v1.StreamOrderEventsResponse.HeadersEntry\x12\x34\n\rorder_created\x18\x03 \x01(\x0b\x32\x1b.shop.order.v1.OrderCreatedH\x00\x12\x38\n\x0forder_cancelled\x18\x04 \x01(\x0b\x32\x1d.shop.order.v1.OrderCancelledH\x00\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05\x65vent2\x85\x01\n\x14OrderInternalService\x12m\n\x11StreamOrderEvents\x12\'.shop.order.v1.StreamOrderEventsRequest\x1a(.shop.order.v1.StreamOrderEventsResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shop/order/v1/order_internal.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/order/v1/events.proto\";\n\x18StreamOrderEventsRequest\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"\x9e\x02\n\x19StreamOrderEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x46\n\x07headers\x18\x02 \x03(\x0b\x32\x35.shop.order.v1.StreamOrderEventsResponse.HeadersEntry\x12\x34\n\rorder_created\x18\x03 \x01(\x0b\x32\x1b.shop.order.v1.OrderCreatedH\x00\x12\x38\n\x0forder_cancelled\x18\x04 \x01(\x0b\x32\x1d.shop.order.v1.OrderCancelledH\x00\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05\x65vent2\x89\x01\n\x14OrderInternalService\x12q\n\x11StreamOrderEvents\x12\'.shop.order.v1.StreamOrderEventsRequest\x1a(.shop.order.v1.StreamOrderEventsResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +39,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_ORDERINTERNALSERVICE'].methods_by_name['StreamOrderEvents']._loaded_options = None
-  _globals['_ORDERINTERNALSERVICE'].methods_by_name['StreamOrderEvents']._serialized_options = b'\220\002\001'
-  _globals['_STREAMORDEREVENTSREQUEST']._serialized_start=110
-  _globals['_STREAMORDEREVENTSREQUEST']._serialized_end=169
-  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_start=172
-  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_end=458
-  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_start=403
-  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_end=449
-  _globals['_ORDERINTERNALSERVICE']._serialized_start=461
-  _globals['_ORDERINTERNALSERVICE']._serialized_end=594
+  _globals['_ORDERINTERNALSERVICE'].methods_by_name['StreamOrderEvents']._serialized_options = b'\220\002\001\260\341\030\004'
+  _globals['_STREAMORDEREVENTSREQUEST']._serialized_start=139
+  _globals['_STREAMORDEREVENTSREQUEST']._serialized_end=198
+  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_start=201
+  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_end=487
+  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_start=432
+  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_end=478
+  _globals['_ORDERINTERNALSERVICE']._serialized_start=490
+  _globals['_ORDERINTERNALSERVICE']._serialized_end=627
 # @@protoc_insertion_point(module_scope)

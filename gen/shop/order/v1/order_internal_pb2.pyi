@@ -1,4 +1,5 @@
 from buf.validate import validate_pb2 as _validate_pb2
+from shop.common.v1 import access_pb2 as _access_pb2
 from shop.order.v1 import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

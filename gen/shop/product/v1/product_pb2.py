@@ -27,10 +27,11 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
 from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/product/v1/product.proto\x12\x0fshop.product.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ashop/common/v1/money.proto\"\xde\x02\n\x07Product\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x08\xbaH\x06r\x04\x10\x01\x18@\x12\x1d\n\x04name\x18\x02 \x01(\tB\x0f\xbaH\x0cr\x07\x18\xc8\x01\x32\x02\\S\xd8\x01\x01\x12\x1d\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\x12t\n\x05price\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.MoneyBN\xbaHK\xba\x01H\n\x0eprice.positive\x12\x1fprice must be greater than zero\x1a\x15this.amount_minor > 0\x12\x16\n\x05stock\x18\x05 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xec\x01\n\x14\x43reateProductRequest\x12 \n\x04name\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xbaH\x0br\t\x10\x01\x18\xc8\x01\x32\x02\\S\x12\x1d\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\x12{\n\x05price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyBU\xe2\x41\x01\x02\xbaHN\xba\x01H\n\x0eprice.positive\x12\x1fprice must be greater than zero\x1a\x15this.amount_minor > 0\xc8\x01\x01\x12\x16\n\x05stock\x18\x04 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\"B\n\x15\x43reateProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.product.v1.Product\".\n\x11GetProductRequest\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\"?\n\x12GetProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.product.v1.Product\"e\n\x13ListProductsRequest\x12\"\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x42\x0c\n\n_page_size\"[\n\x14ListProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.product.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x97\x03\n\x14UpdateProductRequest\x12\x35\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.product.v1.ProductB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12X\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\'\xbaH$\xe2\x01!\x12\x04name\x12\x0b\x64\x65scription\x12\x05price\x12\x05stock:\xed\x01\xbaH\xe9\x01\x1ay\n\x16product.name.not_empty\x12\x16name must not be empty\x1aG!(\'name\' in this.update_mask.paths) || this.product.name.matches(\'\\\\S\')\x1al\n\x16product.price.required\x12\x11price must be set\x1a?!(\'price\' in this.update_mask.paths) || has(this.product.price)\"B\n\x15UpdateProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.product.v1.Product\"<\n\x17\x42\x61tchGetProductsRequest\x12!\n\x03ids\x18\x01 \x03(\tB\x14\xbaH\x11\x92\x01\x0e\x08\x01\x10\x64\x18\x01\"\x06r\x04\x10\x01\x18@\"F\n\x18\x42\x61tchGetProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.product.v1.Product2\x8d\x05\n\x0eProductService\x12w\n\rCreateProduct\x12%.shop.product.v1.CreateProductRequest\x1a&.shop.product.v1.CreateProductResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/products:\x01*\x12s\n\nGetProduct\x12\".shop.product.v1.GetProductRequest\x1a#.shop.product.v1.GetProductResponse\"\x1c\x90\x02\x01\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/products/{id}\x12t\n\x0cListProducts\x12$.shop.product.v1.ListProductsRequest\x1a%.shop.product.v1.ListProductsResponse\"\x17\x90\x02\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/products\x12\x8a\x01\n\rUpdateProduct\x12%.shop.product.v1.UpdateProductRequest\x1a&.shop.product.v1.UpdateProductResponse\"*\x82\xd3\xe4\x93\x02$2\x19/v1/products/{product.id}:\x07product\x12\x89\x01\n\x10\x42\x61tchGetProducts\x12(.shop.product.v1.BatchGetProductsRequest\x1a).shop.product.v1.BatchGetProductsResponse\" \x90\x02\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/products:batchGetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dshop/product/v1/product.proto\x12\x0fshop.product.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/common/v1/money.proto\"\xde\x02\n\x07Product\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x08\xbaH\x06r\x04\x10\x01\x18@\x12\x1d\n\x04name\x18\x02 \x01(\tB\x0f\xbaH\x0cr\x07\x18\xc8\x01\x32\x02\\S\xd8\x01\x01\x12\x1d\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\x12t\n\x05price\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.MoneyBN\xbaHK\xba\x01H\n\x0eprice.positive\x12\x1fprice must be greater than zero\x1a\x15this.amount_minor > 0\x12\x16\n\x05stock\x18\x05 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xec\x01\n\x14\x43reateProductRequest\x12 \n\x04name\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xbaH\x0br\t\x10\x01\x18\xc8\x01\x32\x02\\S\x12\x1d\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\x12{\n\x05price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyBU\xe2\x41\x01\x02\xbaHN\xba\x01H\n\x0eprice.positive\x12\x1fprice must be greater than zero\x1a\x15this.amount_minor > 0\xc8\x01\x01\x12\x16\n\x05stock\x18\x04 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\"B\n\x15\x43reateProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.product.v1.Product\".\n\x11GetProductRequest\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\"?\n\x12GetProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.product.v1.Product\"e\n\x13ListProductsRequest\x12\"\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x42\x0c\n\n_page_size\"[\n\x14ListProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.product.v1.Product\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x97\x03\n\x14UpdateProductRequest\x12\x35\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.product.v1.ProductB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12X\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\'\xbaH$\xe2\x01!\x12\x04name\x12\x0b\x64\x65scription\x12\x05price\x12\x05stock:\xed\x01\xbaH\xe9\x01\x1ay\n\x16product.name.not_empty\x12\x16name must not be empty\x1aG!(\'name\' in this.update_mask.paths) || this.product.name.matches(\'\\\\S\')\x1al\n\x16product.price.required\x12\x11price must be set\x1a?!(\'price\' in this.update_mask.paths) || has(this.product.price)\"B\n\x15UpdateProductResponse\x12)\n\x07product\x18\x01 \x01(\x0b\x32\x18.shop.product.v1.Product\"<\n\x17\x42\x61tchGetProductsRequest\x12!\n\x03ids\x18\x01 \x03(\tB\x14\xbaH\x11\x92\x01\x0e\x08\x01\x10\x64\x18\x01\"\x06r\x04\x10\x01\x18@\"F\n\x18\x42\x61tchGetProductsResponse\x12*\n\x08products\x18\x01 \x03(\x0b\x32\x18.shop.product.v1.Product2\xa1\x05\n\x0eProductService\x12{\n\rCreateProduct\x12%.shop.product.v1.CreateProductRequest\x1a&.shop.product.v1.CreateProductResponse\"\x1b\xb0\xe1\x18\x03\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/products:\x01*\x12w\n\nGetProduct\x12\".shop.product.v1.GetProductRequest\x1a#.shop.product.v1.GetProductResponse\" \x90\x02\x01\xb0\xe1\x18\x01\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/products/{id}\x12x\n\x0cListProducts\x12$.shop.product.v1.ListProductsRequest\x1a%.shop.product.v1.ListProductsResponse\"\x1b\x90\x02\x01\xb0\xe1\x18\x01\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/products\x12\x8e\x01\n\rUpdateProduct\x12%.shop.product.v1.UpdateProductRequest\x1a&.shop.product.v1.UpdateProductResponse\".\xb0\xe1\x18\x03\x82\xd3\xe4\x93\x02$2\x19/v1/products/{product.id}:\x07product\x12\x8d\x01\n\x10\x42\x61tchGetProducts\x12(.shop.product.v1.BatchGetProductsRequest\x1a).shop.product.v1.BatchGetProductsResponse\"$\x90\x02\x01\xb0\xe1\x18\x01\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/products:batchGetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -74,37 +75,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHGETPRODUCTSREQUEST'].fields_by_name['ids']._loaded_options = None
   _globals['_BATCHGETPRODUCTSREQUEST'].fields_by_name['ids']._serialized_options = b'\272H\021\222\001\016\010\001\020d\030\001\"\006r\004\020\001\030@'
   _globals['_PRODUCTSERVICE'].methods_by_name['CreateProduct']._loaded_options = None
-  _globals['_PRODUCTSERVICE'].methods_by_name['CreateProduct']._serialized_options = b'\202\323\344\223\002\021\"\014/v1/products:\001*'
+  _globals['_PRODUCTSERVICE'].methods_by_name['CreateProduct']._serialized_options = b'\260\341\030\003\202\323\344\223\002\021\"\014/v1/products:\001*'
   _globals['_PRODUCTSERVICE'].methods_by_name['GetProduct']._loaded_options = None
-  _globals['_PRODUCTSERVICE'].methods_by_name['GetProduct']._serialized_options = b'\220\002\001\202\323\344\223\002\023\022\021/v1/products/{id}'
+  _globals['_PRODUCTSERVICE'].methods_by_name['GetProduct']._serialized_options = b'\220\002\001\260\341\030\001\202\323\344\223\002\023\022\021/v1/products/{id}'
   _globals['_PRODUCTSERVICE'].methods_by_name['ListProducts']._loaded_options = None
-  _globals['_PRODUCTSERVICE'].methods_by_name['ListProducts']._serialized_options = b'\220\002\001\202\323\344\223\002\016\022\014/v1/products'
+  _globals['_PRODUCTSERVICE'].methods_by_name['ListProducts']._serialized_options = b'\220\002\001\260\341\030\001\202\323\344\223\002\016\022\014/v1/products'
   _globals['_PRODUCTSERVICE'].methods_by_name['UpdateProduct']._loaded_options = None
-  _globals['_PRODUCTSERVICE'].methods_by_name['UpdateProduct']._serialized_options = b'\202\323\344\223\002$2\031/v1/products/{product.id}:\007product'
+  _globals['_PRODUCTSERVICE'].methods_by_name['UpdateProduct']._serialized_options = b'\260\341\030\003\202\323\344\223\002$2\031/v1/products/{product.id}:\007product'
   _globals['_PRODUCTSERVICE'].methods_by_name['BatchGetProducts']._loaded_options = None
-  _globals['_PRODUCTSERVICE'].methods_by_name['BatchGetProducts']._serialized_options = b'\220\002\001\202\323\344\223\002\027\022\025/v1/products:batchGet'
-  _globals['_PRODUCT']._serialized_start=238
-  _globals['_PRODUCT']._serialized_end=588
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=591
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=827
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=829
-  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=895
-  _globals['_GETPRODUCTREQUEST']._serialized_start=897
-  _globals['_GETPRODUCTREQUEST']._serialized_end=943
-  _globals['_GETPRODUCTRESPONSE']._serialized_start=945
-  _globals['_GETPRODUCTRESPONSE']._serialized_end=1008
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1010
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1111
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1113
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1204
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1207
-  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1614
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1616
-  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1682
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=1684
-  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=1744
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=1746
-  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=1816
-  _globals['_PRODUCTSERVICE']._serialized_start=1819
-  _globals['_PRODUCTSERVICE']._serialized_end=2472
+  _globals['_PRODUCTSERVICE'].methods_by_name['BatchGetProducts']._serialized_options = b'\220\002\001\260\341\030\001\202\323\344\223\002\027\022\025/v1/products:batchGet'
+  _globals['_PRODUCT']._serialized_start=267
+  _globals['_PRODUCT']._serialized_end=617
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=620
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=856
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_start=858
+  _globals['_CREATEPRODUCTRESPONSE']._serialized_end=924
+  _globals['_GETPRODUCTREQUEST']._serialized_start=926
+  _globals['_GETPRODUCTREQUEST']._serialized_end=972
+  _globals['_GETPRODUCTRESPONSE']._serialized_start=974
+  _globals['_GETPRODUCTRESPONSE']._serialized_end=1037
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=1039
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=1140
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1142
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1233
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_start=1236
+  _globals['_UPDATEPRODUCTREQUEST']._serialized_end=1643
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_start=1645
+  _globals['_UPDATEPRODUCTRESPONSE']._serialized_end=1711
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_start=1713
+  _globals['_BATCHGETPRODUCTSREQUEST']._serialized_end=1773
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_start=1775
+  _globals['_BATCHGETPRODUCTSRESPONSE']._serialized_end=1845
+  _globals['_PRODUCTSERVICE']._serialized_start=1848
+  _globals['_PRODUCTSERVICE']._serialized_end=2521
 # @@protoc_insertion_point(module_scope)

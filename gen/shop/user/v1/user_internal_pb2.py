@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
 from shop.user.v1 import user_pb2 as shop_dot_user_dot_v1_dot_user__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n shop/user/v1/user_internal.proto\x12\x0cshop.user.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x17shop/user/v1/user.proto\"1\n\x13ValidateUserRequest\x12\x1a\n\x07user_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\"8\n\x14ValidateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User2q\n\x13UserInternalService\x12Z\n\x0cValidateUser\x12!.shop.user.v1.ValidateUserRequest\x1a\".shop.user.v1.ValidateUserResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n shop/user/v1/user_internal.proto\x12\x0cshop.user.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1bshop/common/v1/access.proto\x1a\x17shop/user/v1/user.proto\"1\n\x13ValidateUserRequest\x12\x1a\n\x07user_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\"8\n\x14ValidateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User2u\n\x13UserInternalService\x12^\n\x0cValidateUser\x12!.shop.user.v1.ValidateUserRequest\x1a\".shop.user.v1.ValidateUserResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +37,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALIDATEUSERREQUEST'].fields_by_name['user_id']._loaded_options = None
   _globals['_VALIDATEUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\006r\004\020\001\030@'
   _globals['_USERINTERNALSERVICE'].methods_by_name['ValidateUser']._loaded_options = None
-  _globals['_USERINTERNALSERVICE'].methods_by_name['ValidateUser']._serialized_options = b'\220\002\001'
-  _globals['_VALIDATEUSERREQUEST']._serialized_start=104
-  _globals['_VALIDATEUSERREQUEST']._serialized_end=153
-  _globals['_VALIDATEUSERRESPONSE']._serialized_start=155
-  _globals['_VALIDATEUSERRESPONSE']._serialized_end=211
-  _globals['_USERINTERNALSERVICE']._serialized_start=213
-  _globals['_USERINTERNALSERVICE']._serialized_end=326
+  _globals['_USERINTERNALSERVICE'].methods_by_name['ValidateUser']._serialized_options = b'\220\002\001\260\341\030\004'
+  _globals['_VALIDATEUSERREQUEST']._serialized_start=133
+  _globals['_VALIDATEUSERREQUEST']._serialized_end=182
+  _globals['_VALIDATEUSERRESPONSE']._serialized_start=184
+  _globals['_VALIDATEUSERRESPONSE']._serialized_end=240
+  _globals['_USERINTERNALSERVICE']._serialized_start=242
+  _globals['_USERINTERNALSERVICE']._serialized_end=359
 # @@protoc_insertion_point(module_scope)

@@ -27,9 +27,10 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17shop/user/v1/user.proto\x12\x0cshop.user.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n\x04User\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x08\xbaH\x06r\x04\x10\x01\x18@\x12\x1c\n\x05\x65mail\x18\x02 \x01(\tB\r\xbaH\nr\x05\x18\xfe\x01`\x01\xd8\x01\x01\x12$\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x0e\xbaH\x0br\x06\x18\x64\x32\x02\\S\xd8\x01\x01\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"[\n\x11\x43reateUserRequest\x12\x1d\n\x05\x65mail\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x18\xfe\x01`\x01\x12\'\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x11\xe2\x41\x01\x02\xbaH\nr\x08\x10\x01\x18\x64\x32\x02\\S\"6\n\x12\x43reateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"+\n\x0eGetUserRequest\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\"3\n\x0fGetUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"b\n\x10ListUsersRequest\x12\"\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x42\x0c\n\n_page_size\"O\n\x11ListUsersResponse\x12!\n\x05users\x18\x01 \x03(\x0b\x32\x12.shop.user.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa4\x03\n\x11UpdateUserRequest\x12,\n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.UserB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12T\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB#\xbaH \xe2\x01\x1d\x12\x0c\x64isplay_name\x12\x05\x65mail\x12\x06\x61\x63tive:\x8a\x02\xbaH\x86\x02\x1a\x93\x01\n\x1buser.display_name.not_empty\x12\x1e\x64isplay_name must not be empty\x1aT!(\'display_name\' in this.update_mask.paths) || this.user.display_name.matches(\'\\\\S\')\x1an\n\x14user.email.not_empty\x12\x17\x65mail must not be empty\x1a=!(\'email\' in this.update_mask.paths) || this.user.email != \'\'\"6\n\x12UpdateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User2\xaf\x03\n\x0bUserService\x12\x65\n\nCreateUser\x12\x1f.shop.user.v1.CreateUserRequest\x1a .shop.user.v1.CreateUserResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/users:\x01*\x12\x61\n\x07GetUser\x12\x1c.shop.user.v1.GetUserRequest\x1a\x1d.shop.user.v1.GetUserResponse\"\x19\x90\x02\x01\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/users/{id}\x12\x62\n\tListUsers\x12\x1e.shop.user.v1.ListUsersRequest\x1a\x1f.shop.user.v1.ListUsersResponse\"\x14\x90\x02\x01\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/users\x12r\n\nUpdateUser\x12\x1f.shop.user.v1.UpdateUserRequest\x1a .shop.user.v1.UpdateUserResponse\"!\x82\xd3\xe4\x93\x02\x1b\x32\x13/v1/users/{user.id}:\x04userb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17shop/user/v1/user.proto\x12\x0cshop.user.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bshop/common/v1/access.proto\"\xe3\x01\n\x04User\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x08\xbaH\x06r\x04\x10\x01\x18@\x12\x1c\n\x05\x65mail\x18\x02 \x01(\tB\r\xbaH\nr\x05\x18\xfe\x01`\x01\xd8\x01\x01\x12$\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x0e\xbaH\x0br\x06\x18\x64\x32\x02\\S\xd8\x01\x01\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"[\n\x11\x43reateUserRequest\x12\x1d\n\x05\x65mail\x18\x01 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x18\xfe\x01`\x01\x12\'\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x11\xe2\x41\x01\x02\xbaH\nr\x08\x10\x01\x18\x64\x32\x02\\S\"6\n\x12\x43reateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"+\n\x0eGetUserRequest\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\"3\n\x0fGetUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"b\n\x10ListUsersRequest\x12\"\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x42\x0c\n\n_page_size\"O\n\x11ListUsersResponse\x12!\n\x05users\x18\x01 \x03(\x0b\x32\x12.shop.user.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa4\x03\n\x11UpdateUserRequest\x12,\n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.UserB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12T\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB#\xbaH \xe2\x01\x1d\x12\x0c\x64isplay_name\x12\x05\x65mail\x12\x06\x61\x63tive:\x8a\x02\xbaH\x86\x02\x1a\x93\x01\n\x1buser.display_name.not_empty\x12\x1e\x64isplay_name must not be empty\x1aT!(\'display_name\' in this.update_mask.paths) || this.user.display_name.matches(\'\\\\S\')\x1an\n\x14user.email.not_empty\x12\x17\x65mail must not be empty\x1a=!(\'email\' in this.update_mask.paths) || this.user.email != \'\'\"6\n\x12UpdateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User2\xbf\x03\n\x0bUserService\x12i\n\nCreateUser\x12\x1f.shop.user.v1.CreateUserRequest\x1a .shop.user.v1.CreateUserResponse\"\x18\xb0\xe1\x18\x01\x82\xd3\xe4\x93\x02\x0e\"\t/v1/users:\x01*\x12\x65\n\x07GetUser\x12\x1c.shop.user.v1.GetUserRequest\x1a\x1d.shop.user.v1.GetUserResponse\"\x1d\x90\x02\x01\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/users/{id}\x12\x66\n\tListUsers\x12\x1e.shop.user.v1.ListUsersRequest\x1a\x1f.shop.user.v1.ListUsersResponse\"\x18\x90\x02\x01\xb0\xe1\x18\x03\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/users\x12v\n\nUpdateUser\x12\x1f.shop.user.v1.UpdateUserRequest\x1a .shop.user.v1.UpdateUserResponse\"%\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02\x1b\x32\x13/v1/users/{user.id}:\x04userb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,31 +64,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEUSERREQUEST']._loaded_options = None
   _globals['_UPDATEUSERREQUEST']._serialized_options = b'\272H\206\002\032\223\001\n\033user.display_name.not_empty\022\036display_name must not be empty\032T!(\'display_name\' in this.update_mask.paths) || this.user.display_name.matches(\'\\\\S\')\032n\n\024user.email.not_empty\022\027email must not be empty\032=!(\'email\' in this.update_mask.paths) || this.user.email != \'\''
   _globals['_USERSERVICE'].methods_by_name['CreateUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\202\323\344\223\002\016\"\t/v1/users:\001*'
+  _globals['_USERSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\260\341\030\001\202\323\344\223\002\016\"\t/v1/users:\001*'
   _globals['_USERSERVICE'].methods_by_name['GetUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\002\001\202\323\344\223\002\020\022\016/v1/users/{id}'
+  _globals['_USERSERVICE'].methods_by_name['GetUser']._serialized_options = b'\220\002\001\260\341\030\002\202\323\344\223\002\020\022\016/v1/users/{id}'
   _globals['_USERSERVICE'].methods_by_name['ListUsers']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\220\002\001\202\323\344\223\002\013\022\t/v1/users'
+  _globals['_USERSERVICE'].methods_by_name['ListUsers']._serialized_options = b'\220\002\001\260\341\030\003\202\323\344\223\002\013\022\t/v1/users'
   _globals['_USERSERVICE'].methods_by_name['UpdateUser']._loaded_options = None
-  _globals['_USERSERVICE'].methods_by_name['UpdateUser']._serialized_options = b'\202\323\344\223\002\0332\023/v1/users/{user.id}:\004user'
-  _globals['_USER']._serialized_start=201
-  _globals['_USER']._serialized_end=428
-  _globals['_CREATEUSERREQUEST']._serialized_start=430
-  _globals['_CREATEUSERREQUEST']._serialized_end=521
-  _globals['_CREATEUSERRESPONSE']._serialized_start=523
-  _globals['_CREATEUSERRESPONSE']._serialized_end=577
-  _globals['_GETUSERREQUEST']._serialized_start=579
-  _globals['_GETUSERREQUEST']._serialized_end=622
-  _globals['_GETUSERRESPONSE']._serialized_start=624
-  _globals['_GETUSERRESPONSE']._serialized_end=675
-  _globals['_LISTUSERSREQUEST']._serialized_start=677
-  _globals['_LISTUSERSREQUEST']._serialized_end=775
-  _globals['_LISTUSERSRESPONSE']._serialized_start=777
-  _globals['_LISTUSERSRESPONSE']._serialized_end=856
-  _globals['_UPDATEUSERREQUEST']._serialized_start=859
-  _globals['_UPDATEUSERREQUEST']._serialized_end=1279
-  _globals['_UPDATEUSERRESPONSE']._serialized_start=1281
-  _globals['_UPDATEUSERRESPONSE']._serialized_end=1335
-  _globals['_USERSERVICE']._serialized_start=1338
-  _globals['_USERSERVICE']._serialized_end=1769
+  _globals['_USERSERVICE'].methods_by_name['UpdateUser']._serialized_options = b'\260\341\030\002\202\323\344\223\002\0332\023/v1/users/{user.id}:\004user'
+  _globals['_USER']._serialized_start=230
+  _globals['_USER']._serialized_end=457
+  _globals['_CREATEUSERREQUEST']._serialized_start=459
+  _globals['_CREATEUSERREQUEST']._serialized_end=550
+  _globals['_CREATEUSERRESPONSE']._serialized_start=552
+  _globals['_CREATEUSERRESPONSE']._serialized_end=606
+  _globals['_GETUSERREQUEST']._serialized_start=608
+  _globals['_GETUSERREQUEST']._serialized_end=651
+  _globals['_GETUSERRESPONSE']._serialized_start=653
+  _globals['_GETUSERRESPONSE']._serialized_end=704
+  _globals['_LISTUSERSREQUEST']._serialized_start=706
+  _globals['_LISTUSERSREQUEST']._serialized_end=804
+  _globals['_LISTUSERSRESPONSE']._serialized_start=806
+  _globals['_LISTUSERSRESPONSE']._serialized_end=885
+  _globals['_UPDATEUSERREQUEST']._serialized_start=888
+  _globals['_UPDATEUSERREQUEST']._serialized_end=1308
+  _globals['_UPDATEUSERRESPONSE']._serialized_start=1310
+  _globals['_UPDATEUSERRESPONSE']._serialized_end=1364
+  _globals['_USERSERVICE']._serialized_start=1367
+  _globals['_USERSERVICE']._serialized_end=1814
 # @@protoc_insertion_point(module_scope)
