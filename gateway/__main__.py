@@ -1,11 +1,6 @@
 """`python -m gateway`: serves the gateway with Hypercorn, which speaks HTTP/1.1 and
 cleartext HTTP/2 with trailers, so Connect (POST and GET), gRPC-Web, REST and real
-gRPC all work on one port.
-
-pyvoy was tried first: gRPC, gRPC-Web and Connect POST worked, but Connect GET
-requests got an empty reply (pyvoy 1.3.0 raised InvalidStateError in its receive
-path), so it is not the default.
-"""
+gRPC all work on one port. Metrics are served on a port of their own."""
 
 from __future__ import annotations
 
@@ -21,6 +16,7 @@ from hypercorn.config import Config
 
 from gateway.config import GatewayConfig
 from services.common import eventloop, logs, telemetry
+from services.common.config import env
 
 log = logging.getLogger("shop.gateway")
 
@@ -36,7 +32,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def run() -> None:
+    from gateway import hypercorn_workaround
     from gateway.app import create_app
+
+    hypercorn_workaround.apply()
 
     config = GatewayConfig.from_env()
     sock = listening_socket(config.host, config.port)
@@ -55,14 +54,22 @@ async def run() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     app = create_app(config)
-    print(json.dumps({"service": "gateway", "listening": address}), flush=True)
-    log.info("serving", extra={"address": address})
-    await serve(app, server_config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+    metrics = app.state.metrics
+    metrics_address = f"{config.host}:{metrics.serve(config.host, config.metrics_port)}"
+    print(
+        json.dumps({"service": "gateway", "listening": address, "metrics": metrics_address}),
+        flush=True,
+    )
+    log.info("serving", extra={"address": address, "metrics": metrics_address})
+    try:
+        await serve(app, server_config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+    finally:
+        metrics.close()
     log.info("stopped")
 
 
 def main() -> None:
-    logs.configure("gateway")
+    logs.configure("gateway", env("LOG_LEVEL", "INFO").upper())
     telemetry.configure("gateway")
     try:
         eventloop.run(run())

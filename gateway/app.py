@@ -13,13 +13,16 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
 
-from gateway import docs, openapi
+from gateway import docs, edge, openapi, reflection
 from gateway.auth import Authentication
 from gateway.config import GatewayConfig
 from gateway.connect import connect_apps
-from gateway.observability import GatewayMetrics, RequestMetrics, traced
+from gateway.edge import Edge
+from gateway.observability import GatewayMetrics, traced
 from gateway.ratelimit import RateLimit
+from gateway.refusal import unknown_method
 from gateway.registry import procedure, public_services
 from gateway.rest import RestRouter, status_response
 from gateway.upstream import Upstreams
@@ -55,12 +58,15 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
     config = config or GatewayConfig.from_env()
     upstreams = Upstreams(config.upstreams, config.breaker, config.tls)
     services = public_services()
-    metrics = GatewayMetrics(
-        procedure(method) for service in services for method in service.descriptor.methods
-    )
-    routes: list[BaseRoute] = [Route("/healthz", _healthz), Route("/metrics", metrics.endpoint)]
-    routes += [Mount(app.path, app=app) for app in connect_apps(services, upstreams, config)]
     rest = RestRouter(services, upstreams, config)
+    metrics = GatewayMetrics(
+        (procedure(method) for service in services for method in service.descriptor.methods),
+        rest.route_label,
+    )
+    routes: list[BaseRoute] = [Route("/healthz", _healthz)]
+    # The public services, and gRPC server reflection listing them (for buf curl, grpcurl).
+    apps = [*connect_apps(services, upstreams, config), *reflection.reflection_apps(services)]
+    routes += [Mount(app.path, app=app) for app in apps]
     spec = openapi.document(rest.routes)
 
     async def openapi_json(_: Request) -> JSONResponse:
@@ -83,24 +89,17 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         yield
         await upstreams.close()
 
-    # Outermost first: the request span, then the metrics (which see CORS answers too).
     streaming = [
         procedure(method)
         for service in services
         for method in service.descriptor.methods
         if method.server_streaming
     ]
+    # Outermost first: the request span; the edge (request id, code, access log, metrics,
+    # last-resort answers); CORS, so refusals carry its headers too; the token; limits.
     middleware = [
         Middleware(traced),
-        Middleware(RequestMetrics, metrics=metrics),
-        Middleware(Authentication, verifier=Verifier(config.auth)),
-        Middleware(
-            RateLimit,
-            rate=config.rate_limit,
-            burst=config.rate_burst,
-            max_streams=config.max_streams_per_client,
-            streaming_paths=streaming,
-        ),
+        Middleware(Edge, route_of=metrics.route_of, observe=metrics.observe),
     ]
     if config.cors_origins:
         middleware.append(
@@ -113,18 +112,42 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
                 max_age=7200,
             )
         )
-    return Starlette(
+    middleware += [
+        Middleware(Authentication, verifier=Verifier(config.auth)),
+        Middleware(
+            RateLimit,
+            rate=config.rate_limit,
+            burst=config.rate_burst,
+            max_streams=config.max_streams_per_client,
+            streaming_paths=streaming,
+        ),
+    ]
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={404: _not_found, 405: _not_allowed},
     )
+    app.state.metrics = metrics
+    return app
 
 
 async def _not_found(request: Request, _: Exception) -> Response:
-    """Every answer is JSON, even for paths no route matches."""
+    """Every answer is JSON, even for paths no route matches; a Connect caller gets the
+    Connect error for a method the gateway does not serve (gRPC callers get
+    grpc-status 12 from the edge)."""
+    if edge.protocol_of(request.scope) == edge.CONNECT:
+        return _UnknownMethod()
     message = f"no route for {request.method} {request.url.path}"
     return status_response(status_pb2.Status(code=code_pb2.NOT_FOUND, message=message))
+
+
+class _UnknownMethod(Response):
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await unknown_method(scope, send)
 
 
 async def _not_allowed(request: Request, _: Exception) -> Response:

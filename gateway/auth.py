@@ -1,9 +1,10 @@
 """Authentication at the edge: every request's bearer token is verified here.
 
 A request with a bad token is refused (401, `unauthenticated`) before anything
-else happens; one without a token goes on as anonymous, and only the public
-procedures (sign-up and reading the catalogue) accept that. The token itself is
-passed on to the services, which verify it again and check ownership.
+else happens; one without a token goes on as anonymous, and only the procedures
+the contracts declare ACCESS_PUBLIC (sign-up and reading the catalogue) accept
+that. The token itself is passed on to the services, which verify it again and
+check roles and ownership.
 """
 
 from __future__ import annotations
@@ -12,23 +13,16 @@ from google.rpc import code_pb2
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.refusal import refuse
-from services.common.auth import Caller, Verifier, bearer_token
+from services.common.access import is_public
+from services.common.auth import Caller, Verifier, bearer_token, single_authorization
 from services.common.errors import Unauthenticated
 
-PUBLIC_PROCEDURES = frozenset(
-    {
-        "/shop.user.v1.UserService/CreateUser",
-        "/shop.product.v1.ProductService/GetProduct",
-        "/shop.product.v1.ProductService/ListProducts",
-        "/shop.product.v1.ProductService/BatchGetProducts",
-    }
-)
 CHALLENGE = {"www-authenticate": 'Bearer realm="shop"'}
 
 
 def require_token(procedure: str, authorization: str | None) -> None:
     """Raises Unauthenticated when `procedure` needs a caller and none signed in."""
-    if procedure not in PUBLIC_PROCEDURES and not authorization:
+    if not authorization and not is_public(procedure):
         raise Unauthenticated("sign in: this call needs a bearer token", "TOKEN_MISSING")
 
 
@@ -40,11 +34,13 @@ class Authentication:
         self.verifier = verifier
 
     def _caller(self, scope: Scope) -> Caller | None:
-        for key, value in scope.get("headers", []):
-            if key.lower() == b"authorization":
-                token = bearer_token(value.decode("latin-1"))
-                return None if token is None else self.verifier.verify(token)
-        return None
+        values = [
+            value.decode("latin-1")
+            for key, value in scope.get("headers", [])
+            if key.lower() == b"authorization"
+        ]
+        token = bearer_token(single_authorization(values))
+        return None if token is None else self.verifier.verify(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,7 +50,9 @@ class Authentication:
             caller = self._caller(scope)
         except Unauthenticated as error:
             headers = {**CHALLENGE, "www-authenticate": 'Bearer error="invalid_token"'}
-            await refuse(scope, receive, send, code_pb2.UNAUTHENTICATED, error.message, headers)
+            await refuse(
+                scope, send, code_pb2.UNAUTHENTICATED, error.message, headers, reason=error.reason
+            )
             return
         if caller is not None:
             state = scope.setdefault("state", {})

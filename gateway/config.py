@@ -10,6 +10,8 @@ from services.common.config import (
     BreakerSettings,
     env,
     env_float,
+    metrics_port,
+    port_from_env,
     service_addresses,
 )
 from services.common.tls import GATEWAY, TlsSettings
@@ -23,6 +25,8 @@ def _csv(value: str) -> tuple[str, ...]:
 class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Prometheus /metrics, on a port of its own (PORT + 1000 by default; 0: any free port).
+    metrics_port: int = 0
     # Internal services: name -> address list (`*_SERVICE_ADDR`).
     upstreams: dict[str, str] = field(default_factory=dict)
     # Deadline of a forwarded unary call when the client sets none, in seconds.
@@ -47,9 +51,11 @@ class GatewayConfig:
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
+        port = port_from_env(8080)
         return cls(
             host=env("HOST", "127.0.0.1"),
-            port=int(env("PORT", "8080")),
+            port=port,
+            metrics_port=metrics_port(port),
             upstreams=service_addresses(),
             default_timeout=env_float("GATEWAY_DEFAULT_TIMEOUT", 30.0),
             forward_headers=_csv(env("GATEWAY_FORWARD_HEADERS", "accept-language")),

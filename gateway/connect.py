@@ -8,16 +8,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from connectrpc.compat import google_protobuf_binary_codec, google_protobuf_json_codec
+from connectrpc.compat import google_protobuf_binary_codec
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from google.protobuf.descriptor import MethodDescriptor
+from google.rpc import code_pb2
 
+from gateway import edge
 from gateway.auth import require_token
 from gateway.config import GatewayConfig
-from gateway.errors import connect_error, internal_status, status_of
+from gateway.errors import connect_error, internal_status, reason_of, status_of
+from gateway.protojson import CheckedJSONCodec
 from gateway.registry import PublicService, procedure
-from gateway.upstream import REQUEST_ID, CallOptions, Upstreams, call_options, stream
+from gateway.upstream import CallOptions, Upstreams, call_options, stream
 from services.common.errors import DomainError
 
 log = logging.getLogger("shop.gateway")
@@ -49,11 +52,9 @@ class Forwarder:
         timeout = ctx.timeout_ms / 1000 if ctx.timeout_ms is not None else None
         if timeout is None and not streaming:
             timeout = self._config.default_timeout
-        options = call_options(
+        return call_options(
             dict(ctx.request_headers.items()), timeout, self._config.forward_headers
         )
-        ctx.response_headers[REQUEST_ID] = options.request_id
-        return options
 
     def _unary(self, method: MethodDescriptor, call: Any) -> Callable[..., Any]:
         path = procedure(method)
@@ -82,17 +83,22 @@ def _signed_in(procedure: str, ctx: RequestContext[Any, Any]) -> None:
     try:
         require_token(procedure, ctx.request_headers.get("authorization"))
     except DomainError as error:
+        edge.note(error.code.value[0], error.reason)
         raise connect_error(error.to_status()) from None
 
 
 def as_connect_error(error: Exception, ctx: RequestContext[Any, Any]) -> ConnectError:
     """A service's status as it was sent; anything unexpected as INTERNAL, text withheld."""
     if isinstance(error, ConnectError):
+        edge.note(code_pb2.Code.Value(error.code.name.replace("CANCELED", "CANCELLED")))
         return error
     if isinstance(error, grpc.aio.AioRpcError):
-        return connect_error(status_of(error))
-    log.error("gateway error", exc_info=error, extra={"rpc_method": ctx.method.name})
-    return connect_error(internal_status())
+        status = status_of(error)
+    else:
+        log.error("gateway error", exc_info=error, extra={"rpc_method": ctx.method.name})
+        status = internal_status()
+    edge.note(status.code, reason_of(status))
+    return connect_error(status)
 
 
 class ErrorInterceptor:
@@ -126,10 +132,7 @@ def connect_apps(
             interceptors=[ErrorInterceptor()],
             read_max_bytes=config.max_body_bytes,
             # Unknown JSON fields are an error, as they are for the services' own clients.
-            codecs=[
-                google_protobuf_binary_codec(),
-                google_protobuf_json_codec(ignore_unknown_fields=False),
-            ],
+            codecs=[google_protobuf_binary_codec(), CheckedJSONCodec()],
         )
         for service in services
     ]

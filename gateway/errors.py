@@ -9,7 +9,7 @@ from __future__ import annotations
 import grpc
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError, ErrorDetail
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from protobuf.wkt import Any as WireAny
 
 DETAILS_KEY = "grpc-status-details-bin"
@@ -42,6 +42,16 @@ def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
         if key == DETAILS_KEY and isinstance(value, bytes):
             return status_pb2.Status.FromString(value)
     return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+
+
+def reason_of(status: status_pb2.Status) -> str:
+    """The google.rpc.ErrorInfo reason among the status's details ("" when none)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
 
 
 def connect_error(status: status_pb2.Status) -> ConnectError:

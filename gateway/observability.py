@@ -1,39 +1,40 @@
-"""The gateway's request metrics (Prometheus, on GET /metrics) and its request spans.
+"""The gateway's request metrics (Prometheus, served on METRICS_PORT, never on the
+public port) and its request spans.
 
 Requests are counted by route, never by raw path: a Connect, gRPC or gRPC-Web
 call by its procedure (`/shop.user.v1.UserService/GetUser`), a REST call by the
 matched rule (`GET /v1/users/{id}`), anything else as `other`, so that ids and
-made-up paths cannot grow the number of series.
+made-up paths cannot grow the number of series. Each is counted with the RPC code
+it ended with (`code`, the same names the services use) whatever the protocol,
+its protocol, and its HTTP status (which for gRPC is 200 whatever the outcome).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
-from services.common.metrics import LATENCY_BUCKETS
+from gateway.edge import Exchange
+from services.common.metrics import LATENCY_BUCKETS, MetricsServer
 
-# Set in the ASGI scope by the REST router once a rule matched.
-ROUTE_KEY = "shop.route"
+# Finds the REST rule a method and path match (`GET /v1/users/{id}`), or None.
+RestMatcher = Callable[[str, str], str | None]
 
 
 class GatewayMetrics:
-    """Requests and their duration by route and HTTP status, and the /metrics endpoint."""
+    """Requests and their duration by route, and where they are served."""
 
-    def __init__(self, procedures: Iterable[str]) -> None:
+    def __init__(self, procedures: Iterable[str], rest_route: RestMatcher) -> None:
         self.procedures = frozenset(procedures)
+        self._rest_route = rest_route
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "gateway_requests",
-            "HTTP requests answered, by route and HTTP status.",
-            ["route", "status"],
+            "Requests answered, by route, protocol, RPC code and HTTP status.",
+            ["route", "protocol", "code", "status"],
             registry=self.registry,
         )
         self.duration = Histogram(
@@ -43,43 +44,29 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._server: MetricsServer | None = None
 
     def route_of(self, scope: Scope) -> str:
-        path = scope["path"]
+        path = str(scope["path"])
         if path in self.procedures:
-            return str(path)
-        return str(scope.get(ROUTE_KEY, "other"))
+            return path
+        return self._rest_route(str(scope.get("method", "")), path) or "other"
 
-    async def endpoint(self, _: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+    def observe(self, exchange: Exchange, seconds: float) -> None:
+        self.requests.labels(
+            exchange.route, exchange.protocol, exchange.code, str(exchange.http_status)
+        ).inc()
+        self.duration.labels(exchange.route).observe(seconds)
 
+    def serve(self, host: str, port: int) -> int:
+        """Serves /metrics on its own port (0 picks one); returns the port."""
+        self._server = MetricsServer(self.registry, host, port)
+        return self._server.port
 
-class RequestMetrics:
-    """ASGI middleware feeding GatewayMetrics."""
-
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = self.metrics.route_of(scope)
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.duration.labels(route).observe(time.perf_counter() - started)
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
 
 
 def traced(app: ASGIApp) -> ASGIApp:

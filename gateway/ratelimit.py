@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.refusal import refuse
 
-# Paths that are never limited: probes and scrapes.
-EXEMPT = ("/healthz", "/metrics")
+# Paths that are never limited: probes.
+EXEMPT = ("/healthz",)
 # The most clients remembered; the least recently seen are forgotten first.
 MAX_CLIENTS = 100_000
 
@@ -98,11 +98,11 @@ class RateLimit:
                 message = f"too many requests; retry in {retry} s"
                 await refuse(
                     scope,
-                    receive,
                     send,
                     code_pb2.RESOURCE_EXHAUSTED,
                     message,
                     {"retry-after": retry},
+                    reason="RATE_LIMITED",
                 )
                 return
         if not self._is_stream(scope) or self.max_streams <= 0:
@@ -110,7 +110,9 @@ class RateLimit:
             return
         if self.open_streams.get(key, 0) >= self.max_streams:
             message = f"at most {self.max_streams} open streams per client"
-            await refuse(scope, receive, send, code_pb2.RESOURCE_EXHAUSTED, message, {})
+            await refuse(
+                scope, send, code_pb2.RESOURCE_EXHAUSTED, message, reason="TOO_MANY_STREAMS"
+            )
             return
         self.open_streams[key] = self.open_streams.get(key, 0) + 1
         try:

@@ -1,33 +1,59 @@
-"""Answers given at the edge before any service is called (over a limit, a bad token),
-each in the protocol the request used."""
+"""Answers the gateway gives itself (a bad token, a limit, an unknown method, a
+failure of its own), each in the protocol the request used: gRPC and gRPC-Web get a
+grpc-status, Connect its error JSON, everything else a `google.rpc.Status` JSON body
+with the HTTP status of the code."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope, Send
 
+from gateway import edge
 from gateway.errors import HTTP_STATUS
 
 
+def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+def _grpc_message(message: str) -> bytes:
+    """grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2, "Responses")."""
+    return "".join(
+        c if 0x20 <= ord(c) <= 0x7E and c != "%" else "".join(f"%{b:02X}" for b in c.encode())
+        for c in message
+    ).encode()
+
+
 async def refuse(
-    scope: Scope, receive: Receive, send: Send, code: int, message: str, headers: dict[str, str]
+    scope: Scope,
+    send: Send,
+    code: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    reason: str = "",
 ) -> None:
     """Answers with a status in the protocol the request used, and calls nothing."""
-    request_headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
-    content_type = request_headers.get("content-type", "")
-    if content_type.startswith("application/grpc"):
-        grpc_status = [(b"grpc-status", str(code).encode()), (b"grpc-message", message.encode())]
-        extra = [(k.encode(), v.encode()) for k, v in headers.items()]
-        start = [(b"content-type", content_type.encode()), *extra]
-        if content_type.startswith("application/grpc-web") or "http.response.trailers" not in (
-            scope.get("extensions") or {}
-        ):
+    edge.note(code, reason or code_pb2.Code.Name(code))
+    extra = _raw(headers or {})
+    protocol = edge.protocol_of(scope)
+    if protocol in (edge.GRPC, edge.GRPC_WEB):
+        content_type = edge.header(scope, b"content-type") or "application/grpc"
+        grpc_status = [
+            (b"grpc-status", str(code).encode()),
+            (b"grpc-message", _grpc_message(message)),
+        ]
+        start = [(b"content-type", content_type.encode("latin-1")), *extra]
+        trailers = "http.response.trailers" in (scope.get("extensions") or {})
+        if protocol == edge.GRPC_WEB or not trailers:
             # gRPC-Web (and a server without trailers) reads the status from the headers.
-            start += grpc_status
-            await send({"type": "http.response.start", "status": 200, "headers": start})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": start + grpc_status}
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         await send(
@@ -38,17 +64,27 @@ async def refuse(
             {"type": "http.response.trailers", "headers": grpc_status, "more_trailers": False}
         )
         return
-    status = status_pb2.Status(code=code, message=message)
-    if scope["path"].startswith("/shop."):  # Connect: its own error JSON
-        name = code_pb2.Code.Name(code).lower()
+    if protocol == edge.CONNECT:
+        name = code_pb2.Code.Name(code).lower().replace("cancelled", "canceled")
         body = json.dumps({"code": name, "message": message}).encode()
-        raw = [(b"content-type", b"application/json")]
-        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": HTTP_STATUS[code], "headers": raw})
-        await send({"type": "http.response.body", "body": body})
+    else:
+        body = json_format.MessageToJson(
+            status_pb2.Status(code=code, message=message), indent=None
+        ).encode()
+    start = [(b"content-type", b"application/json"), *extra]
+    await send({"type": "http.response.start", "status": HTTP_STATUS[code], "headers": start})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def unknown_method(scope: Scope, send: Send) -> None:
+    """The answer for an RPC path the gateway does not serve (unknown, or internal):
+    `unimplemented` as gRPC and Connect clients expect it (Connect: HTTP 404)."""
+    message = f"unknown method {scope['path']}"
+    if edge.protocol_of(scope) != edge.CONNECT:
+        await refuse(scope, send, code_pb2.UNIMPLEMENTED, message, reason="NO_SUCH_METHOD")
         return
-    raw = [(b"content-type", b"application/json")]
-    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
-    body = json_format.MessageToJson(status, indent=None).encode()
-    await send({"type": "http.response.start", "status": HTTP_STATUS[code], "headers": raw})
+    edge.note(code_pb2.UNIMPLEMENTED, "NO_SUCH_METHOD")
+    body = json.dumps({"code": "unimplemented", "message": message}).encode()
+    start = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 404, "headers": start})
     await send({"type": "http.response.body", "body": body})

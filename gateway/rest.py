@@ -23,13 +23,13 @@ from google.rpc import code_pb2, status_pb2
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway import edge
 from gateway.auth import require_token
 from gateway.config import GatewayConfig
-from gateway.errors import HTTP_STATUS, internal_status, status_of
-from gateway.observability import ROUTE_KEY
+from gateway.errors import HTTP_STATUS, internal_status, reason_of, status_of
 from gateway.registry import PublicService, procedure
 from gateway.transcode import PathTemplate, build_request, field_by_name
-from gateway.upstream import REQUEST_ID, Upstreams, call_options, stream
+from gateway.upstream import Upstreams, call_options, stream
 from services.common import validation
 from services.common.errors import DomainError
 
@@ -88,12 +88,11 @@ def routes_of(services: list[PublicService], upstreams: Upstreams) -> list[Route
     return sorted(routes, key=lambda r: -r.template.specificity)
 
 
-def status_response(status: status_pb2.Status, request_id: str = "") -> Response:
+def status_response(status: status_pb2.Status) -> Response:
+    """A google.rpc.Status as the JSON body of the HTTP status of its code."""
+    edge.note(status.code, reason_of(status))
     body = json_format.MessageToJson(status, indent=None)
-    headers = {REQUEST_ID: request_id} if request_id else {}
-    return Response(
-        body, status_code=HTTP_STATUS.get(status.code, 500), media_type=JSON, headers=headers
-    )
+    return Response(body, status_code=HTTP_STATUS.get(status.code, 500), media_type=JSON)
 
 
 def _to_json(msg: message.Message, response_body: str) -> str:
@@ -164,8 +163,8 @@ class RestRouter:
     def routes(self) -> list[Route]:
         return self._routes
 
-    async def handle(self, request: Request) -> Response:
-        path, verb = request.url.path, request.method.upper()
+    def _match(self, verb: str, path: str) -> tuple[Route, dict[str, str]] | list[str]:
+        """The route serving `verb path` and its path values, or the verbs that would."""
         allowed = []
         for route in self._routes:
             values = route.template.match(path)
@@ -174,9 +173,22 @@ class RestRouter:
             if route.verb != verb and not (verb == "HEAD" and route.verb == "GET"):
                 allowed.append(route.verb)
                 continue
-            # For the request metrics: the route, never the raw path with its ids.
-            request.scope[ROUTE_KEY] = f"{route.verb} {route.template.template}"
-            return await self._serve(route, values, request)
+            return route, values
+        return allowed
+
+    def route_label(self, verb: str, path: str) -> str | None:
+        """The rule serving the request (`GET /v1/users/{id}`), for metrics and logs."""
+        found = self._match(verb.upper(), path)
+        if isinstance(found, list):
+            return None
+        return f"{found[0].verb} {found[0].template.template}"
+
+    async def handle(self, request: Request) -> Response:
+        path, verb = request.url.path, request.method.upper()
+        found = self._match(verb, path)
+        if not isinstance(found, list):
+            return await self._serve(*found, request)
+        allowed = found
         if allowed:
             methods = ", ".join(sorted(set(allowed)))
             status = status_pb2.Status(
@@ -197,7 +209,7 @@ class RestRouter:
         try:
             require_token(procedure(route.method), request.headers.get("authorization"))
         except DomainError as error:
-            return status_response(error.to_status(), options.request_id)
+            return status_response(error.to_status())
         try:
             raw = await _read_body(request, self._config.max_body_bytes) if route.body else b""
             msg = message_factory.GetMessageClass(route.method.input_type)()
@@ -216,12 +228,11 @@ class RestRouter:
                 code=code_pb2.INVALID_ARGUMENT,
                 message=f"the body is larger than {self._config.max_body_bytes} bytes",
             )
-            response = status_response(status, options.request_id)
+            response = status_response(status)
             response.status_code = 413
             return response
         except DomainError as error:
-            return status_response(error.to_status(), options.request_id)
-        headers = {REQUEST_ID: options.request_id}
+            return status_response(error.to_status())
         if streaming:
             events = self._events(
                 route, route.call(msg, timeout=options.timeout, metadata=options.metadata)
@@ -229,16 +240,16 @@ class RestRouter:
             return StreamingResponse(
                 events,
                 media_type="text/event-stream",
-                headers={**headers, "cache-control": "no-store"},
+                headers={"cache-control": "no-store"},
             )
         try:
             reply = await route.call(msg, timeout=options.timeout, metadata=options.metadata)
         except grpc.aio.AioRpcError as error:
-            return status_response(status_of(error), options.request_id)
+            return status_response(status_of(error))
         except Exception:
             log.exception("forwarding failed", extra={"rpc_method": route.method.full_name})
-            return status_response(internal_status(), options.request_id)
-        return Response(_to_json(reply, route.response_body), media_type=JSON, headers=headers)
+            return status_response(internal_status())
+        return Response(_to_json(reply, route.response_body), media_type=JSON)
 
     async def _events(self, route: Route, call: Any) -> AsyncIterator[str]:
         """Server-Sent Events: one `data:` event per message; a failure ends with `event: error`."""
@@ -246,5 +257,6 @@ class RestRouter:
             async for reply in stream(call):
                 yield f"data: {_to_json(reply, route.response_body)}\n\n"
         except grpc.aio.AioRpcError as error:
-            status = json_format.MessageToJson(status_of(error), indent=None)
-            yield f"event: error\ndata: {status}\n\n"
+            failure = status_of(error)
+            edge.note(failure.code, reason_of(failure))
+            yield f"event: error\ndata: {json_format.MessageToJson(failure, indent=None)}\n\n"

@@ -9,7 +9,6 @@ by the query or the body: such a request is refused, never applied.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 from google.protobuf import json_format, message
 from google.protobuf.descriptor import FieldDescriptor
 
+from gateway import protojson
 from services.common.errors import FieldViolation, InvalidArgument
 
 _VARIABLE = re.compile(r"\{([a-zA-Z0-9_.]+)(?:=([^}]*))?\}")
@@ -80,41 +80,43 @@ def field_by_name(descriptor: Any, name: str) -> FieldDescriptor | None:
 
 
 def _convert(field: FieldDescriptor, raw: str, where: str) -> Any:
-    try:
-        kind = field.type
-        if kind == FieldDescriptor.TYPE_STRING:
-            return raw
-        if kind == FieldDescriptor.TYPE_BOOL:
-            if raw.lower() in ("true", "1"):
-                return True
-            if raw.lower() in ("false", "0"):
-                return False
-            raise ValueError("not a boolean")
-        if kind in _INTEGER_KINDS:
-            low, high = _INTEGER_KINDS[kind]
-            value = int(raw)
-            if not low <= value <= high:
-                raise ValueError("out of range")
-            return value
-        if kind in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+    """A URL parameter (always text) as the field's value."""
+    kind = field.type
+    problem: str | None = None
+    if kind == FieldDescriptor.TYPE_STRING:
+        return raw
+    if kind == FieldDescriptor.TYPE_BOOL:
+        if raw.lower() in ("true", "1"):
+            return True
+        if raw.lower() in ("false", "0"):
+            return False
+        problem = f"{raw!r} is not true or false"
+    elif kind in _INTEGER_KINDS:
+        problem = protojson.integer_problem(raw, kind)
+        if problem is None:
+            return int(raw.strip())
+    elif kind in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+        try:
             return float(raw)
-        if kind == FieldDescriptor.TYPE_BYTES:
+        except ValueError:
+            problem = f"{raw!r} is not a number"
+    elif kind == FieldDescriptor.TYPE_BYTES:
+        try:
             return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-        if kind == FieldDescriptor.TYPE_ENUM:
-            enum = field.enum_type
-            assert enum is not None
-            value_by_name = enum.values_by_name.get(raw)
-            if value_by_name is not None:
-                return value_by_name.number
-            number = int(raw)
-            if number not in enum.values_by_number:
-                raise ValueError("unknown enum value")
-            return number
-    except ValueError as error:
-        raise InvalidArgument.of(
-            where, f"{raw!r} is not a valid {_type_name(field)}: {error}"
-        ) from None
-    raise InvalidArgument.of(where, f"cannot be set from a URL ({_type_name(field)})")
+        except ValueError:
+            problem = "must be base64"
+    elif kind == FieldDescriptor.TYPE_ENUM:
+        enum = field.enum_type
+        assert enum is not None
+        by_name = enum.values_by_name.get(raw)
+        if by_name is not None:
+            return by_name.number
+        if raw.lstrip("-").isdigit() and int(raw) in enum.values_by_number:
+            return int(raw)
+        problem = f"{raw!r} is not one of " + ", ".join(v.name for v in enum.values)
+    else:
+        problem = f"cannot be set from a URL ({_type_name(field)})"
+    raise InvalidArgument.of(where, problem)
 
 
 def _type_name(field: FieldDescriptor) -> str:
@@ -164,8 +166,10 @@ def set_values(msg: message.Message, path: str, raws: Sequence[str]) -> None:
             raise InvalidArgument.of(name, "cannot be set from a URL (a message)")
         try:  # well-known types with a string form: Timestamp, Duration, FieldMask, wrappers
             json_format.ParseDict(raws[0], getattr(holder, field.name))  # type: ignore[arg-type]
-        except json_format.ParseError as error:
-            raise InvalidArgument.of(name, str(error)) from None
+        except (json_format.ParseError, ValueError, TypeError):
+            raise InvalidArgument.of(
+                name, f"{raws[0]!r} is not a valid {_type_name(field)}"
+            ) from None
         return
     values = [_convert(field, raw, name) for raw in raws]
     if field.is_repeated:
@@ -185,16 +189,7 @@ def get_value(msg: message.Message, path: str) -> Any:
 
 def parse_json(raw: bytes, target: message.Message) -> dict[str, Any]:
     """Fills `target` from a JSON object (unknown fields refused); returns the object."""
-    try:
-        document = json.loads(raw or b"{}")
-        if not isinstance(document, dict):
-            raise InvalidArgument.of("body", "must be a JSON object")
-        json_format.ParseDict(document, target, ignore_unknown_fields=False)
-    except (ValueError, json_format.ParseError) as error:
-        if isinstance(error, InvalidArgument):
-            raise
-        raise InvalidArgument.of("body", f"is not valid: {error}") from None
-    return document
+    return protojson.parse(raw, target)
 
 
 def build_request(

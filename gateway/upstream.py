@@ -14,12 +14,12 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 
+from gateway import edge
+from gateway.edge import REQUEST_ID
 from gateway.registry import procedure
 from services.common import clients
 from services.common.config import BreakerSettings
 from services.common.tls import TlsSettings
-
-REQUEST_ID = "x-request-id"
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ def call_options(
 ) -> CallOptions:
     """What goes with a forwarded call; `headers` are the incoming HTTP headers (any case)."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    request_id = lowered.get(REQUEST_ID, "").strip()[:128] or uuid.uuid4().hex
+    exchange = edge.current()
+    request_id = exchange.request_id if exchange is not None else uuid.uuid4().hex
     metadata = [(REQUEST_ID, request_id)]
     metadata += [(name, lowered[name]) for name in forward if lowered.get(name)]
     if lowered.get("authorization"):  # verified by the gateway, verified again by the service

@@ -57,10 +57,17 @@ def _tls_from_env(name: str, data_dir: Path) -> TlsSettings:
     return TlsSettings.from_env(name, SERVICE, data_dir)
 
 
+def port_from_env(default: int, name: str = "PORT") -> int:
+    """A port number from the environment: 0 (any free port) to 65535."""
+    raw = env(name, str(default))
+    if not raw.isdigit() or int(raw) > 65535:
+        raise SystemExit(f"{name} must be 0..65535, not {raw!r}")
+    return int(raw)
+
+
 def metrics_port(grpc_or_http_port: int) -> int:
     """METRICS_PORT, or the serving port + 1000 (any free port when that is 0)."""
-    default = grpc_or_http_port + 1000 if grpc_or_http_port else 0
-    return int(env_float("METRICS_PORT", default))
+    return port_from_env(grpc_or_http_port + 1000 if grpc_or_http_port else 0, "METRICS_PORT")
 
 
 def env_float(name: str, default: float) -> float:
@@ -94,11 +101,16 @@ class ServiceConfig:
     # share one NATS server without their subjects overlapping.
     event_stream: str = "SHOP"
     event_subject_prefix: str = "shop"
+    # Copies JetStream keeps of the stream (1, or 3 on a 3-node cluster to survive a node).
+    event_stream_replicas: int = 1
     # Peer service name -> address list, from `<NAME>_SERVICE_ADDR`.
     peers: Mapping[str, str] = field(default_factory=dict)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     # Prometheus /metrics over HTTP; None: not served.
     metrics_port: int | None = None
+    # grpc.health.v1 alone, in plaintext, for probes that can't present a client
+    # certificate (Kubernetes' gRPC probes); None: not served.
+    health_port: int | None = None
     # Where the public keys that verify callers' tokens are (see services.common.auth).
     auth: AuthSettings = field(default_factory=lambda: _auth_from_env(Path("./var")))
     # This process's certificate and the mesh CA (services.common.tls).
@@ -111,13 +123,11 @@ class ServiceConfig:
     def from_env(cls, name: str, default_port: int) -> ServiceConfig:
         prefix = name.upper()
         data_dir = Path(env("DATA_DIR", "./var"))
-        port_raw = env("PORT", str(default_port))
-        if not port_raw.isdigit() or int(port_raw) > 65535:
-            raise SystemExit(f"PORT must be 0..65535, not {port_raw!r}")
+        port = port_from_env(default_port)
         return cls(
             name=name,
             host=env("HOST", "127.0.0.1"),
-            port=int(port_raw),
+            port=port,
             data_dir=data_dir,
             database_url=env(
                 f"{prefix}_DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / (name + '.db')}"
@@ -129,9 +139,11 @@ class ServiceConfig:
             broker_url=env("BROKER_URL", ""),
             event_stream=env("EVENT_STREAM", "SHOP"),
             event_subject_prefix=env("EVENT_SUBJECT_PREFIX", "shop"),
+            event_stream_replicas=int(env_float("EVENT_STREAM_REPLICAS", 1)),
             peers=service_addresses(),
             breaker=BreakerSettings.from_env(),
-            metrics_port=metrics_port(int(port_raw)),
+            metrics_port=metrics_port(port),
+            health_port=port_from_env(port + 2000 if port else 0, "HEALTH_PORT"),
             auth=_auth_from_env(data_dir),
             tls=_tls_from_env(name, data_dir),
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,8 +41,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: MetricsServer | None = None
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         name = method.lstrip("/")
@@ -59,16 +57,28 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serves /metrics over HTTP from a thread; returns the port (port 0 picks one)."""
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._server.server_port)
+        self._server = MetricsServer(self.registry, host, port)
+        return self._server.port
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+
+class MetricsServer:
+    """/metrics of one registry over HTTP, on a port of its own, from a thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.port = int(self._server.server_port)
 
     def close(self) -> None:
         """Stops serving, without waiting: shutdown() waits up to the server's 0.5 s poll."""
-        server, self._server = self._server, None
-        if server is not None:
+        server = self._server
 
-            def stop() -> None:
-                server.shutdown()
-                server.server_close()
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
 
-            threading.Thread(target=stop, name="metrics-shutdown", daemon=True).start()
+        threading.Thread(target=stop, name="metrics-shutdown", daemon=True).start()

@@ -22,13 +22,14 @@ from tests.processes import service_process
 class Stack:
     mesh: Mesh
     url: str  # http://127.0.0.1:<port>, the gateway
+    gateway_log: list[str]  # the gateway process's JSON log lines so far
 
 
 def gateway_env(mesh: Mesh) -> dict[str, str]:
     env = {f"{name.upper()}_SERVICE_ADDR": f"127.0.0.1:{port}" for name, port in mesh.ports.items()}
     return {
         **env,
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",  # the access log (test_hardening reads it)
         "GATEWAY_FORWARD_HEADERS": "accept-language,x-tenant",
         # The suites call from one address faster than a client may; test_limits sets it.
         "GATEWAY_RATE_LIMIT": "0",
@@ -41,7 +42,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         running_mesh(tmp_path) as mesh,
         service_process("gateway", gateway_env(mesh), module="gateway") as gateway,
     ):
-        yield Stack(mesh, f"http://{gateway.address}")
+        yield Stack(mesh, f"http://{gateway.address}", gateway.stderr_lines)
 
 
 def curl(*args: str, token: str | None = tokens.ADMIN_TOKEN) -> tuple[int, dict[str, Any]]:
@@ -61,16 +62,25 @@ def curl(*args: str, token: str | None = tokens.ADMIN_TOKEN) -> tuple[int, dict[
         return int(status), {"text": body}
 
 
+@dataclass
+class InProcessGateway:
+    url: str  # the gateway, http://127.0.0.1:<port>
+    metrics_url: str  # its /metrics server, http://127.0.0.1:<port>
+
+
 @asynccontextmanager
-async def gateway_in_process(mesh: Mesh) -> AsyncIterator[str]:
+async def gateway_in_process(mesh: Mesh) -> AsyncIterator[InProcessGateway]:
     """The gateway app served by Hypercorn in this event loop (for tests that need its
-    spans or its state in this process); yields its base URL."""
+    spans or its state in this process), its metrics on a port of their own."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
+    from gateway import hypercorn_workaround
     from gateway.__main__ import listening_socket
     from gateway.app import create_app
     from gateway.config import GatewayConfig
+
+    hypercorn_workaround.apply()
 
     upstreams = {name: f"127.0.0.1:{port}" for name, port in mesh.ports.items()}
     settings = GatewayConfig(
@@ -86,9 +96,13 @@ async def gateway_in_process(mesh: Mesh) -> AsyncIterator[str]:
     config.graceful_timeout = 1.0
     stopping = asyncio.Event()
     server = asyncio.create_task(serve(app, config, shutdown_trigger=stopping.wait))  # type: ignore[arg-type]
+    metrics_port = app.state.metrics.serve("127.0.0.1", 0)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield InProcessGateway(
+            f"http://127.0.0.1:{sock.getsockname()[1]}", f"http://127.0.0.1:{metrics_port}"
+        )
     finally:
+        app.state.metrics.close()
         stopping.set()
         await asyncio.wait_for(server, 10)
         sock.detach()  # Hypercorn closed the descriptor it was given

@@ -31,7 +31,7 @@ async def limited(tmp_path: Path) -> AsyncIterator[Stack]:
             "GATEWAY_MAX_STREAMS_PER_CLIENT": "1",
         }
         async with service_process("gateway", env, module="gateway") as gateway:
-            yield Stack(mesh, f"http://{gateway.address}")
+            yield Stack(mesh, f"http://{gateway.address}", gateway.stderr_lines)
 
 
 def _curl(source: str, token: str | None, *args: str) -> tuple[int, dict[str, str], str]:

@@ -105,7 +105,8 @@ async def test_one_create_order_through_the_gateway_is_one_connected_trace(
     mesh = any_transport_mesh
     user = await mesh.user()
     product = await mesh.product(stock=5)
-    async with gateway_in_process(mesh) as url:
+    async with gateway_in_process(mesh) as edge:
+        url = edge.url
         spans.clear()
         async with order_connect.OrderServiceClient(
             url, interceptors=[tokens.ConnectBearer()]
@@ -209,7 +210,8 @@ async def test_metrics_count_calls_and_errors_exactly(mesh: Mesh) -> None:
     assert _sample(families, "db_pool_connections_in_use", "db_pool_connections_in_use") == 0
 
     # The gateway counts by route: a Connect procedure, a REST rule, never a raw id.
-    async with gateway_in_process(mesh) as url:
+    async with gateway_in_process(mesh) as edge:
+        url = edge.url
         async with user_connect.UserServiceClient(
             url, interceptors=[tokens.ConnectBearer()]
         ) as client:
@@ -217,20 +219,32 @@ async def test_metrics_count_calls_and_errors_exactly(mesh: Mesh) -> None:
                 await client.get_user(user_pb2.GetUserRequest(id=user.id))
         await asyncio.to_thread(_get_status, f"{url}/v1/users/usr_missing")
         await asyncio.to_thread(_get_status, f"{url}/no/such/path")
-        gateway = await scrape(f"{url}/metrics")
+        public = await asyncio.to_thread(_get_status, f"{url}/metrics")
+        gateway = await scrape(f"{edge.metrics_url}/metrics")
     requests = "gateway_requests_total"
+    assert public == 404, "metrics are not served on the public port"
     assert (
         _sample(
             gateway,
             "gateway_requests",
             requests,
             route="/shop.user.v1.UserService/GetUser",
+            protocol="connect",
+            code="OK",
             status="200",
         )
         == 2
     )
-    assert _sample(gateway, "gateway_requests", requests, route="GET /v1/users/{id}") == 1
-    assert _sample(gateway, "gateway_requests", requests, route="other", status="404") == 1
+    refused = _sample(
+        gateway, "gateway_requests", requests, route="GET /v1/users/{id}", code="UNAUTHENTICATED"
+    )
+    assert refused == 1  # refused for want of a token, and still counted under its route
+    assert (
+        _sample(
+            gateway, "gateway_requests", requests, route="other", code="NOT_FOUND", status="404"
+        )
+        == 2  # /no/such/path, and /metrics on the public port
+    )
     routes = {s.labels["route"] for s in gateway["gateway_requests"].samples}
     assert not any("usr_missing" in route for route in routes)
 

@@ -56,7 +56,7 @@ def test_query_sets_nested_repeated_and_json_named_fields() -> None:
         ([("reason", "x"), ("reason", "y")], "", b"", "reason"),
         ([("nope", "1")], "", b"", "nope"),
         ([], "*", b"[1, 2]", "body"),
-        ([], "*", b'{"bogus": 1}', "body"),
+        ([], "*", b'{"bogus": 1}', "bogus"),  # an unknown field, by its name
         ([], "*", b"{not json", "body"),
     ],
 )
