@@ -1,40 +1,34 @@
-"""Live fan-out of new notifications to open streams, with bounded memory.
+"""Wake-ups for open notification streams.
 
-Each subscriber gets a queue of at most `queue_size` notifications. A subscriber
-that falls that far behind (a slow or stuck client) is marked overflowed instead
-of blocking the publisher or growing: its stream ends with RESOURCE_EXHAUSTED,
-and the client resumes from its last cursor, replaying the rest from the
-database, so nothing is lost.
+A stream reads its notifications from the database, which is the one source of
+truth whichever replica stored them; the hub only tells it when to look again.
+A wake-up carries no data, so a slow or stuck client holds no queue: it reads
+from the database at its own pace, and memory stays bounded by the batch size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
-
-from services.notification.models import NotificationRow
 
 
 class Subscription:
-    def __init__(self, user_id: str, queue_size: int) -> None:
+    def __init__(self, user_id: str) -> None:
         self.user_id = user_id
-        self.queue: asyncio.Queue[NotificationRow] = asyncio.Queue(queue_size)
-        self.overflowed = False
+        self._news = asyncio.Event()
 
-    def offer(self, notification: NotificationRow) -> None:
-        if self.overflowed:
-            return
-        try:
-            self.queue.put_nowait(notification)
-        except asyncio.QueueFull:
-            self.overflowed = True
+    def wake(self) -> None:
+        self._news.set()
 
-    async def next(self, timeout: float) -> NotificationRow | None:
-        """The next pushed notification, or None after `timeout` seconds without one."""
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return None
+    def clear(self) -> None:
+        """Call before reading: a wake-up that comes after it is not lost."""
+        self._news.clear()
+
+    async def wait(self, timeout: float) -> None:
+        """Until woken, or `timeout` seconds (the stream then looks anyway)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._news.wait(), timeout)
 
 
 class StreamLimitReached(Exception):
@@ -42,8 +36,7 @@ class StreamLimitReached(Exception):
 
 
 class Hub:
-    def __init__(self, queue_size: int = 256, max_streams: int = 10_000) -> None:
-        self._queue_size = queue_size
+    def __init__(self, max_streams: int = 10_000) -> None:
         self._max_streams = max_streams
         self._by_user: defaultdict[str, set[Subscription]] = defaultdict(set)
         self.open_streams = 0
@@ -51,7 +44,7 @@ class Hub:
     def subscribe(self, user_id: str) -> Subscription:
         if self.open_streams >= self._max_streams:
             raise StreamLimitReached
-        subscription = Subscription(user_id, self._queue_size)
+        subscription = Subscription(user_id)
         self._by_user[user_id].add(subscription)
         self.open_streams += 1
         return subscription
@@ -64,7 +57,7 @@ class Hub:
             if not subscribers:
                 del self._by_user[subscription.user_id]
 
-    def publish(self, notifications: list[NotificationRow]) -> None:
-        for notification in notifications:
-            for subscription in self._by_user.get(notification.user_id, ()):
-                subscription.offer(notification)
+    def wake(self, user_id: str) -> None:
+        """The user has news: every stream of theirs on this replica looks again."""
+        for subscription in self._by_user.get(user_id, ()):
+            subscription.wake()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, new_metadata
@@ -24,13 +24,16 @@ class NotificationRow(NotificationBase):
     __table_args__ = (
         # One notification per user and event, however often the event arrives.
         UniqueConstraint("event_id", "user_id"),
-        Index("ix_notifications_user_id_seq", "user_id", "seq"),
+        UniqueConstraint("user_id", "user_seq"),
     )
 
-    # Insertion order: what stream cursors and page tokens point into.
+    # Insertion order over all users (the primary key).
     seq: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
+    # The user's own sequence, in commit order: what stream cursors and page tokens
+    # point into (see UserSequenceRow).
+    user_seq: Mapped[int] = mapped_column(BigInteger)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(32))
@@ -41,6 +44,17 @@ class NotificationRow(NotificationBase):
     read: Mapped[bool]
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     read_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UserSequenceRow(NotificationBase):
+    """The last `user_seq` given to each user's notifications. Taking the next one
+    locks the user's row until the storing transaction ends, so one user's
+    notifications commit in the order of their numbers, on any number of replicas."""
+
+    __tablename__ = "user_sequences"
+
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
 
 
 class ProcessedEventRow(NotificationBase, ProcessedEventMixin):

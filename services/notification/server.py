@@ -20,6 +20,7 @@ from services.notification import models
 from services.notification.hub import Hub
 from services.notification.models import ConsumerPositionRow, NotificationRow, ProcessedEventRow
 from services.notification.service import Notifications
+from services.notification.wakeups import Listener
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 
 CONSUMER = "notification"
@@ -80,10 +81,9 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
     config = runtime.config
-    hub = Hub(
-        queue_size=int(env("STREAM_QUEUE_SIZE", "256")),
-        max_streams=int(env("MAX_STREAMS", "10000")),
-    )
+    hub = Hub(max_streams=int(env("MAX_STREAMS", "10000")))
+    if not runtime.db.is_sqlite:
+        runtime.background.append(Listener(config.database_url, hub).run)
     notifications = Notifications(runtime.db, runtime.page_tokens, hub)
     consumer = Consumer(
         runtime.db, CONSUMER, notifications.handle, ProcessedEventRow, ConsumerPositionRow

@@ -4,10 +4,9 @@ marking them read, and streaming them live from a cursor."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 import grpc
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db import Database
@@ -17,15 +16,15 @@ from services.common.events.order_feed import MESSAGES, ORDER_CREATED
 from services.common.ids import new_id
 from services.common.pagination import PageTokens, page_size
 from services.common.times import utcnow
-from services.notification import models
+from services.notification import models, repository
 from services.notification.hub import Hub, StreamLimitReached
 from services.notification.models import NotificationRow
 from shop.order.v1 import order_pb2
 
 log = logging.getLogger("shop.notification")
 
-# A stream with nothing pushed looks in the database this often, to pick up what
-# another replica stored.
+# A stream with no wake-up looks in the database this often anyway: the bound on
+# delivery when wake-ups are lost (SQLite files shared by replicas, a dropped LISTEN).
 CATCH_UP_INTERVAL = 1.0
 REPLAY_BATCH = 500
 
@@ -85,15 +84,6 @@ def describe(subject: str, order: order_pb2.Order) -> tuple[str, str, str]:
     )
 
 
-class TooSlow(DomainError):
-    def __init__(self) -> None:
-        super().__init__(
-            "the stream fell too far behind; reconnect with the last cursor received",
-            "STREAM_TOO_SLOW",
-            code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-        )
-
-
 class TooManyStreams(DomainError):
     def __init__(self) -> None:
         super().__init__(
@@ -112,28 +102,33 @@ class Notifications:
     # -- from events ---------------------------------------------------------
 
     async def handle(self, session: AsyncSession, event: Event) -> Callable[[], None] | None:
-        """The consumer's handler: one notification per user and event."""
+        """The consumer's handler: one notification per user and event, numbered in the
+        user's own sequence, in the consumer's transaction."""
         message_type = MESSAGES.get(event.subject)
         if message_type is None:
             log.info("ignored event", extra={"subject": event.subject})
             return None
         message = message_type.FromString(event.payload)
+        user_id = message.order.user_id
         kind, title, body = describe(event.subject, message.order)
-        notification = NotificationRow(
-            id=new_id("ntf"),
-            user_id=message.order.user_id,
-            kind=kind,
-            title=title,
-            body=body,
-            order_id=message.order.id,
-            event_id=event.event_id,
-            read=False,
-            create_time=utcnow(),
-            read_time=None,
+        session.add(
+            NotificationRow(
+                id=new_id("ntf"),
+                user_id=user_id,
+                user_seq=await repository.next_user_seq(session, user_id),
+                kind=kind,
+                title=title,
+                body=body,
+                order_id=message.order.id,
+                event_id=event.event_id,
+                read=False,
+                create_time=utcnow(),
+                read_time=None,
+            )
         )
-        session.add(notification)
         await session.flush()
-        return lambda: self.hub.publish([notification])
+        await repository.announce(session, user_id)
+        return lambda: self.hub.wake(user_id)
 
     # -- reading -------------------------------------------------------------
 
@@ -142,32 +137,18 @@ class Notifications:
     ) -> tuple[Sequence[NotificationRow], str]:
         """One user's notifications, newest first."""
         size = page_size(requested_size)
-        query_key = f"user={user_id}&unread={unread_only}"
+        query_key = f"v2:user={user_id}&unread={unread_only}"
         before = self._tokens.decode(token, query_key)
-        query = (
-            select(NotificationRow)
-            .where(NotificationRow.user_id == user_id)
-            .order_by(NotificationRow.seq.desc())
-            .limit(size + 1)
-        )
-        if unread_only:
-            query = query.where(NotificationRow.read.is_(False))
-        if before is not None:
-            query = query.where(NotificationRow.seq < int(before))
         async with self._db.read() as session:
-            rows = (await session.scalars(query)).all()
-        return self._tokens.page(rows, size, key=lambda row: str(row.seq), query=query_key)
+            rows = await repository.page(
+                session, user_id, unread_only, None if before is None else int(before), size + 1
+            )
+        return self._tokens.page(rows, size, key=lambda row: str(row.user_seq), query=query_key)
 
     async def mark_read(self, user_id: str, ids: Sequence[str]) -> list[NotificationRow]:
         """All of `ids` (the user's) become read; NOT_FOUND, changing nothing, if any is not."""
         async with self._db.write() as session:
-            rows = (
-                await session.scalars(
-                    select(NotificationRow).where(
-                        NotificationRow.user_id == user_id, NotificationRow.id.in_(ids)
-                    )
-                )
-            ).all()
+            rows = await repository.by_ids(session, user_id, ids)
             found = {row.id: row for row in rows}
             missing = [i for i in ids if i not in found]
             if missing:
@@ -182,52 +163,51 @@ class Notifications:
     # -- streaming -----------------------------------------------------------
 
     def cursor_of(self, user_id: str, notification: NotificationRow) -> str:
-        return self._tokens.encode(str(notification.seq), f"stream:{user_id}")
+        return self._tokens.encode(str(notification.user_seq), _stream_key(user_id))
+
+    async def _resume_from(self, user_id: str, cursor: str) -> int | None:
+        """The user_seq a cursor points at (None: no cursor)."""
+        if not cursor:
+            return None
+        try:
+            return int(self._tokens.decode(cursor, _stream_key(user_id), field="cursor") or 0)
+        except DomainError:
+            # A cursor from before per-user numbers (it points at the global seq).
+            legacy = self._tokens.decode(cursor, f"stream:{user_id}", field="cursor")
+            async with self._db.read() as session:
+                return await repository.seq_of_legacy_cursor(session, user_id, int(legacy or 0))
 
     async def stream(self, user_id: str, cursor: str) -> AsyncGenerator[NotificationRow, None]:
-        """What the client has not seen, then each new notification as it is stored."""
-        after = self._tokens.decode(cursor, f"stream:{user_id}", field="cursor")
+        """What the client has not seen (after its cursor; with none, what is unread),
+        then each new notification, exactly once and in the user's order, whichever
+        replica stored it. The database is read after each wake-up (from this replica,
+        from another through the database's notifications, or a periodic look)."""
+        after = await self._resume_from(user_id, cursor)
         try:
-            subscription = self.hub.subscribe(user_id)  # before the replay: nothing slips between
+            subscription = self.hub.subscribe(user_id)  # before reading: no wake-up is missed
         except StreamLimitReached:
             raise TooManyStreams() from None
         try:
-            last = int(after) if after is not None else None
-            async for row in self._stored(user_id, last):
-                yield row
-                last = row.seq
-            while True:
-                if subscription.overflowed and subscription.queue.empty():
-                    raise TooSlow()
-                pushed = await subscription.next(CATCH_UP_INTERVAL)
-                if pushed is not None:
-                    if last is None or pushed.seq > last:
-                        yield pushed
-                        last = pushed.seq
-                    continue
-                async for row in self._stored(user_id, last):
+            if after is None:
+                async with self._db.read() as session:
+                    last = await repository.newest_seq(session, user_id)
+                    unread = await repository.unread_up_to(session, user_id, last)
+                for row in unread:
                     yield row
-                    last = row.seq
+            else:
+                last = after
+            while True:
+                subscription.clear()
+                async with self._db.read() as session:
+                    rows = await repository.after(session, user_id, last, REPLAY_BATCH)
+                for row in rows:
+                    yield row
+                    last = row.user_seq
+                if len(rows) < REPLAY_BATCH:
+                    await subscription.wait(CATCH_UP_INTERVAL)
         finally:
             self.hub.unsubscribe(subscription)
 
-    async def _stored(self, user_id: str, after: int | None) -> AsyncIterator[NotificationRow]:
-        """Stored notifications after `after`; with no cursor, those still unread."""
-        while True:
-            query = (
-                select(NotificationRow)
-                .where(NotificationRow.user_id == user_id)
-                .order_by(NotificationRow.seq)
-                .limit(REPLAY_BATCH)
-            )
-            if after is None:
-                query = query.where(NotificationRow.read.is_(False))
-            else:
-                query = query.where(NotificationRow.seq > after)
-            async with self._db.read() as session:
-                rows = (await session.scalars(query)).all()
-            for row in rows:
-                yield row
-                after = row.seq
-            if len(rows) < REPLAY_BATCH:
-                return
+
+def _stream_key(user_id: str) -> str:
+    return f"stream.v2:{user_id}"

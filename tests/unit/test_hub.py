@@ -1,45 +1,35 @@
-from datetime import UTC, datetime
+import asyncio
+import time
 
 from services.notification.hub import Hub, StreamLimitReached
-from services.notification.models import NotificationRow
 
 
-def note(seq: int, user_id: str = "usr_a") -> NotificationRow:
-    return NotificationRow(
-        seq=seq,
-        id=f"ntf_{seq}",
-        user_id=user_id,
-        kind="ORDER_PLACED",
-        title="t",
-        body="b",
-        order_id="ord",
-        event_id=f"evt_{seq}",
-        read=False,
-        create_time=datetime.now(UTC),
-    )
+async def test_a_wake_up_reaches_every_stream_of_the_user_and_no_other() -> None:
+    hub = Hub()
+    first, second, other_user = hub.subscribe("usr_a"), hub.subscribe("usr_a"), hub.subscribe("b")
+    for subscription in (first, second, other_user):
+        subscription.clear()
+    hub.wake("usr_a")
+    started = time.monotonic()
+    await asyncio.gather(first.wait(5), second.wait(5))
+    assert time.monotonic() - started < 1, "woken, not timed out"
+    waited = time.monotonic()
+    await other_user.wait(0.05)
+    assert time.monotonic() - waited >= 0.05, "another user's news does not wake it"
 
 
-async def test_a_stuck_subscriber_overflows_without_blocking_the_others() -> None:
-    hub = Hub(queue_size=3)
-    stuck, reader, other_user = (
-        hub.subscribe("usr_a"),
-        hub.subscribe("usr_a"),
-        hub.subscribe("usr_b"),
-    )
-    received = []
-    for seq in range(1, 11):
-        hub.publish([note(seq)])  # never blocks, whoever is slow
-        pushed = await reader.next(0.1)
-        assert pushed is not None
-        received.append(pushed.seq)
-    assert received == list(range(1, 11))
-    assert stuck.overflowed and stuck.queue.qsize() == 3, "bounded: it holds 3, then gives up"
-    assert not reader.overflowed
-    assert other_user.queue.empty() and not other_user.overflowed
+async def test_a_wake_up_between_clear_and_wait_is_not_lost() -> None:
+    hub = Hub()
+    subscription = hub.subscribe("usr_a")
+    subscription.clear()  # the stream is about to read the database
+    hub.wake("usr_a")  # a row commits while it reads
+    started = time.monotonic()
+    await subscription.wait(5)
+    assert time.monotonic() - started < 1
 
 
 async def test_streams_are_counted_and_capped() -> None:
-    hub = Hub(queue_size=1, max_streams=2)
+    hub = Hub(max_streams=2)
     first, second = hub.subscribe("u"), hub.subscribe("v")
     assert hub.open_streams == 2
     try:
