@@ -1,65 +1,153 @@
-"""`make run`: every implemented service on embedded defaults, in one terminal.
+"""`make run` and `make run-cluster`: the whole mesh in one terminal.
 
-Starts each service as its own process (`python -m services.<name>`), prints
-where each listens and a first call to try, and on Ctrl-C (or SIGTERM) stops
-them all gracefully. If one dies, the rest are stopped and the exit is non-zero.
+`make run` starts each service once on embedded defaults (SQLite files in ./var, no
+broker). `make run-cluster` (`--cluster`) starts it scaled out on this machine:
+PostgreSQL (one database per service on the server at PG_URL, created if missing,
+migrated by the services as they start), NATS JetStream at BROKER_URL, two replicas
+of every service and two gateways (8080 and 8081), every client channel balanced
+over both replicas.
+
+Either way each process is its own `python -m ...`; the script prints where each
+listens and a first call to try, and on Ctrl-C (or SIGTERM) stops them all
+gracefully. If one dies, the rest are stopped and the exit is non-zero.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # In start order: a process starts after the ones it calls.
-SERVICES = ("user", "product", "order", "notification", "gateway")
+SERVICES = ("user", "product", "order", "notification")
+PORTS = {"user": 50051, "product": 50052, "order": 50053, "notification": 50054, "gateway": 8080}
+# The cluster's databases on PG_URL's server, one per service.
+DATABASES = {
+    "user": "shop_users",
+    "product": "shop_products",
+    "order": "shop_orders",
+    "notification": "shop_notifications",
+}
+# A second replica listens this far above the first (50051 -> 60051; gateway 8081).
+REPLICA_OFFSET = {"gateway": 1}
+DEFAULT_OFFSET = 10_000
 
 
-async def start(name: str) -> tuple[asyncio.subprocess.Process, str]:
-    module = "gateway" if name == "gateway" else f"services.{name}"
+@dataclass
+class Process:
+    """One process to start: its name in the banner, its module and its environment."""
+
+    label: str
+    module: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+async def start(plan: Process) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        module,
+        plan.module,
         cwd=ROOT,
-        env=os.environ.copy(),
+        env={**os.environ, **plan.env},
         stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), 60)
     if not line:
-        raise SystemExit(f"{name} exited before listening (see its log above)")
-    return process, json.loads(line)["listening"]
+        raise SystemExit(f"{plan.label} exited before listening (see its log above)")
+    return process, json.loads(line)
 
 
-def banner(addresses: dict[str, str]) -> str:
-    gateway = addresses["gateway"]
-    lines = ["", "shop mesh is up (Ctrl-C stops it):"]
-    lines += [
-        f"  {name:<13} {'http' if name == 'gateway' else 'grpc'}://{address}"
-        for name, address in addresses.items()
+def embedded_plan() -> list[Process]:
+    return [
+        *(Process(name, f"services.{name}") for name in SERVICES),
+        Process("gateway", "gateway"),
     ]
+
+
+def cluster_plan(pg_url: str, broker_url: str, replicas: int = 2) -> list[Process]:
+    """Every service `replicas` times on PostgreSQL and NATS, and as many gateways."""
+
+    def port(name: str, replica: int) -> int:
+        return PORTS[name] + replica * REPLICA_OFFSET.get(name, DEFAULT_OFFSET)
+
+    shared = {
+        f"{name.upper()}_SERVICE_ADDR": ",".join(
+            f"127.0.0.1:{port(name, r)}" for r in range(replicas)
+        )
+        for name in SERVICES
+    }
+    shared["BROKER_URL"] = broker_url
+    plan = []
+    for name in (*SERVICES, "gateway"):
+        for replica in range(replicas):
+            env = {**shared, "PORT": str(port(name, replica))}
+            if name != "gateway":
+                env[f"{name.upper()}_DATABASE_URL"] = database_url(pg_url, DATABASES[name])
+            module = "gateway" if name == "gateway" else f"services.{name}"
+            plan.append(Process(f"{name}-{replica + 1}", module, env))
+    return plan
+
+
+def database_url(pg_url: str, database: str) -> str:
+    """`postgresql://user@host:5432` and a database name as the services' async URL."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url).set(drivername="postgresql+asyncpg", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def create_databases(pg_url: str) -> None:
+    """Each service's database on the server, unless it is there already."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(pg_url).set(drivername="postgresql", database="postgres")
+    connection = await asyncpg.connect(admin.render_as_string(hide_password=False), timeout=10)
+    try:
+        for database in DATABASES.values():
+            exists = await connection.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", database
+            )
+            if not exists:
+                await connection.execute(f'CREATE DATABASE "{database}"')
+                print(f"created database {database}", file=sys.stderr)
+    finally:
+        await connection.close()
+
+
+def banner(started: dict[str, dict[str, str]]) -> str:
+    gateway = next(where["listening"] for label, where in started.items() if "gateway" in label)
+    lines = ["", "shop mesh is up (Ctrl-C stops it):"]
+    for label, where in started.items():
+        scheme = "http" if label.startswith("gateway") else "grpc"
+        metrics = f"   metrics http://{where['metrics']}/metrics" if where.get("metrics") else ""
+        lines.append(f"  {label:<15} {scheme}://{where['listening']:<18}{metrics}")
     lines += [
         "",
-        "try (Connect JSON through the gateway):",
+        "try (Connect JSON through the gateway; note the user id it returns):",
         f"  curl -X POST http://{gateway}/shop.user.v1.UserService/CreateUser \\",
         "      -H 'content-type: application/json' \\",
         '      -d \'{"email": "ann@example.com", "displayName": "Ann"}\'',
         "",
-        "everything but sign-up and the catalogue needs a token; for the user id above:",
+        "everything but sign-up and the catalogue needs a token; with that user id:",
         "  TOKEN=$(make -s token USER_ID=usr_...)       # ROLES=admin for product writes",
         f'  curl http://{gateway}/v1/users/usr_... -H "Authorization: Bearer $TOKEN"',
+        "",
+        "the README's walk-through does it all by copy and paste; /docs lists every route.",
         "",
     ]
     return "\n".join(lines)
 
 
-async def main() -> int:
-    # The development signing key, made once before any process needs it.
+def prepare_identities() -> None:
+    """The development signing key and CA, made once before any process needs them."""
     from services.common.auth import AuthSettings
 
     data_dir = Path(os.environ.get("DATA_DIR", "./var"))
@@ -69,6 +157,9 @@ async def main() -> int:
 
         # The development CA, and a certificate to call the services with by hand.
         dev_pki(Path(os.environ.get("TLS_DIR", str(data_dir / "dev-pki"))), "cli", SERVICE)
+
+
+async def run(plan: list[Process]) -> int:
     processes: dict[str, asyncio.subprocess.Process] = {}
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,10 +167,10 @@ async def main() -> int:
         loop.add_signal_handler(sig, stopping.set)
     exit_code = 0
     try:
-        addresses = {}
-        for name in SERVICES:
-            processes[name], addresses[name] = await start(name)
-        print(banner(addresses), flush=True)
+        started = {}
+        for step in plan:
+            processes[step.label], started[step.label] = await start(step)
+        print(banner(started), flush=True)
         waiters = {asyncio.create_task(p.wait()): n for n, p in processes.items()}
         stop_task = asyncio.create_task(stopping.wait())
         done, _ = await asyncio.wait([stop_task, *waiters], return_when=asyncio.FIRST_COMPLETED)
@@ -100,6 +191,19 @@ async def main() -> int:
             except TimeoutError:
                 process.kill()
     return exit_code
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cluster", action="store_true", help="PostgreSQL, NATS, 2 replicas")
+    args = parser.parse_args()
+    prepare_identities()
+    if not args.cluster:
+        return await run(embedded_plan())
+    pg_url = os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432")
+    broker_url = os.environ.get("BROKER_URL", "nats://127.0.0.1:4222")
+    await create_databases(pg_url)
+    return await run(cluster_plan(pg_url, broker_url))
 
 
 if __name__ == "__main__":
