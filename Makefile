@@ -1,10 +1,10 @@
-# Shop mesh: make run | make test | make gen | make lint | make buf-breaking | make bench | make load | make lock
+# Shop mesh: make run | make run-cluster | make test | make gen | make lint | make buf-breaking | make bench | make load | make lock
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test gen lint check-gen buf-lint buf-breaking bench load token clean
+.PHONY: install lock run run-cluster test gen lint check-gen buf-lint buf-breaking bench load token clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lock:
 ## run: every service on embedded defaults (SQLite files in ./var, no broker)
 run: $(STAMP)
 	$(BIN)/python scripts/run_mesh.py
+
+## run-cluster: 2 replicas of every service and 2 gateways on PostgreSQL (PG_URL) and NATS (BROKER_URL)
+run-cluster: $(STAMP)
+	$(BIN)/python scripts/run_mesh.py --cluster
 
 ## test: the whole suite (PostgreSQL / NATS tests run when they answer on 127.0.0.1)
 test: $(STAMP)
@@ -62,10 +66,11 @@ bench: $(STAMP)
 		{ apt-get update -qq && apt-get install -y -qq wrk nghttp2-client; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-## token: a development token (make run's key): make -s token USER_ID=usr_... [ROLES=admin]
+## token: a development token (make run's key): make -s token USER_ID=usr_... [ROLES=admin] [TTL=3600]
+TTL ?= 3600
 token: $(STAMP)
-	@test -n "$(USER_ID)" || { echo "usage: make -s token USER_ID=usr_... [ROLES=admin]" >&2; exit 2; }
-	@$(BIN)/python -m services.common.auth token --user "$(USER_ID)" --roles "$(ROLES)"
+	@test -n "$(USER_ID)" || { echo "usage: make -s token USER_ID=usr_... [ROLES=admin] [TTL=seconds]" >&2; exit 2; }
+	@$(BIN)/python -m services.common.auth token --user "$(USER_ID)" --roles "$(ROLES)" --ttl "$(TTL)"
 
 ## load: the traffic mix against a running mesh (make run first); LOAD_ARGS="--rate 50"
 load: $(STAMP)
@@ -73,3 +78,9 @@ load: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+## deploy-check: hadolint the Dockerfile, render and validate deploy/k8s (no cluster, no Docker)
+.PHONY: deploy-check
+deploy-check: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/python -m pytest tests/deploy -q

@@ -60,8 +60,9 @@ class Runtime:
     # The service's main parts by name, for metrics, health and tests to look at.
     components: dict[str, object] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=lambda: Metrics("service"))
-    # Where /metrics is served (0: not served).
+    # Where /metrics and the plaintext health service are served (0: not served).
     metrics_port: int = 0
+    health_port: int = 0
 
 
 # Adds the servicers to the server and returns the full names of the services added.
@@ -146,13 +147,19 @@ async def _watch_readiness(
         await asyncio.sleep(interval)
 
 
-# Peers ping idle connections every 10 s (services.common.clients): allow it.
+# Peers ping idle connections every 10 s (services.common.clients): allow it. A
+# connection is told to go away after 5 minutes (calls under way go on), so clients
+# resolve the service's name again and find replicas added since (dns:/// targets).
 SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_connection_age_ms", 300_000),
 ]
+# Reported SERVING for as long as the process serves, whatever its database does: what a
+# liveness probe asks (readiness asks "" or the service's name, which follow the database).
+LIVENESS = "liveness"
 
 
 def interceptors(
@@ -216,6 +223,9 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
     )
     for name in ("", *names):
         await health_servicer.set(name, initial)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    if config.health_port is not None:
+        runtime.health_port = await _serve_health(health_servicer, config, runtime)
     tasks = [
         asyncio.create_task(_watch_readiness(db, health_servicer, names, config.health_interval)),
         *(asyncio.create_task(_supervised(loop)) for loop in runtime.background),
@@ -224,6 +234,20 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
         runtime.metrics_port = runtime.metrics.serve(config.host, config.metrics_port)
         runtime.closers.insert(0, runtime.metrics.close)
     return RunningService(server, port, runtime, health_servicer, tasks)
+
+
+async def _serve_health(
+    servicer: health.aio.HealthServicer, config: ServiceConfig, runtime: Runtime
+) -> int:
+    """grpc.health.v1 alone on a plaintext port of its own; returns the port."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port(f"{config.host}:{config.health_port}")
+    if port == 0:
+        raise SystemExit(f"cannot listen on {config.host}:{config.health_port} (HEALTH_PORT)")
+    await server.start()
+    runtime.closers.insert(0, lambda: server.stop(0))
+    return port
 
 
 async def _supervised(loop: Callable[[], Awaitable[None]], pause: float = 1.0) -> None:
@@ -240,21 +264,27 @@ async def _supervised(loop: Callable[[], Awaitable[None]], pause: float = 1.0) -
 
 async def _serve(spec: ServiceSpec) -> None:
     config = ServiceConfig.from_env(spec.name, spec.default_port)
-    running = await start(spec, config)
-    # One machine-readable line on stdout says where the service listens (PORT=0 picks a port).
-    metrics = (
-        f"{config.host}:{running.runtime.metrics_port}" if running.runtime.metrics_port else ""
-    )
-    print(
-        json.dumps({"service": spec.name, "listening": running.address, "metrics": metrics}),
-        flush=True,
-    )
-    log.info("serving", extra={"address": running.address, "database": _redacted(config)})
-
+    # Handlers first: a SIGTERM that comes as soon as the service says it listens
+    # (a test, an orchestrator) must be a graceful stop, not a kill.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    running = await start(spec, config)
+    runtime = running.runtime
+    # One machine-readable line on stdout says where the service listens (PORT=0 picks a port).
+    print(
+        json.dumps(
+            {
+                "service": spec.name,
+                "listening": running.address,
+                "metrics": f"{config.host}:{runtime.metrics_port}" if runtime.metrics_port else "",
+                "health": f"{config.host}:{runtime.health_port}" if runtime.health_port else "",
+            }
+        ),
+        flush=True,
+    )
+    log.info("serving", extra={"address": running.address, "database": _redacted(config)})
     await stopping.wait()
     log.info("shutting down", extra={"grace_s": config.shutdown_grace})
     await running.stop()

@@ -10,11 +10,22 @@ Files come from TLS_CA_FILE, TLS_CERT_FILE and TLS_KEY_FILE. Without them, a
 development CA and one certificate per process name are made on first start in
 TLS_DIR (default `$DATA_DIR/dev-pki`). Plaintext is possible only when
 TLS_MODE=plaintext is set on purpose, for local debugging.
+
+A development certificate names localhost and 127.0.0.1, plus the process's own
+HOST when that is one specific address, plus the names in TLS_DEV_SANS
+(comma-separated DNS names or IP addresses), so a service can be reached at a
+test host's address. Replicas behind one address list must share their names: a
+client checks every replica against the first address of its list (see
+services.common.clients), so give each replica TLS_DEV_SANS listing all of them.
+A certificate with extra names is kept under a file name of its own (a digest of
+the names), so processes asking for the same names share one, and a TLS_DIR made
+earlier with fewer names is never reused for them.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +43,9 @@ from services.common.files import write_once
 SERVICE = "service"
 GATEWAY = "gateway"
 VALID_DAYS = 365
+# Names a development certificate never adds: named anyway, or wildcards (a HOST of
+# 0.0.0.0 listens everywhere and is no name to check).
+NOT_ADDED = ("", "localhost", "127.0.0.1", "0.0.0.0", "::")
 
 
 @dataclass(frozen=True)
@@ -59,16 +73,36 @@ class TlsSettings:
             return cls(ca, cert, key)
         if any(files):
             raise SystemExit("set all of TLS_CA_FILE, TLS_CERT_FILE and TLS_KEY_FILE, or none")
-        return dev_pki(Path(env("TLS_DIR", str(data_dir / "dev-pki"))), name, role)
+        extra = [part.strip() for part in env("TLS_DEV_SANS", "").split(",")]
+        extra.append(env("HOST", ""))
+        return dev_pki(Path(env("TLS_DIR", str(data_dir / "dev-pki"))), name, role, extra)
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         assert self.ca_file and self.cert_file and self.key_file
         return self.ca_file.read_bytes(), self.cert_file.read_bytes(), self.key_file.read_bytes()
 
     def server_credentials(self) -> grpc.ServerCredentials:
-        ca, cert, key = self.read()
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=ca, require_client_auth=True
+        """Credentials that read the files again when they change (checked at each new
+        connection's handshake), so a rotated certificate (cert-manager renewing a
+        Secret) is served without a restart."""
+        files = [path for path in (self.ca_file, self.cert_file, self.key_file) if path]
+        seen = [_mtime(path) for path in files]
+
+        def configuration() -> grpc.ServerCertificateConfiguration:
+            ca, cert, key = self.read()
+            return grpc.ssl_server_certificate_configuration([(key, cert)], ca)
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            now = [_mtime(path) for path in files]
+            if now == seen:
+                return None  # unchanged: keep serving the current one
+            seen[:] = now
+            return configuration()
+
+        return grpc.dynamic_ssl_server_credentials(
+            configuration(),
+            fetch,  # type: ignore[arg-type]  # None means "no change" (grpc's docs)
+            require_client_authentication=True,
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
@@ -76,6 +110,13 @@ class TlsSettings:
         return grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0  # being replaced: look again at the next handshake
 
 
 def role_of(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
@@ -143,10 +184,22 @@ def _ensure_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePriva
     return x509.load_pem_x509_certificate(cert_file.read_bytes()), _load_key(key_file)
 
 
-def dev_pki(directory: Path, name: str, role: str) -> TlsSettings:
-    """The development CA in `directory`, and a certificate for `name` in `role`."""
+def _subject_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def dev_pki(directory: Path, name: str, role: str, extra_names: Iterable[str] = ()) -> TlsSettings:
+    """The development CA in `directory`, and a certificate for `name` in `role` that
+    also names `extra_names` (host names or IP addresses)."""
     ca, ca_key = _ensure_ca(directory)
-    key_file, cert_file = directory / f"{name}-key.pem", directory / f"{name}.pem"
+    extra = sorted({n for n in extra_names if n not in NOT_ADDED})
+    stem = name
+    if extra:
+        stem += "-" + hashlib.sha256(",".join(extra).encode()).hexdigest()[:12]
+    key_file, cert_file = directory / f"{stem}-key.pem", directory / f"{stem}.pem"
     if not cert_file.is_file():
         write_once(key_file, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
         key = _load_key(key_file)
@@ -154,6 +207,7 @@ def dev_pki(directory: Path, name: str, role: str) -> TlsSettings:
         names = [
             x509.DNSName("localhost"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            *(_subject_name(extra_name) for extra_name in extra),
             x509.UniformResourceIdentifier(f"spiffe://shop/{role}/{name}"),
         ]
         cert = (

@@ -3,16 +3,26 @@ gateway's certificate can't call the internal RPCs."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import ssl
+import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 
-from services.common.tls import SERVICE, dev_pki
+from services.common.server import start
+from services.common.tls import SERVICE, TlsSettings, dev_pki
 from services.user.server import SPEC as USER
 from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc, user_pb2, user_pb2_grpc
 from tests import tokens
 from tests.conftest import running
+from tests.conftest import test_config as config_for
 from tests.rpc import fails
 
 
@@ -80,3 +90,58 @@ async def test_the_gateway_certificate_cannot_call_internal_rpcs(tmp_path: Path)
                 user_internal_pb2.ValidateUserRequest(user_id=user.id)
             )
             assert validated.user.id == user.id
+
+
+def _served_serial(address: str, client: TlsSettings) -> int:
+    """The serial number of the certificate the server presents to a new connection."""
+    host, port = address.rsplit(":", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    assert client.ca_file and client.cert_file and client.key_file
+    context.load_verify_locations(client.ca_file)
+    context.load_cert_chain(client.cert_file, client.key_file)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+async def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    """The files are replaced (as cert-manager renews a Secret): the next connection
+    gets the new certificate, the service was not restarted, and calls still work."""
+    served = tmp_path / "tls"
+    served.mkdir()
+    first = tokens.service_tls("user")
+    assert first.ca_file and first.cert_file and first.key_file
+    for source, name in (
+        (first.ca_file, "ca.pem"),
+        (first.cert_file, "tls.crt"),
+        (first.key_file, "tls.key"),
+    ):
+        shutil.copyfile(source, served / name)
+    settings = TlsSettings(served / "ca.pem", served / "tls.crt", served / "tls.key")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'u.db'}"
+    config = replace(config_for(USER, url, tmp_path), tls=settings)
+    service = await start(USER, config)
+    try:
+        before = _served_serial(service.address, tokens.CLIENT_TLS)
+        renewed = dev_pki(tokens.PKI, f"user-renewed-{uuid.uuid4().hex[:8]}", SERVICE)
+        assert renewed.cert_file and renewed.key_file
+        for source, name in ((renewed.key_file, "tls.key"), (renewed.cert_file, "tls.crt")):
+            shutil.copyfile(source, served / f".{name}.new")
+            os.replace(served / f".{name}.new", served / name)
+        os.utime(served / "tls.crt", (time.time() + 5, time.time() + 5))  # a later mtime
+        after = _served_serial(service.address, tokens.CLIENT_TLS)
+        assert after != before
+        assert after == x509.load_pem_x509_certificate(renewed.cert_file.read_bytes()).serial_number
+        async with tokens.admin_channel(service.address) as channel:
+            reply = await user_pb2_grpc.UserServiceStub(channel).CreateUser(
+                user_pb2.CreateUserRequest(email="rotated@example.com", display_name="R")
+            )
+        assert reply.user.email == "rotated@example.com"
+    finally:
+        await service.stop(grace=0.2)
