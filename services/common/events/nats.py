@@ -38,8 +38,25 @@ class Bus:
         return subject.removeprefix(self.prefix + ".")
 
 
-async def connect(url: str, *, stream: str, prefix: str, name: str) -> Bus:
-    """Connects (reconnecting for ever after) and makes sure the stream exists."""
+# JetStream keeps at most 5 copies of a stream.
+MAX_REPLICAS = 5
+
+
+def servers(url: str) -> list[str]:
+    """BROKER_URL as nats-py's server pool: `nats://a:4222,nats://b:4222` lists the
+    nodes of a cluster (nats-py takes a list; a comma-separated string would be read
+    as one malformed URL)."""
+    pool = [part.strip() for part in url.split(",") if part.strip()]
+    if not pool:
+        raise ValueError("no NATS server given")
+    return pool
+
+
+async def connect(url: str, *, stream: str, prefix: str, name: str, replicas: int = 1) -> Bus:
+    """Connects (reconnecting for ever after, to any node of `url`) and makes sure the
+    stream exists with `replicas` copies, so that it outlives the loss of a node."""
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"EVENT_STREAM_REPLICAS must be 1..{MAX_REPLICAS}, not {replicas}")
 
     async def on_error(error: Exception) -> None:
         log.warning("nats connection error", extra={"error": type(error).__name__})
@@ -51,7 +68,7 @@ async def connect(url: str, *, stream: str, prefix: str, name: str) -> Bus:
         log.info("nats reconnected")
 
     client = await nats.connect(
-        url,
+        servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -61,7 +78,9 @@ async def connect(url: str, *, stream: str, prefix: str, name: str) -> Bus:
         reconnected_cb=on_reconnected,
     )
     js = client.jetstream(timeout=5)
-    config = StreamConfig(name=stream, subjects=[f"{prefix}.>"], duplicate_window=600.0)
+    config = StreamConfig(
+        name=stream, subjects=[f"{prefix}.>"], duplicate_window=600.0, num_replicas=replicas
+    )
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError:
@@ -80,6 +99,7 @@ def connect_on_start(runtime: Runtime, client_name: str, use: Callable[[Bus], No
             stream=config.event_stream,
             prefix=config.event_subject_prefix,
             name=client_name,
+            replicas=config.event_stream_replicas,
         )
         runtime.closers.append(bus.client.close)
         use(bus)
