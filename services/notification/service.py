@@ -3,6 +3,7 @@ marking them read, and streaming them live from a cursor."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 
@@ -93,11 +94,17 @@ class TooManyStreams(DomainError):
         )
 
 
+# Stream reads running at once on one replica: a wake-up of many streams must not take
+# every connection of the pool (or of the database server) at the same moment.
+CONCURRENT_STREAM_READS = 4
+
+
 class Notifications:
     def __init__(self, db: Database, page_tokens: PageTokens, hub: Hub) -> None:
         self._db = db
         self._tokens = page_tokens
         self.hub = hub
+        self._reads = asyncio.Semaphore(CONCURRENT_STREAM_READS)
 
     # -- from events ---------------------------------------------------------
 
@@ -189,7 +196,7 @@ class Notifications:
             raise TooManyStreams() from None
         try:
             if after is None:
-                async with self._db.read() as session:
+                async with self._reads, self._db.read() as session:
                     last = await repository.newest_seq(session, user_id)
                     unread = await repository.unread_up_to(session, user_id, last)
                 for row in unread:
@@ -198,7 +205,7 @@ class Notifications:
                 last = after
             while True:
                 subscription.clear()
-                async with self._db.read() as session:
+                async with self._reads, self._db.read() as session:
                     rows = await repository.after(session, user_id, last, REPLAY_BATCH)
                 for row in rows:
                     yield row
