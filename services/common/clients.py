@@ -18,8 +18,10 @@ import asyncio
 import importlib
 import json
 import pkgutil
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -194,12 +196,124 @@ def channel(
             # of the first address (replicas of one service share its name).
             host = addresses.split(",")[0].strip().rsplit(":", 1)[0]
             options.append(("grpc.ssl_target_name_override", host))
-        return grpc.aio.secure_channel(
-            target(addresses),
-            tls.channel_credentials(),
-            options=options,
-            interceptors=[*chain, *interceptors],
-        )
+        tls_files = tls
+
+        def secure() -> grpc.aio.Channel:
+            return grpc.aio.secure_channel(
+                target(addresses),
+                tls_files.channel_credentials(),
+                options=options,
+                interceptors=[*chain, *interceptors],
+            )
+
+        return RotatingChannel(secure, tls.files())
     return grpc.aio.insecure_channel(
         target(addresses), options=options, interceptors=[*chain, *interceptors]
     )
+
+
+# How often a channel looks at its certificate files, and how long a channel replaced
+# by a rotation is kept for the calls still running on it.
+ROTATION_CHECK_SECONDS = 10.0
+RETIRED_CHANNEL_SECONDS = 300.0
+
+
+class RotatingChannel(grpc.aio.Channel):
+    """A channel that is made again, with the certificate files as they are now, when
+    they change (cert-manager renewing a Secret): new calls go over the new one, calls
+    under way finish on the old one, which is closed some minutes later. grpcio reads
+    channel credentials once, so without this a client would present its old
+    certificate until restarted."""
+
+    def __init__(self, make: Callable[[], grpc.aio.Channel], files: Sequence[Path]) -> None:
+        self._make = make
+        self._files = list(files)
+        self._stamp = self._read_stamp()
+        self._checked = time.monotonic()
+        self.current = make()
+        self.generation = 0
+        self._retired: list[grpc.aio.Channel] = []
+
+    def _read_stamp(self) -> list[float]:
+        stamp = []
+        for path in self._files:
+            try:
+                stamp.append(path.stat().st_mtime)
+            except OSError:
+                stamp.append(-1.0)
+        return stamp
+
+    def channel(self) -> grpc.aio.Channel:
+        """The channel for a new call: made again if the files changed since."""
+        now = time.monotonic()
+        if now - self._checked >= ROTATION_CHECK_SECONDS:
+            self._checked = now
+            stamp = self._read_stamp()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                old, self.current = self.current, self._make()
+                self.generation += 1
+                self._retired.append(old)
+                asyncio.get_running_loop().call_later(
+                    RETIRED_CHANNEL_SECONDS, lambda: asyncio.ensure_future(self._retire(old))
+                )
+        return self.current
+
+    async def _retire(self, old: grpc.aio.Channel) -> None:
+        if old in self._retired:
+            self._retired.remove(old)
+            await old.close()
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Rotating(self, "unary_unary", method, args, kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Rotating(self, "unary_stream", method, args, kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Rotating(self, "stream_unary", method, args, kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _Rotating(self, "stream_stream", method, args, kwargs)
+
+    async def close(self, grace: float | None = None) -> None:
+        for old in self._retired:
+            await old.close(grace)
+        self._retired.clear()
+        await self.current.close(grace)
+
+    async def __aenter__(self) -> RotatingChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.current.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self.current.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.current.channel_ready()
+
+
+class _Rotating:
+    """A multicallable of a RotatingChannel: made on the current channel, once per
+    generation (grpc multicallables are worth keeping)."""
+
+    def __init__(
+        self, owner: RotatingChannel, kind: str, method: str, args: Any, kwargs: Any
+    ) -> None:
+        self._owner = owner
+        self._kind, self._method, self._args, self._kwargs = kind, method, args, kwargs
+        self._generation = -1
+        self._callable: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        channel = self._owner.channel()
+        if self._generation != self._owner.generation or self._callable is None:
+            make = getattr(channel, self._kind)
+            self._callable = make(self._method, *self._args, **self._kwargs)
+            self._generation = self._owner.generation
+        return self._callable(*args, **kwargs)

@@ -77,6 +77,10 @@ class TlsSettings:
         extra.append(env("HOST", ""))
         return dev_pki(Path(env("TLS_DIR", str(data_dir / "dev-pki"))), name, role, extra)
 
+    def files(self) -> list[Path]:
+        """The files the credentials are read from (none in plaintext)."""
+        return [path for path in (self.ca_file, self.cert_file, self.key_file) if path]
+
     def read(self) -> tuple[bytes, bytes, bytes]:
         assert self.ca_file and self.cert_file and self.key_file
         return self.ca_file.read_bytes(), self.cert_file.read_bytes(), self.key_file.read_bytes()
@@ -85,7 +89,7 @@ class TlsSettings:
         """Credentials that read the files again when they change (checked at each new
         connection's handshake), so a rotated certificate (cert-manager renewing a
         Secret) is served without a restart."""
-        files = [path for path in (self.ca_file, self.cert_file, self.key_file) if path]
+        files = self.files()
         seen = [_mtime(path) for path in files]
 
         def configuration() -> grpc.ServerCertificateConfiguration:

@@ -11,11 +11,13 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from cryptography import x509
 
+from services.common import clients
 from services.common.server import start
 from services.common.tls import SERVICE, TlsSettings, dev_pki
 from services.user.server import SPEC as USER
@@ -145,3 +147,57 @@ async def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path)
         assert reply.user.email == "rotated@example.com"
     finally:
         await service.stop(grace=0.2)
+
+
+class _CertificateRecorder(user_pb2_grpc.UserServiceServicer):
+    """Answers GetUser and notes the serial of the client certificate it was called with."""
+
+    CreateUser = ListUsers = UpdateUser = None  # type: ignore[assignment]  # not served
+
+    def __init__(self) -> None:
+        self.serials: list[int] = []
+
+    async def GetUser(self, request: Any, context: Any) -> user_pb2.GetUserResponse:
+        (pem,) = context.auth_context()["x509_pem_cert"]
+        self.serials.append(x509.load_pem_x509_certificate(pem).serial_number)
+        return user_pb2.GetUserResponse(user=user_pb2.User(id=request.id))
+
+
+async def test_a_client_presents_its_rotated_certificate_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's certificate files are replaced: the next calls are made over a new
+    connection that presents the new certificate; the old channel is not needed."""
+    monkeypatch.setattr(clients, "ROTATION_CHECK_SECONDS", 0.0)
+    recorder = _CertificateRecorder()
+    server = grpc.aio.server()
+    user_pb2_grpc.add_UserServiceServicer_to_server(recorder, server)
+    port = server.add_secure_port("127.0.0.1:0", tokens.service_tls("user").server_credentials())
+    await server.start()
+    mine = tmp_path / "client"
+    mine.mkdir()
+    first = dev_pki(tokens.PKI, f"client-{uuid.uuid4().hex[:8]}", SERVICE)
+    renewed = dev_pki(tokens.PKI, f"client-{uuid.uuid4().hex[:8]}", SERVICE)
+    assert first.ca_file and first.cert_file and first.key_file
+    assert renewed.cert_file and renewed.key_file
+    shutil.copyfile(first.ca_file, mine / "ca.pem")
+    shutil.copyfile(first.cert_file, mine / "tls.crt")
+    shutil.copyfile(first.key_file, mine / "tls.key")
+    settings = TlsSettings(mine / "ca.pem", mine / "tls.crt", mine / "tls.key")
+    channel = clients.channel(f"127.0.0.1:{port}", tls=settings)
+    stub = user_pb2_grpc.UserServiceStub(channel)
+    try:
+        await stub.GetUser(user_pb2.GetUserRequest(id="a"))
+        for source, name in ((renewed.key_file, "tls.key"), (renewed.cert_file, "tls.crt")):
+            shutil.copyfile(source, mine / f".{name}.new")
+            os.replace(mine / f".{name}.new", mine / name)
+        os.utime(mine / "tls.crt", (time.time() + 5, time.time() + 5))
+        await stub.GetUser(user_pb2.GetUserRequest(id="b"))
+        serial = x509.load_pem_x509_certificate
+        assert recorder.serials == [
+            serial(first.cert_file.read_bytes()).serial_number,
+            serial(renewed.cert_file.read_bytes()).serial_number,
+        ]
+    finally:
+        await channel.close()
+        await server.stop(0)
