@@ -17,6 +17,7 @@ from hypercorn.config import Config
 from gateway.config import GatewayConfig
 from services.common import eventloop, logs, telemetry
 from services.common.config import env
+from services.common.devsetup import ensure_development_identities
 
 log = logging.getLogger("shop.gateway")
 
@@ -38,6 +39,7 @@ async def run() -> None:
     hypercorn_workaround.apply()
 
     config = GatewayConfig.from_env()
+    ensure_development_identities(config)
     sock = listening_socket(config.host, config.port)
     address = f"{config.host}:{sock.getsockname()[1]}"
     server_config = Config()

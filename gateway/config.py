@@ -5,16 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.auth import AuthSettings
 from services.common.config import (
+    GATEWAY,
+    AuthSettings,
     BreakerSettings,
-    env,
-    env_float,
-    metrics_port,
-    port_from_env,
+    EnvReader,
+    TlsSettings,
     service_addresses,
 )
-from services.common.tls import GATEWAY, TlsSettings
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -42,29 +40,33 @@ class GatewayConfig:
     rate_limit: float = 100.0
     rate_burst: float = 200.0
     max_streams_per_client: int = 16
-    # The keys that verify callers' tokens (by default the development keys in ./var).
-    auth: AuthSettings = field(default_factory=lambda: AuthSettings.from_env(Path("./var")))
+    # The keys that verify callers' tokens (from_env: JWT_*, or the development keys).
+    auth: AuthSettings = field(kw_only=True)
     # The gateway's client certificate for the services (services.common.tls).
-    tls: TlsSettings = field(
-        default_factory=lambda: TlsSettings.from_env("gateway", GATEWAY, Path("./var"))
-    )
+    tls: TlsSettings = field(kw_only=True)
 
     @classmethod
     def from_env(cls) -> GatewayConfig:
-        port = port_from_env(8080)
-        return cls(
-            host=env("HOST", "127.0.0.1"),
+        """The settings from the environment; every bad variable is reported at once.
+        No file is read or made (see services.common.devsetup)."""
+        read = EnvReader()
+        data_dir = Path(read.text("DATA_DIR", "./var"))
+        port = read.port("PORT", 8080)
+        config = cls(
+            host=read.text("HOST", "127.0.0.1"),
             port=port,
-            metrics_port=metrics_port(port),
+            metrics_port=read.port("METRICS_PORT", port + 1000 if port else 0),
             upstreams=service_addresses(),
-            default_timeout=env_float("GATEWAY_DEFAULT_TIMEOUT", 30.0),
-            forward_headers=_csv(env("GATEWAY_FORWARD_HEADERS", "accept-language")),
-            max_body_bytes=int(env("GATEWAY_MAX_BODY_BYTES", str(1 << 20))),
-            cors_origins=_csv(env("GATEWAY_CORS_ORIGINS", "")),
-            breaker=BreakerSettings.from_env(),
-            rate_limit=env_float("GATEWAY_RATE_LIMIT", 100.0),
-            rate_burst=env_float("GATEWAY_RATE_BURST", 200.0),
-            max_streams_per_client=int(env_float("GATEWAY_MAX_STREAMS_PER_CLIENT", 16)),
-            auth=AuthSettings.from_env(Path(env("DATA_DIR", "./var"))),
-            tls=TlsSettings.from_env("gateway", GATEWAY, Path(env("DATA_DIR", "./var"))),
+            default_timeout=read.number("GATEWAY_DEFAULT_TIMEOUT", 30.0),
+            forward_headers=_csv(read.text("GATEWAY_FORWARD_HEADERS", "accept-language")),
+            max_body_bytes=read.integer("GATEWAY_MAX_BODY_BYTES", 1 << 20),
+            cors_origins=_csv(read.text("GATEWAY_CORS_ORIGINS", "")),
+            breaker=BreakerSettings.from_env(read),
+            rate_limit=read.number("GATEWAY_RATE_LIMIT", 100.0),
+            rate_burst=read.number("GATEWAY_RATE_BURST", 200.0),
+            max_streams_per_client=read.integer("GATEWAY_MAX_STREAMS_PER_CLIENT", 16),
+            auth=AuthSettings.from_env(data_dir, read),
+            tls=TlsSettings.from_env("gateway", GATEWAY, data_dir, read),
         )
+        read.check()
+        return config

@@ -101,7 +101,7 @@ def as_connect_error(error: Exception, ctx: RequestContext[Any, Any]) -> Connect
     return connect_error(status)
 
 
-class ErrorInterceptor:
+class ConnectErrors:
     """The one place errors are translated, for unary and streaming methods alike."""
 
     async def intercept_unary(
@@ -129,7 +129,7 @@ def connect_apps(
     return [
         service.asgi_application(
             Forwarder(service, upstreams, config),
-            interceptors=[ErrorInterceptor()],
+            interceptors=[ConnectErrors()],
             read_max_bytes=config.max_body_bytes,
             # Unknown JSON fields are an error, as they are for the services' own clients.
             codecs=[google_protobuf_binary_codec(), CheckedJSONCodec()],

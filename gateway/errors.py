@@ -6,13 +6,14 @@ Connect client sees the BadRequest or ErrorInfo the service sent.
 
 from __future__ import annotations
 
-import grpc
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError, ErrorDetail
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from protobuf.wkt import Any as WireAny
 
-DETAILS_KEY = "grpc-status-details-bin"
+from services.common.errors import internal_status, status_of
+
+__all__ = ["HTTP_STATUS", "connect_error", "internal_status", "reason_of", "status_of"]
 
 # https://github.com/googleapis/googleapis/blob/master/google/rpc/code.proto
 HTTP_STATUS = {
@@ -36,14 +37,6 @@ HTTP_STATUS = {
 }
 
 
-def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
-    """The full status of a failed call, with its details when the service sent them."""
-    for key, value in error.trailing_metadata() or ():
-        if key == DETAILS_KEY and isinstance(value, bytes):
-            return status_pb2.Status.FromString(value)
-    return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
-
-
 def reason_of(status: status_pb2.Status) -> str:
     """The google.rpc.ErrorInfo reason among the status's details ("" when none)."""
     for detail in status.details:
@@ -61,7 +54,3 @@ def connect_error(status: status_pb2.Status) -> ConnectError:
         for detail in status.details
     ]
     return ConnectError(code, status.message, details=details)
-
-
-def internal_status(message: str = "internal error") -> status_pb2.Status:
-    return status_pb2.Status(code=code_pb2.INTERNAL, message=message)

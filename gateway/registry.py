@@ -1,7 +1,8 @@
 """The public services, found from the generated code: adding an RPC to a proto and
 regenerating is enough for it to be served on every protocol.
 
-A service is public unless its name ends in "InternalService" (DESIGN.md).
+A service is public unless its name ends in "InternalService": those are for the
+mesh's own services (their RPCs declare ACCESS_SERVICE, see services.common.access).
 """
 
 from __future__ import annotations

@@ -147,16 +147,17 @@ def banner(started: dict[str, dict[str, str]]) -> str:
 
 
 def prepare_identities() -> None:
-    """The development signing key and CA, made once before any process needs them."""
-    from services.common.auth import AuthSettings
+    """The development signing key and CA (and a certificate to call the services with
+    by hand, `cli`), made once before any process needs them, when they are in use;
+    configured files (JWT_JWKS_FILE, TLS_*_FILE) must exist."""
+    from services.common.config import SERVICE, AuthSettings, TlsSettings, data_dir_from_env
+    from services.common.devsetup import Identities, ensure_development_identities
 
-    data_dir = Path(os.environ.get("DATA_DIR", "./var"))
-    AuthSettings.from_env(data_dir)
-    if os.environ.get("TLS_MODE", "mtls") != "plaintext" and not os.environ.get("TLS_CA_FILE"):
-        from services.common.tls import SERVICE, dev_pki
-
-        # The development CA, and a certificate to call the services with by hand.
-        dev_pki(Path(os.environ.get("TLS_DIR", str(data_dir / "dev-pki"))), "cli", SERVICE)
+    data_dir = data_dir_from_env()
+    tls = TlsSettings.from_env("cli", SERVICE, data_dir)
+    if tls.development is not None and tls.ca_file is not None:
+        tls = TlsSettings.development_files(tls.ca_file.parent, "cli", SERVICE)
+    ensure_development_identities(Identities(AuthSettings.from_env(data_dir), tls))
 
 
 async def run(plan: list[Process]) -> int:

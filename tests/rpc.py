@@ -8,16 +8,9 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
-DETAILS_KEY = "grpc-status-details-bin"
-
-
-def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
-    for key, value in error.trailing_metadata() or ():
-        if key == DETAILS_KEY:
-            return status_pb2.Status.FromString(value)
-    return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+from services.common.errors import status_of
 
 
 def detail(error: grpc.aio.AioRpcError, kind: type[Any]) -> Any:

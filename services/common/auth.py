@@ -14,8 +14,11 @@ without a valid signed token.
   Several keys may be in a JWKS at once (rotation by `kid`); the file is read
   again whenever it changes, so keys are added and withdrawn without a restart.
 - `make run` needs no set-up: with no JWT_JWKS_FILE, a development key pair is
-  made in `$DATA_DIR/dev-keys/` on first start, and `python -m services.common.auth
-  token --user usr_...` prints a token signed with it.
+  made in `$DATA_DIR/dev-keys/` by the start-up step (services.common.devsetup;
+  reading AuthSettings never makes it), and `python -m services.common.auth token
+  --user usr_...` (which makes it too when missing) prints a token signed with it.
+
+AuthSettings lives in services.common.config (it is re-exported here).
 """
 
 from __future__ import annotations
@@ -33,38 +36,15 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from services.common.config import env, env_float
+from services.common.config import MAX_TTL_SECONDS as MAX_TTL_SECONDS
+from services.common.config import AuthSettings as AuthSettings
+from services.common.config import data_dir_from_env, env
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.files import write_once
 
 ALGORITHMS = ("ES256", "RS256")
 ADMIN = "admin"
 LEEWAY_SECONDS = 30
-MAX_TTL_SECONDS = 24 * 3600
-
-
-@dataclass(frozen=True)
-class AuthSettings:
-    jwks_file: Path
-    issuer: str = "shop-dev"
-    audience: str = "shop"
-    # The longest lifetime (exp - iat) a token may have, in seconds.
-    max_ttl: float = MAX_TTL_SECONDS
-
-    @classmethod
-    def from_env(cls, data_dir: Path) -> AuthSettings:
-        configured = env("JWT_JWKS_FILE", "")
-        jwks_file = Path(configured) if configured else data_dir / "dev-keys" / "jwks.json"
-        if not configured:
-            ensure_dev_keys(jwks_file.parent)
-        elif not jwks_file.is_file():
-            raise SystemExit(f"JWT_JWKS_FILE {configured!r} does not exist")
-        return cls(
-            jwks_file,
-            env("JWT_ISSUER", "shop-dev"),
-            env("JWT_AUDIENCE", "shop"),
-            env_float("JWT_MAX_TTL", MAX_TTL_SECONDS),
-        )
 
 
 @dataclass(frozen=True)
@@ -287,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     token.add_argument("--roles", default="", help="comma-separated, e.g. admin")
     token.add_argument("--ttl", type=int, default=3600, help="seconds")
     args = parser.parse_args(argv)
-    data_dir = Path(env("DATA_DIR", "./var"))
-    settings = AuthSettings.from_env(data_dir)
+    settings = AuthSettings.from_env(data_dir_from_env())
+    if settings.development:
+        ensure_dev_keys(settings.jwks_file.parent)
     private = Path(env("JWT_PRIVATE_KEY_FILE", str(settings.jwks_file.parent / "private.pem")))
     roles = [role for role in args.roles.split(",") if role]
     print(

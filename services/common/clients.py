@@ -65,12 +65,12 @@ class _Deadline:
 
 
 # grpc.aio files an interceptor under the first kind it implements: one class per kind.
-class DeadlineInterceptor(_Deadline, grpc.aio.UnaryUnaryClientInterceptor):
+class OutgoingDeadline(_Deadline, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_deadline(details), request)
 
 
-class StreamDeadlineInterceptor(_Deadline, grpc.aio.UnaryStreamClientInterceptor):
+class OutgoingStreamDeadline(_Deadline, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_deadline(details), request)
 
@@ -184,8 +184,8 @@ def channel(
         ("grpc.service_config", service_config()),
     ]
     chain: list[grpc.aio.ClientInterceptor] = [
-        DeadlineInterceptor(default_timeout),
-        StreamDeadlineInterceptor(default_timeout),
+        OutgoingDeadline(default_timeout),
+        OutgoingStreamDeadline(default_timeout),
     ]
     chain += aio_client_interceptors()  # type: ignore[no-untyped-call]
     if breaker is not None:

@@ -144,9 +144,21 @@ class Unavailable(DomainError):
         super().__init__(message, reason, metadata, grpc.StatusCode.UNAVAILABLE)
 
 
-def internal_status() -> status_pb2.Status:
+def internal_status(message: str = "internal error") -> status_pb2.Status:
     """What a client sees of an unexpected exception: nothing of its text."""
-    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=message)
+
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The full status of a failed call, with its google.rpc details when the peer sent
+    them (in the `grpc-status-details-bin` trailer)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return status_pb2.Status(code=error.code().value[0], message=error.details() or "")
 
 
 class Unauthenticated(DomainError):

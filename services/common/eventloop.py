@@ -1,8 +1,7 @@
 """Runs a process's main coroutine on uvloop, the faster event loop, unless told not to.
 
-uvloop took the product service from about 420 to 690 GetProduct calls a second
-at one call in flight on the benchmark machine (see bench/). SHOP_EVENT_LOOP=asyncio
-selects the standard loop, for debugging or for a platform uvloop does not support.
+SHOP_EVENT_LOOP=asyncio selects the standard loop, for debugging or for a platform
+uvloop does not support (`make bench` measures what uvloop buys).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Server interceptors: the single place where every RPC gets the platform's behaviour.
 
 Order (outermost first): tracing (OpenTelemetry) -> access log -> errors ->
-deadline -> authentication -> validation -> the servicer. Each one wraps the handler's behaviour,
-for unary and server-streaming methods alike.
+deadline -> authentication -> validation -> the servicer. Each concern is written
+once, as an async context manager around the call (`around`), and `ServerConcern`
+applies it to unary and server-streaming methods alike.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -31,14 +33,29 @@ Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class _Wrapping(grpc.aio.ServerInterceptor):
-    """Wraps unary-unary and unary-stream behaviours; other kinds pass through untouched."""
+class ServerConcern(grpc.aio.ServerInterceptor):
+    """One concern around every unary and server-streaming call: subclasses write
+    `around`, once; other call kinds pass through untouched."""
 
-    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        return behaviour
+    def around(
+        self, method: str, request: Any, context: Context
+    ) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
 
-    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        return behaviour
+    def _unary(self, method: str, behaviour: Unary) -> Unary:
+        async def wrapped(request: Any, context: Context) -> Any:
+            async with self.around(method, request, context):
+                return await behaviour(request, context)
+
+        return wrapped
+
+    def _stream(self, method: str, behaviour: Streaming) -> Streaming:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            async with self.around(method, request, context):
+                async for response in behaviour(request, context):
+                    yield response
+
+        return wrapped
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
@@ -49,13 +66,13 @@ class _Wrapping(grpc.aio.ServerInterceptor):
         method = details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self.wrap_unary(method, handler.unary_unary),
+                self._unary(method, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self.wrap_stream(method, handler.unary_stream),
+                self._stream(method, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -72,92 +89,52 @@ def _code_name(context: Context, error: BaseException | None) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-class AccessLogInterceptor(_Wrapping):
+class ServerAccessLog(ServerConcern):
     """Per RPC, the request metrics and one JSON line: method, status code, duration,
     peer (trace ids via the log filter)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def _log(
-        self, method: str, context: Any, peer: str, started: float, error: BaseException | None
-    ) -> None:
-        code = _code_name(context, error)
-        seconds = time.perf_counter() - started
-        self._metrics.observe_rpc(method, code, seconds)
-        log.info(
-            "rpc",
-            extra={
-                "rpc_method": method,
-                "grpc_code": code,
-                "duration_ms": round(seconds * 1000, 3),
-                "peer": peer,
-            },
-        )
-
-    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def logged(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            peer = context.peer()  # read while the call is alive
-            error: BaseException | None = None
-            try:
-                return await behaviour(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._log(method, context, peer, started, error)
-
-        return logged
-
-    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def logged(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            peer = context.peer()  # read while the call is alive
-            error: BaseException | None = None
-            try:
-                async for response in behaviour(request, context):
-                    yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._log(method, context, peer, started, error)
-
-        return logged
+    @asynccontextmanager
+    async def around(self, method: str, request: Any, context: Context) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        peer = context.peer()  # read while the call is alive
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            code = _code_name(context, error)
+            seconds = time.perf_counter() - started
+            self._metrics.observe_rpc(method, code, seconds)
+            log.info(
+                "rpc",
+                extra={
+                    "rpc_method": method,
+                    "grpc_code": code,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "peer": peer,
+                },
+            )
 
 
-class ErrorInterceptor(_Wrapping):
+class ServerErrors(ServerConcern):
     """Domain errors become their status with details; anything unexpected becomes INTERNAL."""
 
-    async def _abort(self, method: str, context: Any, exc: Exception) -> None:
-        if isinstance(exc, DomainError):
-            await context.abort_with_status(rpc_status.to_status(exc.to_status()))
-        log.exception("unhandled error", extra={"rpc_method": method})
-        await context.abort_with_status(rpc_status.to_status(internal_status()))
-
-    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def mapped(request: Any, context: Context) -> Any:
-            try:
-                return await behaviour(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._abort(method, context, exc)
-
-        return mapped
-
-    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def mapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            try:
-                async for response in behaviour(request, context):
-                    yield response
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._abort(method, context, exc)
-
-        return mapped
+    @asynccontextmanager
+    async def around(self, method: str, request: Any, context: Context) -> AsyncIterator[None]:
+        try:
+            yield
+        except grpc.aio.AbortError:
+            raise
+        except DomainError as error:
+            await context.abort_with_status(rpc_status.to_status(error.to_status()))
+        except Exception:
+            log.exception("unhandled error", extra={"rpc_method": method})
+            await context.abort_with_status(rpc_status.to_status(internal_status()))
 
 
 async def _abort_at_deadline(context: Context) -> None:
@@ -171,44 +148,25 @@ async def _abort_at_deadline(context: Context) -> None:
         raise asyncio.CancelledError from None
 
 
-class DeadlineInterceptor(_Wrapping):
+class ServerDeadline(ServerConcern):
     """Bounds the handler by the caller's deadline and records it for outgoing calls."""
 
-    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def bounded(request: Any, context: Context) -> Any:
-            remaining = context.time_remaining()
-            token = deadline.set_deadline(remaining)
-            try:
-                async with asyncio.timeout(remaining) as bound:
-                    return await behaviour(request, context)
-            except TimeoutError:
-                if bound.expired():
-                    await _abort_at_deadline(context)
-                raise
-            finally:
-                deadline.reset_deadline(token)
-
-        return bounded
-
-    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def bounded(request: Any, context: Context) -> AsyncIterator[Any]:
-            remaining = context.time_remaining()
-            token = deadline.set_deadline(remaining)
-            try:
-                async with asyncio.timeout(remaining) as bound:
-                    async for response in behaviour(request, context):
-                        yield response
-            except TimeoutError:
-                if bound.expired():
-                    await _abort_at_deadline(context)
-                raise
-            finally:
-                deadline.reset_deadline(token)
-
-        return bounded
+    @asynccontextmanager
+    async def around(self, method: str, request: Any, context: Context) -> AsyncIterator[None]:
+        remaining = context.time_remaining()
+        token = deadline.set_deadline(remaining)
+        try:
+            async with asyncio.timeout(remaining) as bound:
+                yield
+        except TimeoutError:
+            if bound.expired():
+                await _abort_at_deadline(context)
+            raise
+        finally:
+            deadline.reset_deadline(token)
 
 
-class AuthInterceptor(_Wrapping):
+class ServerAuth(ServerConcern):
     """Verifies the caller's bearer token (passed on by the gateway) and applies the
     access the contract declares for the method (`(shop.common.v1.access)`): service
     methods take only the mesh's service certificates, signed-in ones a valid token,
@@ -244,42 +202,19 @@ class AuthInterceptor(_Wrapping):
             raise PermissionDenied("this needs the admin role", "ADMIN_ONLY")
         return caller
 
-    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def authenticated(request: Any, context: Context) -> Any:
-            token = auth.set_caller(self._caller(method, context))
-            try:
-                return await behaviour(request, context)
-            finally:
-                auth.reset_caller(token)
-
-        return authenticated
-
-    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def authenticated(request: Any, context: Context) -> AsyncIterator[Any]:
-            token = auth.set_caller(self._caller(method, context))
-            try:
-                async for response in behaviour(request, context):
-                    yield response
-            finally:
-                auth.reset_caller(token)
-
-        return authenticated
+    @asynccontextmanager
+    async def around(self, method: str, request: Any, context: Context) -> AsyncIterator[None]:
+        token = auth.set_caller(self._caller(method, context))
+        try:
+            yield
+        finally:
+            auth.reset_caller(token)
 
 
-class ValidationInterceptor(_Wrapping):
+class ServerValidation(ServerConcern):
     """Checks every request against its protovalidate rules before any handler runs."""
 
-    def wrap_unary(self, method: str, behaviour: Unary) -> Unary:
-        async def checked(request: Any, context: Context) -> Any:
-            validation.validate(request)
-            return await behaviour(request, context)
-
-        return checked
-
-    def wrap_stream(self, method: str, behaviour: Streaming) -> Streaming:
-        async def checked(request: Any, context: Context) -> AsyncIterator[Any]:
-            validation.validate(request)
-            async for response in behaviour(request, context):
-                yield response
-
-        return checked
+    @asynccontextmanager
+    async def around(self, method: str, request: Any, context: Context) -> AsyncIterator[None]:
+        validation.validate(request)
+        yield

@@ -26,12 +26,13 @@ from services.common import eventloop, logs, migrate, telemetry
 from services.common.auth import Verifier
 from services.common.config import ServiceConfig
 from services.common.db import Database
+from services.common.devsetup import ensure_development_identities
 from services.common.interceptors import (
-    AccessLogInterceptor,
-    AuthInterceptor,
-    DeadlineInterceptor,
-    ErrorInterceptor,
-    ValidationInterceptor,
+    ServerAccessLog,
+    ServerAuth,
+    ServerDeadline,
+    ServerErrors,
+    ServerValidation,
 )
 from services.common.metrics import Metrics
 from services.common.pagination import PageTokens
@@ -167,11 +168,11 @@ def interceptors(
 ) -> list[grpc.aio.ServerInterceptor]:
     return [
         aio_server_interceptor(),  # type: ignore[no-untyped-call]
-        AccessLogInterceptor(metrics),
-        ErrorInterceptor(),
-        DeadlineInterceptor(),
-        AuthInterceptor(verifier, services_only_internal=mutual_tls),
-        ValidationInterceptor(),
+        ServerAccessLog(metrics),
+        ServerErrors(),
+        ServerDeadline(),
+        ServerAuth(verifier, services_only_internal=mutual_tls),
+        ServerValidation(),
     ]
 
 
@@ -262,8 +263,7 @@ async def _supervised(loop: Callable[[], Awaitable[None]], pause: float = 1.0) -
         await asyncio.sleep(pause)
 
 
-async def _serve(spec: ServiceSpec) -> None:
-    config = ServiceConfig.from_env(spec.name, spec.default_port)
+async def _serve(spec: ServiceSpec, config: ServiceConfig) -> None:
     # Handlers first: a SIGTERM that comes as soon as the service says it listens
     # (a test, an orchestrator) must be a graceful stop, not a kill.
     stopping = asyncio.Event()
@@ -302,7 +302,9 @@ def main(spec: ServiceSpec) -> None:
     config = ServiceConfig.from_env(spec.name, spec.default_port)
     logs.configure(spec.name, config.log_level)
     telemetry.configure(spec.name)
+    # The one step that makes files: the development key and certificate, when in use.
+    ensure_development_identities(config)
     try:
-        eventloop.run(_serve(spec))
+        eventloop.run(_serve(spec, config))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -11,12 +11,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes (and ISO strings may lack an offset); they
+    were written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    """SQLite hands back naive datetimes; they were stored as UTC."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
+    stamp.FromDatetime(as_utc(value))
     return stamp

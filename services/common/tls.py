@@ -7,9 +7,11 @@ its holder is in its organizational unit: `service` for the four services,
 stock can't be reserved from the edge.
 
 Files come from TLS_CA_FILE, TLS_CERT_FILE and TLS_KEY_FILE. Without them, a
-development CA and one certificate per process name are made on first start in
-TLS_DIR (default `$DATA_DIR/dev-pki`). Plaintext is possible only when
-TLS_MODE=plaintext is set on purpose, for local debugging.
+development CA and one certificate per process name are made at start in TLS_DIR
+(default `$DATA_DIR/dev-pki`) by services.common.devsetup; reading TlsSettings
+(which lives in services.common.config, re-exported here) never makes them.
+Plaintext is possible only when TLS_MODE=plaintext is set on purpose, for local
+debugging.
 
 A development certificate names localhost and 127.0.0.1, plus the process's own
 HOST when that is one specific address, plus the names in TLS_DEV_SANS
@@ -25,102 +27,22 @@ earlier with fewer names is never reused for them.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.common.config import env
+from services.common.config import GATEWAY as GATEWAY
+from services.common.config import NOT_ADDED as NOT_ADDED
+from services.common.config import SERVICE as SERVICE
+from services.common.config import TlsSettings as TlsSettings
 from services.common.files import write_once
 
-SERVICE = "service"
-GATEWAY = "gateway"
 VALID_DAYS = 365
-# Names a development certificate never adds: named anyway, or wildcards (a HOST of
-# 0.0.0.0 listens everywhere and is no name to check).
-NOT_ADDED = ("", "localhost", "127.0.0.1", "0.0.0.0", "::")
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """None of the files set: plaintext (TLS_MODE=plaintext only)."""
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.ca_file is not None
-
-    @classmethod
-    def from_env(cls, name: str, role: str, data_dir: Path) -> TlsSettings:
-        mode = env("TLS_MODE", "mtls").lower()
-        if mode == "plaintext":
-            return cls()
-        if mode != "mtls":
-            raise SystemExit(f"TLS_MODE must be mtls or plaintext, not {mode!r}")
-        files = [env(f"TLS_{part}_FILE", "") for part in ("CA", "CERT", "KEY")]
-        if all(files):
-            ca, cert, key = (Path(f) for f in files)
-            return cls(ca, cert, key)
-        if any(files):
-            raise SystemExit("set all of TLS_CA_FILE, TLS_CERT_FILE and TLS_KEY_FILE, or none")
-        extra = [part.strip() for part in env("TLS_DEV_SANS", "").split(",")]
-        extra.append(env("HOST", ""))
-        return dev_pki(Path(env("TLS_DIR", str(data_dir / "dev-pki"))), name, role, extra)
-
-    def files(self) -> list[Path]:
-        """The files the credentials are read from (none in plaintext)."""
-        return [path for path in (self.ca_file, self.cert_file, self.key_file) if path]
-
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        assert self.ca_file and self.cert_file and self.key_file
-        return self.ca_file.read_bytes(), self.cert_file.read_bytes(), self.key_file.read_bytes()
-
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """Credentials that read the files again when they change (checked at each new
-        connection's handshake), so a rotated certificate (cert-manager renewing a
-        Secret) is served without a restart."""
-        files = self.files()
-        seen = [_mtime(path) for path in files]
-
-        def configuration() -> grpc.ServerCertificateConfiguration:
-            ca, cert, key = self.read()
-            return grpc.ssl_server_certificate_configuration([(key, cert)], ca)
-
-        def fetch() -> grpc.ServerCertificateConfiguration | None:
-            now = [_mtime(path) for path in files]
-            if now == seen:
-                return None  # unchanged: keep serving the current one
-            seen[:] = now
-            return configuration()
-
-        return grpc.dynamic_ssl_server_credentials(
-            configuration(),
-            fetch,  # type: ignore[arg-type]  # None means "no change" (grpc's docs)
-            require_client_authentication=True,
-        )
-
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        ca, cert, key = self.read()
-        return grpc.ssl_channel_credentials(
-            root_certificates=ca, private_key=key, certificate_chain=cert
-        )
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return -1.0  # being replaced: look again at the next handshake
 
 
 def role_of(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
@@ -198,12 +120,11 @@ def _subject_name(name: str) -> x509.GeneralName:
 def dev_pki(directory: Path, name: str, role: str, extra_names: Iterable[str] = ()) -> TlsSettings:
     """The development CA in `directory`, and a certificate for `name` in `role` that
     also names `extra_names` (host names or IP addresses)."""
+    settings = TlsSettings.development_files(directory, name, role, extra_names)
+    assert settings.development and settings.cert_file and settings.key_file
+    extra = settings.development.extra_names
+    key_file, cert_file = settings.key_file, settings.cert_file
     ca, ca_key = _ensure_ca(directory)
-    extra = sorted({n for n in extra_names if n not in NOT_ADDED})
-    stem = name
-    if extra:
-        stem += "-" + hashlib.sha256(",".join(extra).encode()).hexdigest()[:12]
-    key_file, cert_file = directory / f"{stem}-key.pem", directory / f"{stem}.pem"
     if not cert_file.is_file():
         write_once(key_file, _pem_key(ec.generate_private_key(ec.SECP256R1())), 0o600)
         key = _load_key(key_file)
@@ -233,4 +154,4 @@ def dev_pki(directory: Path, name: str, role: str, extra_names: Iterable[str] = 
             .sign(ca_key, hashes.SHA256())
         )
         write_once(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return TlsSettings(directory / "ca.pem", cert_file, key_file)
+    return settings

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 
 from services.common.auth import require_owner
-from services.common.config import env
+from services.common.config import DEFAULT_PORTS
 from services.common.events.consumer import Consumer
 from services.common.events.nats import Bus, NatsSource, connect_on_start
 from services.common.events.order_feed import FeedSource
@@ -81,7 +81,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
     config = runtime.config
-    hub = Hub(max_streams=int(env("MAX_STREAMS", "10000")))
+    hub = Hub(max_streams=config.max_streams)
     if not runtime.db.is_sqlite:
         runtime.background.append(Listener(config.database_url, hub).run)
     notifications = Notifications(runtime.db, runtime.page_tokens, hub)
@@ -125,7 +125,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
 
 SPEC = ServiceSpec(
     name="notification",
-    default_port=50054,
+    default_port=DEFAULT_PORTS["notification"],
     migrations=Path(__file__).parent / "migrations",
     register=register,
 )

@@ -15,7 +15,7 @@ from google.rpc import status_pb2
 
 from services.common import clients, deadline
 from services.common.config import BreakerSettings
-from services.common.errors import DomainError
+from services.common.errors import DETAILS_KEY, DomainError, status_of
 from services.common.tls import TlsSettings
 from shop.product.v1 import (
     product_internal_pb2,
@@ -33,7 +33,6 @@ PASSED_THROUGH = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-DETAILS_KEY = "grpc-status-details-bin"
 # Compensation must run even when the caller's deadline is spent.
 RELEASE_TIMEOUT = 5.0
 
@@ -46,9 +45,8 @@ class PeerError(DomainError):
         self.status: status_pb2.Status | None = None
         if code in PASSED_THROUGH:
             message_text = error.details() or code.name.lower()
-            for key, value in error.trailing_metadata() or ():
-                if key == DETAILS_KEY and isinstance(value, bytes):
-                    self.status = status_pb2.Status.FromString(value)
+            if any(key == DETAILS_KEY for key, _ in error.trailing_metadata() or ()):
+                self.status = status_of(error)
         else:
             code = grpc.StatusCode.UNAVAILABLE
             message_text = f"{peer} service is unavailable"

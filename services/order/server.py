@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 
 from services.common.auth import require_owner
-from services.common.config import env_float
+from services.common.config import DEFAULT_PORTS
 from services.common.events.nats import Bus, NatsSink, connect_on_start
 from services.common.events.order_feed import to_feed_message
 from services.common.events.outbox import NoSink, Relay
@@ -18,7 +18,7 @@ from services.order.convert import order_to_proto
 from services.order.feed import Feed
 from services.order.models import OutboxRow
 from services.order.peers import Peers
-from services.order.service import ATTEMPT_TIMEOUT, Line, Orders
+from services.order.service import Line, Orders
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2, order_pb2_grpc
 
 
@@ -84,7 +84,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
         peers,
         runtime.page_tokens,
         relay,
-        attempt_timeout=env_float("ORDER_ATTEMPT_TIMEOUT", ATTEMPT_TIMEOUT),
+        attempt_timeout=config.order_attempt_timeout,
     )
 
     if config.broker_url:
@@ -117,7 +117,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
 
 SPEC = ServiceSpec(
     name="order",
-    default_port=50053,
+    default_port=DEFAULT_PORTS["order"],
     migrations=Path(__file__).parent / "migrations",
     register=register,
 )

@@ -9,7 +9,7 @@ import grpc
 
 from services.common import fieldmask
 from services.common.auth import require_admin
-from services.common.config import env_float
+from services.common.config import DEFAULT_PORTS
 from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
 from services.common.times import to_timestamp
@@ -22,10 +22,6 @@ from shop.product.v1 import (
     product_pb2,
     product_pb2_grpc,
 )
-
-# Seconds a released reservation (or tombstone) is kept: far longer than any order
-# attempt that could still send a ReserveStock under its id.
-DEFAULT_RETENTION = 3600.0
 
 
 def to_proto(product: ProductRow) -> product_pb2.Product:
@@ -140,7 +136,9 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
         ProductServicer(Catalogue(runtime.db, runtime.page_tokens)), server
     )
     reservations = Reservations(runtime.db)
-    retention = env_float("RESERVATION_RETENTION", DEFAULT_RETENTION)
+    # Seconds a released reservation (or tombstone) is kept (RESERVATION_RETENTION): far
+    # longer than any order attempt that could still send a ReserveStock under its id.
+    retention = runtime.config.reservation_retention
     runtime.background.append(lambda: reservations.run_purge(retention))
     product_internal_pb2_grpc.add_ProductInternalServiceServicer_to_server(
         ProductInternalServicer(reservations), server
@@ -153,7 +151,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
 
 SPEC = ServiceSpec(
     name="product",
-    default_port=50052,
+    default_port=DEFAULT_PORTS["product"],
     migrations=Path(__file__).parent / "migrations",
     register=register,
 )

@@ -9,6 +9,7 @@ import grpc
 
 from services.common import fieldmask
 from services.common.auth import require_admin, require_owner
+from services.common.config import DEFAULT_PORTS
 from services.common.errors import PermissionDenied
 from services.common.interceptors import Context
 from services.common.server import Runtime, ServiceSpec
@@ -92,7 +93,7 @@ def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
 
 SPEC = ServiceSpec(
     name="user",
-    default_port=50051,
+    default_port=DEFAULT_PORTS["user"],
     migrations=Path(__file__).parent / "migrations",
     register=register,
 )

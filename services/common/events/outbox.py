@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from services.common.db import Database
 from services.common.events.envelope import Event
 from services.common.events.tracing import CREATE_TIME, publishing
-from services.common.times import utcnow
+from services.common.times import as_utc, utcnow
 
 log = logging.getLogger("shop.outbox")
 
@@ -63,14 +63,9 @@ class OutboxMixin:
             event_id=self.event_id,
             subject=self.subject,
             payload=self.payload,
-            headers={**(self.headers or {}), CREATE_TIME: _as_utc(self.create_time).isoformat()},
+            headers={**(self.headers or {}), CREATE_TIME: as_utc(self.create_time).isoformat()},
             sequence=self.position or 0,
         )
-
-
-def _as_utc(moment: datetime) -> datetime:
-    # SQLite gives back naive datetimes; they were written in UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Sink(Protocol):
@@ -112,7 +107,7 @@ class Relay:
     def oldest_unsent_age(self) -> float:
         if self.oldest_unsent is None:
             return 0.0
-        return max(0.0, (datetime.now(UTC) - _as_utc(self.oldest_unsent)).total_seconds())
+        return max(0.0, (datetime.now(UTC) - as_utc(self.oldest_unsent)).total_seconds())
 
     def wake(self) -> None:
         self._wakeup.set()

@@ -15,6 +15,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
 from services.common.events.envelope import Event
+from services.common.times import as_utc
 
 # When the event was committed (ISO 8601), for the consumers' lag.
 CREATE_TIME = "shop-create-time"
@@ -60,7 +61,5 @@ def age_seconds(event: Event) -> float | None:
     raw = event.headers.get(CREATE_TIME)
     if not raw:
         return None
-    created = datetime.fromisoformat(raw)
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
+    created = as_utc(datetime.fromisoformat(raw))
     return max(0.0, (datetime.now(UTC) - created).total_seconds())
