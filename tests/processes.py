@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -15,6 +16,13 @@ from pathlib import Path
 from tests import tokens
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The kernel kills a child whose test run died (a hard timeout ends pytest with
+# os._exit, which runs no clean-up), so nothing is left behind. setpriv execs the
+# command with that setting; a preexec_fn would run Python in a forked child, which
+# gRPC's threads in this process do not survive.
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
 
 
 @dataclass
@@ -48,6 +56,7 @@ async def service_process(
     once it says where it listens."""
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", **tokens.ENV, **env}
     process = await asyncio.create_subprocess_exec(
+        *DIE_WITH_PARENT,
         sys.executable,
         "-m",
         module or f"services.{name}",
