@@ -14,23 +14,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Scope
 
 from gateway.edge import Exchange
-from services.common.metrics import LATENCY_BUCKETS, MetricsServer
+from services.common.metrics import LATENCY_BUCKETS, ServedRegistry
 
 # Finds the REST rule a method and path match (`GET /v1/users/{id}`), or None.
 RestMatcher = Callable[[str, str], str | None]
 
 
-class GatewayMetrics:
-    """Requests and their duration by route, and where they are served."""
+class GatewayMetrics(ServedRegistry):
+    """Requests and their duration by route, served on their own port."""
 
     def __init__(self, procedures: Iterable[str], rest_route: RestMatcher) -> None:
+        super().__init__()
         self.procedures = frozenset(procedures)
         self._rest_route = rest_route
-        self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "gateway_requests",
             "Requests answered, by route, protocol, RPC code and HTTP status.",
@@ -44,7 +44,6 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self._server: MetricsServer | None = None
 
     def route_of(self, scope: Scope) -> str:
         path = str(scope["path"])
@@ -57,16 +56,6 @@ class GatewayMetrics:
             exchange.route, exchange.protocol, exchange.code, str(exchange.http_status)
         ).inc()
         self.duration.labels(exchange.route).observe(seconds)
-
-    def serve(self, host: str, port: int) -> int:
-        """Serves /metrics on its own port (0 picks one); returns the port."""
-        self._server = MetricsServer(self.registry, host, port)
-        return self._server.port
-
-    def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
 
 
 def traced(app: ASGIApp) -> ASGIApp:

@@ -25,7 +25,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from gateway.errors import connect_error
 from services.common.errors import FieldViolation, InvalidArgument
 
-_INTEGERS = {
+# Each integer kind's range (the JSON mapping takes numbers or numeric strings).
+INTEGERS = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
@@ -57,7 +58,7 @@ def integer_problem(value: Any, kind: int) -> str | None:
         number = int(value)
     if isinstance(number, bool) or not isinstance(number, int):
         return f"{_shown(value)} is not an integer"
-    low, high = _INTEGERS[kind]
+    low, high = INTEGERS[kind]
     if not low <= number <= high:
         return f"{_shown(value)} is out of range ({low} to {high})"
     return None
@@ -69,7 +70,7 @@ def _scalar_problem(field: FieldDescriptor, value: Any) -> str | None:
         return None if isinstance(value, str) else "must be a string"
     if kind == FieldDescriptor.TYPE_BOOL:
         return None if isinstance(value, bool) else "must be true or false"
-    if kind in _INTEGERS:
+    if kind in INTEGERS:
         return integer_problem(value, kind)
     if kind in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
         if isinstance(value, str) and value in _FLOAT_WORDS:

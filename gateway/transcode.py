@@ -21,18 +21,6 @@ from gateway import protojson
 from services.common.errors import FieldViolation, InvalidArgument
 
 _VARIABLE = re.compile(r"\{([a-zA-Z0-9_.]+)(?:=([^}]*))?\}")
-_INTEGER_KINDS = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-}
 
 
 @dataclass(frozen=True)
@@ -91,7 +79,7 @@ def _convert(field: FieldDescriptor, raw: str, where: str) -> Any:
         if raw.lower() in ("false", "0"):
             return False
         problem = f"{raw!r} is not true or false"
-    elif kind in _INTEGER_KINDS:
+    elif kind in protojson.INTEGERS:
         problem = protojson.integer_problem(raw, kind)
         if problem is None:
             return int(raw.strip())

@@ -24,10 +24,28 @@ from prometheus_client.exposition import generate_latest
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-class Metrics:
-    def __init__(self, service: str) -> None:
-        self.service = service
+class ServedRegistry:
+    """A registry of its own, served on /metrics on a port of its own."""
+
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._server: MetricsServer | None = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Serves /metrics over HTTP from a thread; returns the port (port 0 picks one)."""
+        self._server = MetricsServer(self.registry, host, port)
+        return self._server.port
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+
+class Metrics(ServedRegistry):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
         self.rpc_requests = Counter(
             "rpc_server_requests",
             "RPCs handled, by method and gRPC status code.",
@@ -41,7 +59,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self._server: MetricsServer | None = None
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         name = method.lstrip("/")
@@ -54,16 +71,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-    def serve(self, host: str, port: int) -> int:
-        """Serves /metrics over HTTP from a thread; returns the port (port 0 picks one)."""
-        self._server = MetricsServer(self.registry, host, port)
-        return self._server.port
-
-    def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
 
 
 class MetricsServer:
