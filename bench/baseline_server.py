@@ -1,11 +1,17 @@
 """The baseline: a bare grpc.aio GetProduct answering from memory (no database, no
-interceptors). It is the limit for a Python gRPC server on this machine."""
+interceptors). It is the limit for a Python gRPC server on this machine.
+
+With BASELINE_TLS_DIR set it serves mutual TLS with a certificate of the development
+PKI there (services.common.tls), as the services do: TLS's cost measured on a
+server that does nothing else is the most it can cost a service."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+from pathlib import Path
 
 import grpc
 
@@ -33,7 +39,14 @@ class InMemoryProducts(product_pb2_grpc.ProductServiceServicer):
 async def main() -> None:
     server = grpc.aio.server()
     product_pb2_grpc.add_ProductServiceServicer_to_server(InMemoryProducts(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    tls_dir = os.environ.get("BASELINE_TLS_DIR")
+    if tls_dir:
+        from services.common.tls import SERVICE, dev_pki
+
+        credentials = dev_pki(Path(tls_dir), "baseline", SERVICE).server_credentials()
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(json.dumps({"service": "baseline", "listening": f"127.0.0.1:{port}"}), flush=True)
     stop = asyncio.Event()

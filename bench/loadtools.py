@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 import statistics
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
@@ -19,28 +22,66 @@ class Figures:
     rps: float
     p50_ms: float
     p99_ms: float
+    # Every failed request, timeouts included.
     errors: int
+    # wrk's socket timeouts (a part of `errors`).
+    timeouts: int = 0
+    # CPU the load tool itself used, in cores (CPU seconds per wall second): near 1.0 it
+    # was its own bottleneck (h2load and grpcload run on one core; wrk at 64 on two).
+    client_cpu: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def _percentile(values: list[float], fraction: float) -> float:
+def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-async def _run(*argv: str) -> str:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _run(*argv: str) -> tuple[str, float]:
+    """The tool's output, and the cores it used while it ran (its rusage, read once it
+    has been reaped: the mesh's processes are children too but live on, so the
+    difference is the tool's alone while measurements run one at a time)."""
+    before, started = _children_cpu(), time.perf_counter()
     process = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
     out, _ = await process.communicate()
-    return out.decode(errors="replace")
+    cpu = (_children_cpu() - before) / (time.perf_counter() - started)
+    return out.decode(errors="replace"), cpu
 
 
-def _split(in_flight: int) -> tuple[int, int]:
+async def side_by_side(runs: list[Awaitable[Figures]]) -> Figures:
+    """Several loads at once (one per replica or gateway) as one figure: requests, rps,
+    errors and tool CPU add up; p50 is the request-weighted mean of theirs and p99 the
+    worst of theirs (wrk gives percentiles, not the latencies to pool)."""
+    before, started = _children_cpu(), time.perf_counter()
+    parts = await asyncio.gather(*runs)
+    cpu = (_children_cpu() - before) / (time.perf_counter() - started)
+    requests = sum(p.requests for p in parts)
+    return replace(
+        parts[0],
+        tool=f"{parts[0].tool} x{len(parts)}",
+        in_flight=sum(p.in_flight for p in parts),
+        requests=requests,
+        rps=sum(p.rps for p in parts),
+        p50_ms=sum(p.p50_ms * p.requests for p in parts) / max(1, requests),
+        p99_ms=max(p.p99_ms for p in parts),
+        errors=sum(p.errors for p in parts),
+        timeouts=sum(p.timeouts for p in parts),
+        client_cpu=cpu,
+    )
+
+
+def split(in_flight: int) -> tuple[int, int]:
     """Connections and streams per connection for a number of requests in flight."""
     connections = 1 if in_flight < 8 else 4
     return connections, max(1, in_flight // connections)
@@ -53,8 +94,8 @@ async def h2load_grpc(
     with tempfile.TemporaryDirectory() as tmp:
         request, log = Path(tmp) / "request.bin", Path(tmp) / "log.tsv"
         request.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
-        connections, streams = _split(in_flight)
-        out = await _run(
+        connections, streams = split(in_flight)
+        out, cpu = await _run(
             "h2load",
             "-D",
             str(int(seconds)),
@@ -93,8 +134,9 @@ async def h2load_grpc(
         int(done.group(1)),
         float(rps.group(1)),
         statistics.median(latencies) if latencies else float("nan"),
-        _percentile(latencies, 0.99),
+        percentile(latencies, 0.99),
         int(done.group(3)) + int(done.group(4)),
+        client_cpu=cpu,
     )
 
 
@@ -109,7 +151,7 @@ async def wrk(url: str, script: str, scenario: str, in_flight: int, seconds: flo
         lua = Path(tmp) / "request.lua"
         lua.write_text(script)
         threads = 1 if in_flight == 1 else 2
-        out = await _run(
+        out, cpu = await _run(
             "wrk",
             f"-t{threads}",
             f"-c{in_flight}",
@@ -125,13 +167,14 @@ async def wrk(url: str, script: str, scenario: str, in_flight: int, seconds: flo
     p99 = re.search(r"99%\s+([\d.]+\w+)", out)
     if not (rps and total and p50 and p99):
         raise RuntimeError(f"wrk said:\n{out}")
-    errors = 0
+    errors = timeouts = 0
     if bad := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += int(bad.group(1))
     if sockets := re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
     ):
         errors += sum(int(n) for n in sockets.groups())
+        timeouts = int(sockets.group(4))
     return Figures(
         scenario,
         "wrk",
@@ -141,6 +184,8 @@ async def wrk(url: str, script: str, scenario: str, in_flight: int, seconds: flo
         _wrk_ms(p50.group(1)),
         _wrk_ms(p99.group(1)),
         errors,
+        timeouts,
+        cpu,
     )
 
 

@@ -1,11 +1,24 @@
-"""`make bench`: both tiers against a baseline and a peer, in one bounded run on loopback.
+"""`make bench`: the mesh against a baseline and a peer, in one bounded run on loopback.
 
-Starts what it measures (a bare grpc.aio server, the mesh with its gateway, a
-FastAPI peer), measures each at 1 and 64 requests in flight, stops everything,
-prints a table and the ratios the project aims for, and writes
-bench/results/<time>.json and .md. h2load measures gRPC, wrk HTTP/1.1 (Connect,
-REST, the peer); an asyncio client of our own measures order-to-notification
-latency on an open stream.
+Starts what it measures (a bare grpc.aio server, the mesh with its gateway, a FastAPI
+peer), runs each scenario at 1 and 64 requests in flight, stops everything, prints a
+table per mode with the ratios the project aims for (issue 14's goals, each met or
+not), and writes bench/results/<time>.json and .md.
+
+Modes, each beside the same baseline server:
+- the mesh on SQLite (`--db sqlite`, the default) and/or on PostgreSQL (`--db postgres`
+  or `both`: fresh databases on the shared server, dropped afterwards);
+- the mTLS comparison (scenario `mtls`, with the first of those): internal GetProduct,
+  and the in-memory baseline, through mutual TLS and through plaintext, loaded in
+  turns by one client, bench.grpcload, since h2load can't present a client
+  certificate (h2load still measures the plaintext side, to judge that client);
+- `--cluster`: two replicas of every service and two gateways on PostgreSQL and NATS
+  (a stream of the run's own, deleted afterwards). Figures only: on 2 cores the
+  replicas share the cores with each other and the load tools.
+
+h2load measures gRPC, wrk HTTP/1.1, and an asyncio client order-to-notification
+latency on an open stream. Each tool's own CPU is recorded: a client that saturates
+its core measures itself, not the server.
 """
 
 from __future__ import annotations
@@ -17,169 +30,224 @@ import importlib.metadata
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
+from bench import cpu
+from bench.grpcload import Endpoint, grpcload
 from bench.loadtools import (
     Figures,
     h2load_grpc,
     lua_binary_request,
     lua_create_orders,
     lua_request,
+    side_by_side,
     wrk,
+)
+from bench.mesh import (
+    PRODUCT_PATH,
+    SERVICES,
+    Mesh,
+    baseline,
+    database_prefix,
+    nats_stream,
+    postgres_databases,
+    postgres_load,
+    process,
+    say,
+    seed,
+    signed_in,
+    sqlite_urls,
+    start_mesh,
+    uvicorn_peer,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LEVELS = (1, 64)
-GOALS = {
-    "internal GetProduct / FastAPI peer (64 in flight)": (">=", 1.5),
-    "gateway Connect-JSON GetProduct / FastAPI peer (64 in flight)": (">=", 1.0),
-    "gateway p50 - direct gRPC p50 at 1 in flight (ms)": ("<=", 0.5),
-    "CreateOrder / internal GetProduct (64 in flight)": (">=", 0.25),
-    "order-to-notification p99 (ms)": ("<=", 50.0),
-}
+# A load client using this much of a core (CPU seconds per wall second) or more was its
+# own bottleneck: its figure is a floor for the server, not the server's limit.
+SATURATED = 0.9
 
 
-def say(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+# -- scenarios ---------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def process(argv: list[str], env: dict[str, str], name: str) -> AsyncIterator[str]:
-    """A process that prints {"listening": "host:port"} on its first line."""
-    child = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+@dataclass(frozen=True)
+class Target:
+    """What one mode's scenarios are pointed at."""
+
+    baseline: str | None
+    mesh: Mesh
+    peer: str | None
+    user_id: str
+    product_id: str
+    token: str
+    notify_orders: int
+
+
+ScenarioRun = Callable[[Target, str, int, float], Awaitable[Figures]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measurement, run at each level of LEVELS (or once: `per_level=False`)."""
+
+    name: str  # what --only takes
+    alias: str  # its number in earlier runs' --only (2, 3a, ...)
+    title: str
+    run: ScenarioRun
+    per_level: bool = True
+    # Run against the replicas of --cluster too.
+    cluster: bool = True
+
+
+def _spread(addresses: list[str], level: int) -> list[tuple[str, int]]:
+    """`level` requests in flight over replicas: a lone request goes to the first, more
+    are shared evenly (64 over 2 replicas: 32 each)."""
+    if level < len(addresses):
+        return [(addresses[0], level)]
+    share, extra = divmod(level, len(addresses))
+    return [(address, share + (i < extra)) for i, address in enumerate(addresses)]
+
+
+async def _over(
+    addresses: list[str], level: int, one: Callable[[str, int], Awaitable[Figures]]
+) -> Figures:
+    parts = _spread(addresses, level)
+    if len(parts) == 1:
+        return await one(*parts[0])
+    return await side_by_side([one(address, n) for address, n in parts])
+
+
+def _get_product(product_id: str) -> bytes:
+    from shop.product.v1 import product_pb2
+
+    return product_pb2.GetProductRequest(id=product_id).SerializeToString()
+
+
+async def _baseline(t: Target, title: str, level: int, seconds: float) -> Figures:
+    assert t.baseline is not None
+    url = f"http://{t.baseline}{PRODUCT_PATH}"
+    return await h2load_grpc(url, _get_product("prd_baseline"), title, level, seconds)
+
+
+async def _internal(t: Target, title: str, level: int, seconds: float) -> Figures:
+    body = _get_product(t.product_id)
+    return await _over(
+        t.mesh.addresses["product"],
+        level,
+        lambda address, n: h2load_grpc(f"http://{address}{PRODUCT_PATH}", body, title, n, seconds),
     )
-    assert child.stdout is not None
-    try:
-        line = await asyncio.wait_for(child.stdout.readline(), 60)
-        if not line:
-            raise RuntimeError(f"{name} did not start")
-        yield json.loads(line)["listening"]
-    finally:
-        if child.returncode is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(child.wait(), 15)
-            except TimeoutError:
-                child.kill()
-                await child.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _through_gateway(path: Callable[[Target], str], script: Callable[[Target], str]) -> ScenarioRun:
+    """wrk on every gateway at once; `script` is called per gateway (CreateOrder's
+    idempotency keys must differ between them)."""
 
-
-@asynccontextmanager
-async def uvicorn_peer(data_dir: Path) -> AsyncIterator[str]:
-    port = free_port()
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.fastapi_peer:app",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        cwd=ROOT,
-        env={**os.environ, "PEER_DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'peer.db'}"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        child.send_signal(signal.SIGTERM)
-        await child.wait()
-
-
-async def start_mesh(stack: AsyncExitStack, data_dir: Path) -> dict[str, str]:
-    addresses: dict[str, str] = {}
-    # No per-client rate limit: the load tools call from one address on purpose. And no
-    # TLS inside: h2load can't present a client certificate, and the baseline and the
-    # peer are plaintext too (mutual TLS is what the mesh runs by default).
-    env = {
-        "DATA_DIR": str(data_dir),
-        "PORT": "0",
-        "LOG_LEVEL": "WARNING",
-        "GATEWAY_RATE_LIMIT": "0",
-        "TLS_MODE": "plaintext",
-    }
-    for name in ("user", "product", "order", "notification", "gateway"):
-        peers = {f"{peer.upper()}_SERVICE_ADDR": address for peer, address in addresses.items()}
-        module = "gateway" if name == "gateway" else f"services.{name}"
-        addresses[name] = await stack.enter_async_context(
-            process([sys.executable, "-m", module], {**env, **peers}, name)
+    async def run(t: Target, title: str, level: int, seconds: float) -> Figures:
+        return await _over(
+            t.mesh.addresses["gateway"],
+            level,
+            lambda address, n: wrk(f"http://{address}{path(t)}", script(t), title, n, seconds),
         )
-    return addresses
+
+    return run
 
 
-def signed_in(data_dir: Path, user_id: str, roles: tuple[str, ...] = ()) -> str:
-    """A token from the development key the mesh made in its data directory."""
-    from services.common.auth import mint
+async def _peer(t: Target, title: str, level: int, seconds: float) -> Figures:
+    assert t.peer is not None
+    return await wrk(
+        f"http://{t.peer}/products/prd_peer", lua_request("GET"), title, level, seconds
+    )
 
-    return mint((data_dir / "dev-keys" / "private.pem").read_bytes(), user_id, roles)
+
+async def _notify(t: Target, title: str, level: int, seconds: float) -> Figures:
+    return await notification_latency(
+        t.mesh.first("gateway"), t.user_id, t.product_id, t.notify_orders, t.token, title
+    )
 
 
-async def seed(gateway: str, data_dir: Path) -> tuple[str, str]:
-    """A user and a product with plenty of stock, through the gateway."""
-    from shop.common.v1 import money_pb2
-    from shop.product.v1 import product_connect, product_pb2
-    from shop.user.v1 import user_connect, user_pb2
+SCENARIOS = (
+    Scenario("baseline", "1", "baseline: bare grpc.aio GetProduct", _baseline),
+    Scenario("internal", "2", "internal GetProduct (gRPC)", _internal),
+    Scenario(
+        "connect-json",
+        "3a",
+        "gateway Connect JSON GetProduct",
+        _through_gateway(
+            lambda t: PRODUCT_PATH, lambda t: lua_request("POST", json.dumps({"id": t.product_id}))
+        ),
+    ),
+    Scenario(
+        "connect-proto",
+        "3b",
+        "gateway Connect binary GetProduct",
+        _through_gateway(
+            lambda t: PRODUCT_PATH,
+            lambda t: lua_binary_request(_get_product(t.product_id), "application/proto"),
+        ),
+    ),
+    Scenario(
+        "rest",
+        "3c",
+        "gateway REST GET /v1/products/{id}",
+        _through_gateway(lambda t: f"/v1/products/{t.product_id}", lambda t: lua_request("GET")),
+    ),
+    Scenario("peer", "4", "FastAPI + SQLAlchemy ORM peer (same database)", _peer, cluster=False),
+    Scenario(
+        "create-order",
+        "5",
+        "CreateOrder through the gateway (REST)",
+        _through_gateway(
+            lambda t: "/v1/orders",
+            lambda t: lua_create_orders(t.user_id, t.product_id, uuid.uuid4().hex[:8], t.token),
+        ),
+    ),
+    Scenario(
+        "notify",
+        "notify",
+        "order -> notification (Connect stream)",
+        _notify,
+        per_level=False,
+    ),
+)
+# The mTLS comparison: a phase of its own (it starts its own product services).
+MTLS = "mtls"
 
-    async with (
-        user_connect.UserServiceClient(f"http://{gateway}") as users,
-        product_connect.ProductServiceClient(f"http://{gateway}") as products,
-    ):
-        user = (
-            await users.create_user(
-                user_pb2.CreateUserRequest(
-                    email=f"{uuid.uuid4().hex[:8]}@bench.io", display_name="Bench"
-                )
-            )
-        ).user
-        product = (
-            await products.create_product(
-                product_pb2.CreateProductRequest(
-                    name="Mug",
-                    price=money_pb2.Money(currency_code="EUR", amount_minor=1299),
-                    stock=2_000_000_000,
-                ),
-                headers={"authorization": f"Bearer {signed_in(data_dir, 'usr_bench', ('admin',))}"},
-            )
-        ).product
-    return user.id, product.id
+
+def pick(only: str) -> set[str]:
+    """`--only internal,connect-json,mtls` (or the old numbers: 2,3a; 3 is 3a-3c) as
+    scenario names; empty picks all."""
+    names = {s.name for s in SCENARIOS} | {MTLS}
+    if not only.strip():
+        return names
+    picked = set()
+    for key in (part.strip() for part in only.split(",") if part.strip()):
+        matches = {s.name for s in SCENARIOS if key in (s.alias, s.alias.rstrip("abc"))}
+        if key in names:
+            picked.add(key)
+        elif matches:
+            picked |= matches
+        else:
+            raise SystemExit(f"--only: no scenario {key!r}; they are {', '.join(sorted(names))}")
+    return picked
+
+
+# -- order -> notification ---------------------------------------------------------
 
 
 async def notification_latency(
-    gateway: str, user_id: str, product_id: str, orders: int, token: str
+    gateway: str, user_id: str, product_id: str, orders: int, token: str, title: str
 ) -> Figures:
     """Order placed (reply received) -> its notification read from an open Connect stream."""
     from shop.notification.v1 import notification_connect, notification_pb2
@@ -225,7 +293,7 @@ async def notification_latency(
             await pending
     ordered = sorted(latencies)
     return Figures(
-        "order -> notification (Connect stream)",
+        title,
         "asyncio client",
         1,
         len(latencies),
@@ -236,134 +304,425 @@ async def notification_latency(
     )
 
 
-def wanted(name: str, only: set[str]) -> bool:
-    """`--only 2,3a,5,notify` picks scenarios by their number; empty picks all."""
-    key = "notify" if name.startswith("order ->") else name.split()[0]
-    return not only or key in only or key.rstrip("abc") in only
+# -- modes -------------------------------------------------------------------------
 
 
-async def measure(seconds: float, notify_orders: int, only: set[str]) -> list[Figures]:
-    from shop.product.v1 import product_pb2
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    title: str
+    postgres: bool
+    replicas: int = 1
 
-    figures: list[Figures] = []
-    with tempfile.TemporaryDirectory(prefix="shop-bench-") as tmp:
-        data_dir = Path(tmp)
-        async with AsyncExitStack() as stack:
-            say("starting the baseline server, the mesh and the FastAPI peer")
-            baseline = await stack.enter_async_context(
-                process([sys.executable, "-m", "bench.baseline_server"], {}, "baseline")
+
+MODES = {
+    "sqlite": Mode("sqlite", "SQLite, one process per service", postgres=False),
+    "postgres": Mode("postgres", "PostgreSQL (asyncpg), one process per service", postgres=True),
+    "cluster": Mode(
+        "cluster",
+        "cluster: PostgreSQL + NATS, 2 replicas of every service, 2 gateways (figures only)",
+        postgres=True,
+        replicas=2,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: float
+    notify_orders: int
+    picked: set[str]
+    pg_url: str
+    broker_url: str
+
+
+@dataclass
+class Section:
+    """One mode's figures by (scenario name, requests in flight), in the order run."""
+
+    mode: str
+    title: str
+    measured: dict[tuple[str, int], Figures] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+async def measure_mode(
+    mode: Mode, baseline_address: str | None, settings: Settings, run_dir: Path, mtls: bool
+) -> list[Section]:
+    """Starts the mesh of `mode`, runs the picked scenarios on it and stops it; and the
+    mTLS comparison on the same database if `mtls`."""
+    data_dir = run_dir / mode.name
+    data_dir.mkdir()
+    section = Section(mode.name, mode.title)
+    # The PostgreSQL backends serving this mode's databases count as the benchmark's.
+    prefix = database_prefix()
+    markers = (prefix,) if mode.postgres else ()
+    started = cpu.sample(markers)
+    scenarios = [
+        s for s in SCENARIOS if s.name in settings.picked and (s.cluster or mode.replicas == 1)
+    ]
+    names = {s.name for s in scenarios}
+    sections = [section]
+    async with AsyncExitStack() as stack:
+        databases = [*SERVICES, "peer"]
+        if mode.postgres:
+            used, limit, version = await postgres_load(settings.pg_url)
+            section.notes.append(
+                f"PostgreSQL {version}: {used} of its {limit} connections were in use when "
+                "this mode started (the server is shared; each mesh process pools up to 20)."
             )
-            mesh = await start_mesh(stack, data_dir)
-            peer = await stack.enter_async_context(uvicorn_peer(data_dir))
-            user_id, product_id = await seed(mesh["gateway"], data_dir)
-            token = signed_in(data_dir, user_id)
-            get = product_pb2.GetProductRequest(id=product_id)
-            connect_json = lua_request("POST", json.dumps({"id": product_id}))
-            connect_proto = lua_binary_request(get.SerializeToString(), "application/proto")
-            plans: list[tuple[str, Callable[[], Awaitable[Figures]]]] = []
-            product_url = f"http://{mesh['product']}/shop.product.v1.ProductService/GetProduct"
-            baseline_url = f"http://{baseline}/shop.product.v1.ProductService/GetProduct"
-            connect_url = f"http://{mesh['gateway']}/shop.product.v1.ProductService/GetProduct"
-            rest_url = f"http://{mesh['gateway']}/v1/products/{product_id}"
-            baseline_body = product_pb2.GetProductRequest(id="prd_baseline").SerializeToString()
-            for level in LEVELS:
-                orders = lua_create_orders(user_id, product_id, uuid.uuid4().hex[:8], token)
-                scenarios: list[tuple[str, Callable[..., Awaitable[Figures]]]] = [
-                    (
-                        "1 baseline: bare grpc.aio GetProduct",
-                        partial(h2load_grpc, baseline_url, baseline_body),
-                    ),
-                    (
-                        "2 internal GetProduct (gRPC, SQLite)",
-                        partial(h2load_grpc, product_url, get.SerializeToString()),
-                    ),
-                    ("3a gateway Connect JSON GetProduct", partial(wrk, connect_url, connect_json)),
-                    (
-                        "3b gateway Connect binary GetProduct",
-                        partial(wrk, connect_url, connect_proto),
-                    ),
-                    (
-                        "3c gateway REST GET /v1/products/{id}",
-                        partial(wrk, rest_url, lua_request("GET")),
-                    ),
-                    (
-                        "4 FastAPI + SQLAlchemy + aiosqlite peer",
-                        partial(wrk, f"http://{peer}/products/prd_peer", lua_request("GET")),
-                    ),
-                    (
-                        "5 CreateOrder through the gateway",
-                        partial(wrk, f"http://{mesh['gateway']}/v1/orders", orders),
-                    ),
-                ]
-                plans += [
-                    (name, partial(tool, name, level, seconds))
-                    for name, tool in scenarios
-                    if wanted(name, only)
-                ]
-            notify = wanted("order -> notification", only)
-            total = len(plans) + notify
-            for index, (name, run) in enumerate(plans, 1):
-                say(f"({index}/{total}) {name}")
-                figures.append(await run())
-            if notify:
-                say(f"({total}/{total}) order -> notification, {notify_orders} orders")
-                figures.append(
-                    await notification_latency(
-                        mesh["gateway"], user_id, product_id, notify_orders, token
-                    )
+            urls = await stack.enter_async_context(
+                postgres_databases(settings.pg_url, databases, prefix)
+            )
+        else:
+            urls = sqlite_urls(data_dir, databases)
+        extra_env = {}
+        if mode.replicas > 1:
+            extra_env = await stack.enter_async_context(nats_stream(settings.broker_url))
+        say(f"{mode.name}: starting the mesh ({mode.replicas} of each process)")
+        mesh = await start_mesh(stack, data_dir, urls, mode.replicas, extra_env)
+        peer = None
+        if "peer" in names:
+            peer = await stack.enter_async_context(uvicorn_peer(urls["peer"]))
+        user_id, product_id = await seed(mesh.first("gateway"), data_dir)
+        target = Target(
+            baseline_address,
+            mesh,
+            peer,
+            user_id,
+            product_id,
+            signed_in(data_dir, user_id),
+            settings.notify_orders,
+        )
+        plan = [(s, level) for level in LEVELS for s in scenarios if s.per_level]
+        plan += [(s, 1) for s in scenarios if not s.per_level]
+        for index, (scenario, level) in enumerate(plan, 1):
+            say(f"{mode.name} ({index}/{len(plan)}) {scenario.title}, {level} in flight")
+            figures = await scenario.run(target, scenario.title, level, settings.seconds)
+            section.measured[(scenario.name, level)] = figures
+        if note := cpu.other_work(started, cpu.sample(markers)):
+            section.notes.append(note)
+        if mtls:
+            sections.append(await measure_mtls(mesh, product_id, settings.seconds, mode, markers))
+        say(f"{mode.name}: stopping everything")
+    return sections
+
+
+async def measure_mtls(
+    mesh: Mesh, product_id: str, seconds: float, mode: Mode, markers: tuple[str, ...]
+) -> Section:
+    """Internal GetProduct on two product services alike but for TLS_MODE, beside the
+    mesh and on its database; and the same for the in-memory baseline, where TLS's share
+    of the work is the largest it can be. Each pair is loaded in turns by one client
+    (bench.grpcload, which presents a `service` certificate of the development PKI), and
+    each plaintext server by h2load too, to see how far that client is from one that is
+    not the bottleneck."""
+    database = "SQLite" if not mode.postgres else "PostgreSQL"
+    section = Section(MTLS, f"mutual TLS vs plaintext, same client ({database})")
+    tls_dir = mesh.data_dir / "dev-pki"
+    env = {**mesh.env, "PRODUCT_DATABASE_URL": mesh.database_urls["product"]}
+    product = [sys.executable, "-m", "services.product"]
+    async with AsyncExitStack() as stack:
+        say("mtls: starting plaintext and mTLS product services and baselines")
+        plain_env = {**env, "TLS_MODE": "plaintext"}
+        mtls_env = {**env, "TLS_MODE": "mtls", "TLS_DIR": str(tls_dir)}
+        servers = [
+            await stack.enter_async_context(context)
+            for context in (
+                process(product, plain_env, "product-plain", mesh.data_dir),
+                process(product, mtls_env, "product-mtls", mesh.data_dir),
+                process(product, plain_env, "product-plain-2", mesh.data_dir),
+                baseline(mesh.data_dir, name="baseline-plain"),
+                baseline(mesh.data_dir, tls_dir, name="baseline-mtls"),
+                baseline(mesh.data_dir, name="baseline-plain-2"),
+            )
+        ]
+        # Each pair with a control: a second plaintext process, loaded in the same turns.
+        # Two processes alike differ too (where their threads run, what they cached):
+        # the control's difference from the first is the noise the mTLS difference is in.
+        pairs = [
+            ("", "internal GetProduct", servers[0:3], _get_product(product_id)),
+            ("baseline-", "baseline GetProduct", servers[3:6], _get_product("prd_baseline")),
+        ]
+        started = cpu.sample(markers)
+        for level in LEVELS:
+            for prefix, what, (plain, secure, control), body in pairs:
+                say(f"mtls: {what}, plaintext, mTLS and control in turns, {level} in flight")
+                plaintext, mtls, second = await grpcload(
+                    [Endpoint(plain), Endpoint(secure, tls_dir), Endpoint(control)],
+                    PRODUCT_PATH,
+                    body,
+                    [
+                        f"{what}, plaintext",
+                        f"{what}, mutual TLS",
+                        f"{what}, plaintext (control: a second process)",
+                    ],
+                    level,
+                    seconds,
+                    turns=max(1, round(2 * seconds)),
                 )
-            say("stopping everything")
-    return figures
+                section.measured[(f"{prefix}plaintext", level)] = plaintext
+                section.measured[(f"{prefix}mtls", level)] = mtls
+                section.measured[(f"{prefix}control", level)] = second
+                say(f"mtls: {what} in plaintext with h2load, {level} in flight")
+                url = f"http://{plain}{PRODUCT_PATH}"
+                section.measured[(f"{prefix}plaintext-h2load", level)] = await h2load_grpc(
+                    url, body, f"{what}, plaintext", level, seconds
+                )
+        if note := cpu.other_work(started, cpu.sample(markers)):
+            section.notes.append(note)
+    for (key, level), figures in section.measured.items():
+        if figures.client_cpu is not None and figures.client_cpu >= SATURATED:
+            section.notes.append(
+                f"{figures.tool} used {figures.client_cpu:.2f} of a core at {level} in flight "
+                f"({key}): it saturated its core, so that figure is the client's limit and "
+                "a floor for the server's."
+            )
+    for key, how in (
+        ("plaintext", "product service, plaintext"),
+        ("mtls", "product service, mutual TLS"),
+        ("baseline-plaintext", "baseline, plaintext"),
+        ("baseline-mtls", "baseline, mutual TLS"),
+    ):
+        ours_at_64 = section.measured.get((key, 64))
+        if ours_at_64 and ours_at_64.client_cpu and ours_at_64.rps:
+            per_call = ours_at_64.client_cpu / ours_at_64.rps
+            section.notes.append(
+                f"grpcload's own CPU at 64 in flight, {how}: {per_call * 1e6:.0f} us a call, "
+                f"so one core of its own would drive at most ~{1 / per_call:.0f} calls/s."
+            )
+    with contextlib.suppress(KeyError, ZeroDivisionError):
+        m = section.measured
+        noise_p50 = _p50(m, "control") - _p50(m, "plaintext")
+        noise_rps = 1 - _rps(m, "control") / _rps(m, "plaintext")
+        tls_p50 = _p50(m, "mtls") - _p50(m, "plaintext")
+        tls_rps = 1 - _rps(m, "mtls") / _rps(m, "plaintext")
+        section.notes.append(
+            f"Control on the product service: two plaintext processes alike differed by "
+            f"{noise_p50:+.3f} ms p50 at 1 in flight and {noise_rps:+.1%} rps at 64; mTLS "
+            f"differed by {tls_p50:+.3f} ms and {tls_rps:+.1%}. A difference no larger "
+            "than the control's is noise, not TLS's cost."
+        )
+    for prefix, what in (("", "the product service"), ("baseline-", "the baseline")):
+        with contextlib.suppress(KeyError):
+            ours = section.measured[(f"{prefix}plaintext", 64)]
+            h2load = section.measured[(f"{prefix}plaintext-h2load", 64)]
+            section.notes.append(
+                f"At 64 in flight on {what} in plaintext grpcload reached {ours.rps:.0f} rps "
+                f"using {ours.client_cpu or 0:.2f} of a core, h2load {h2load.rps:.0f} using "
+                f"{h2load.client_cpu or 0:.2f} ({ours.rps / h2load.rps:.0%}). "
+                + (
+                    "The client saturated its core: it, not the server, set the pace."
+                    if (ours.client_cpu or 0) >= SATURATED
+                    else "The client did not saturate its core; but on 2 cores the CPU it "
+                    "takes is the server's."
+                    if ours.rps < 0.9 * h2load.rps
+                    else "The client kept up with the server."
+                )
+            )
+    return section
 
 
-def _find(figures: list[Figures], prefix: str, level: int) -> Figures:
-    return next(f for f in figures if f.scenario.startswith(prefix) and f.in_flight == level)
+# -- ratios and goals --------------------------------------------------------------
+
+Measured = Mapping[tuple[str, int], Figures]
 
 
-def ratios(figures: list[Figures]) -> dict[str, float]:
-    """The goal ratios, each one whose scenarios were measured in this run."""
+def _rps(m: Measured, name: str, level: int = 64) -> float:
+    return m[(name, level)].rps
 
-    def rps(prefix: str) -> float:
-        return _find(figures, prefix, 64).rps
 
-    def p50(prefix: str) -> float:
-        return _find(figures, prefix, 1).p50_ms
+def _p50(m: Measured, name: str, level: int = 1) -> float:
+    return m[(name, level)].p50_ms
 
-    def p99(prefix: str) -> float:
-        return next(f for f in figures if f.scenario.startswith(prefix)).p99_ms
 
-    formulas: dict[str, Callable[[], float]] = {
-        "internal GetProduct / FastAPI peer (64 in flight)": lambda: rps("2 ") / rps("4 "),
-        "gateway Connect-JSON GetProduct / FastAPI peer (64 in flight)": (
-            lambda: rps("3a") / rps("4 ")
-        ),
-        "gateway p50 - direct gRPC p50 at 1 in flight (ms)": lambda: p50("3a") - p50("2 "),
-        "CreateOrder / internal GetProduct (64 in flight)": lambda: rps("5 ") / rps("2 "),
-        "order-to-notification p99 (ms)": lambda: p99("order ->"),
-        "internal GetProduct / bare grpc.aio baseline (64 in flight)": (
-            lambda: rps("2 ") / rps("1 ")
-        ),
-    }
-    computed = {}
-    for name, formula in formulas.items():
-        with contextlib.suppress(StopIteration):
-            computed[name] = formula()
-    return computed
+def _all(m: Measured, name: str, value: Callable[[Figures], int]) -> int:
+    found = [value(f) for (n, _), f in m.items() if n == name]
+    if not found:
+        raise KeyError(name)
+    return sum(found)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A figure derived from a mode's measurements, and the goal it has in each mode
+    (none: printed for information)."""
+
+    name: str
+    value: Callable[[Measured], float]
+    goals: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+    modes: tuple[str, ...] = ("sqlite", "postgres")
+    fmt: str = "{:.2f}"
+
+
+# Issue 14's goals.
+RATIOS = (
+    Ratio(
+        "internal GetProduct / baseline, rps at 64 in flight",
+        lambda m: _rps(m, "internal") / _rps(m, "baseline"),
+        {"sqlite": (">=", 0.5), "postgres": (">=", 0.35)},
+    ),
+    Ratio(
+        "internal GetProduct p50 / baseline p50 at 1 in flight",
+        lambda m: _p50(m, "internal") / _p50(m, "baseline"),
+        {"sqlite": ("<=", 1.5)},
+    ),
+    Ratio(
+        "gateway Connect JSON / FastAPI peer, rps at 64 in flight",
+        lambda m: _rps(m, "connect-json") / _rps(m, "peer"),
+        {"sqlite": (">=", 2.0)},
+    ),
+    Ratio(
+        "gateway Connect JSON p50 - internal gRPC p50 at 1 in flight (ms)",
+        lambda m: _p50(m, "connect-json") - _p50(m, "internal"),
+        {"sqlite": ("<=", 0.3)},
+    ),
+    Ratio(
+        "CreateOrder / baseline, rps at 64 in flight",
+        lambda m: _rps(m, "create-order") / _rps(m, "baseline"),
+        {"sqlite": (">=", 0.05), "postgres": (">=", 0.04)},
+        fmt="{:.3f}",
+    ),
+    Ratio(
+        "CreateOrder errors, timeouts included (1 and 64 in flight)",
+        lambda m: _all(m, "create-order", lambda f: f.errors),
+        {"sqlite": ("<=", 0), "postgres": ("<=", 0)},
+        fmt="{:.0f}",
+    ),
+    Ratio(
+        "CreateOrder timeouts (1 and 64 in flight)",
+        lambda m: _all(m, "create-order", lambda f: f.timeouts),
+        {"sqlite": ("<=", 0)},
+        fmt="{:.0f}",
+    ),
+    Ratio(
+        "CreateOrder p99 at 64 in flight (ms)",
+        lambda m: m[("create-order", 64)].p99_ms,
+        {"sqlite": ("<=", 250.0)},
+        fmt="{:.1f}",
+    ),
+    Ratio(
+        "order -> notification p99 (ms)",
+        lambda m: m[("notify", 1)].p99_ms,
+        {"sqlite": ("<=", 50.0)},
+        fmt="{:.1f}",
+    ),
+    Ratio(
+        "internal: mTLS throughput cost at 64 in flight (1 - mTLS rps / plaintext rps)",
+        lambda m: 1 - _rps(m, "mtls") / _rps(m, "plaintext"),
+        {MTLS: ("<=", 0.10)},
+        modes=(MTLS,),
+        fmt="{:.1%}",
+    ),
+    Ratio(
+        "internal: mTLS p50 - plaintext p50 at 1 in flight (ms)",
+        lambda m: _p50(m, "mtls") - _p50(m, "plaintext"),
+        {MTLS: ("<=", 0.1)},
+        modes=(MTLS,),
+        fmt="{:.3f}",
+    ),
+    Ratio(
+        "internal: mTLS throughput cost at 1 in flight",
+        lambda m: 1 - _rps(m, "mtls", 1) / _rps(m, "plaintext", 1),
+        modes=(MTLS,),
+        fmt="{:.1%}",
+    ),
+    Ratio(
+        "internal: mTLS p50 - plaintext p50 at 64 in flight (ms)",
+        lambda m: _p50(m, "mtls", 64) - _p50(m, "plaintext", 64),
+        modes=(MTLS,),
+        fmt="{:.3f}",
+    ),
+    Ratio(
+        "internal, control: 1 - second plaintext rps / plaintext rps at 64 in flight (noise)",
+        lambda m: 1 - _rps(m, "control") / _rps(m, "plaintext"),
+        modes=(MTLS,),
+        fmt="{:.1%}",
+    ),
+    Ratio(
+        "internal, control: second plaintext p50 - plaintext p50 at 1 in flight (ms, noise)",
+        lambda m: _p50(m, "control") - _p50(m, "plaintext"),
+        modes=(MTLS,),
+        fmt="{:.3f}",
+    ),
+    Ratio(
+        "baseline: mTLS throughput cost at 64 in flight",
+        lambda m: 1 - _rps(m, "baseline-mtls") / _rps(m, "baseline-plaintext"),
+        modes=(MTLS,),
+        fmt="{:.1%}",
+    ),
+    Ratio(
+        "baseline: mTLS p50 - plaintext p50 at 1 in flight (ms)",
+        lambda m: _p50(m, "baseline-mtls") - _p50(m, "baseline-plaintext"),
+        modes=(MTLS,),
+        fmt="{:.3f}",
+    ),
+    Ratio(
+        "baseline, control: 1 - second plaintext rps / plaintext rps at 64 in flight (noise)",
+        lambda m: 1 - _rps(m, "baseline-control") / _rps(m, "baseline-plaintext"),
+        modes=(MTLS,),
+        fmt="{:.1%}",
+    ),
+    Ratio(
+        "baseline: mTLS throughput cost at 1 in flight",
+        lambda m: 1 - _rps(m, "baseline-mtls", 1) / _rps(m, "baseline-plaintext", 1),
+        modes=(MTLS,),
+        fmt="{:.1%}",
+    ),
+    Ratio(
+        "grpcload / h2load, plaintext rps at 64 in flight (same server)",
+        lambda m: _rps(m, "plaintext") / _rps(m, "plaintext-h2load"),
+        modes=(MTLS,),
+    ),
+    Ratio(
+        "grpcload / h2load, plaintext rps at 1 in flight (same server)",
+        lambda m: _rps(m, "plaintext", 1) / _rps(m, "plaintext-h2load", 1),
+        modes=(MTLS,),
+    ),
+    Ratio(
+        "baseline: grpcload / h2load, plaintext rps at 64 in flight",
+        lambda m: _rps(m, "baseline-plaintext") / _rps(m, "baseline-plaintext-h2load"),
+        modes=(MTLS,),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    value: float
+    shown: str
+    goal: str  # "" when the ratio has no goal in this mode
+    met: bool | None
+
+
+def judge(section: Section) -> list[Verdict]:
+    """Each ratio of the section's mode whose scenarios were measured, against its goal."""
+    verdicts = []
+    for ratio in RATIOS:
+        if section.mode not in ratio.modes:
+            continue
+        try:
+            value = ratio.value(section.measured)
+        except (KeyError, ZeroDivisionError):
+            continue
+        goal, met = "", None
+        if section.mode in ratio.goals:
+            op, target = ratio.goals[section.mode]
+            met = value >= target if op == ">=" else value <= target
+            goal = f"{op} {ratio.fmt.format(target)}"
+        verdicts.append(Verdict(ratio.name, value, ratio.fmt.format(value), goal, met))
+    return verdicts
+
+
+# -- the report --------------------------------------------------------------------
 
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "cores": str(os.cpu_count())}
-    for package in (
-        "grpcio",
-        "protobuf",
-        "connectrpc",
-        "hypercorn",
-        "starlette",
-        "sqlalchemy",
-        "aiosqlite",
-        "fastapi",
-        "uvicorn",
-    ):
+    packages = ["grpcio", "protobuf", "connectrpc", "hypercorn", "starlette", "sqlalchemy"]
+    packages += ["aiosqlite", "asyncpg", "nats-py", "uvloop", "fastapi", "uvicorn"]
+    for package in packages:
         try:
             found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -376,29 +735,90 @@ def versions() -> dict[str, str]:
     return found
 
 
-def table(figures: list[Figures], computed: dict[str, float], info: dict[str, str]) -> str:
+def render(sections: list[Section], info: dict[str, str]) -> str:
     lines = [
-        f"Shop mesh benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {info['cores']} cores, "
-        f"Python {info['python']}, grpcio {info['grpcio']}, connectrpc {info['connectrpc']}",
+        f"# Shop mesh benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        "| scenario | tool | in flight | requests | rps | p50 ms | p99 ms | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"{info['cores']} cores, Python {info['python']}, grpcio {info['grpcio']}, "
+        f"connectrpc {info['connectrpc']}, SQLAlchemy {info['sqlalchemy']}, "
+        f"asyncpg {info['asyncpg']}. Tool CPU: the load tool's own CPU seconds per second "
+        f"(>= {SATURATED} on one core: the tool was the bottleneck).",
     ]
-    for f in figures:
-        lines.append(
-            f"| {f.scenario} | {f.tool} | {f.in_flight} | {f.requests} | {f.rps:.0f} "
-            f"| {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.errors} |"
-        )
-    lines += ["", "| ratio | value | goal |", "| --- | ---: | --- |"]
-    for name, value in computed.items():
-        goal = GOALS.get(name)
-        verdict = ""
-        if goal is not None:
-            op, target = goal
-            met = value >= target if op == ">=" else value <= target
-            verdict = f"{op} {target} {'met' if met else 'NOT met'}"
-        lines.append(f"| {name} | {value:.2f} | {verdict} |")
+    tally: list[tuple[str, Verdict]] = []
+    for section in sections:
+        lines += ["", f"## {section.title}"]
+        if section.measured:
+            lines += [
+                "",
+                "| scenario | tool | in flight | requests | rps | p50 ms | p99 ms | errors "
+                "| timeouts | tool CPU |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+        for f in section.measured.values():
+            cpu = "-" if f.client_cpu is None else f"{f.client_cpu:.2f}"
+            lines.append(
+                f"| {f.scenario} | {f.tool} | {f.in_flight} | {f.requests} | {f.rps:.0f} "
+                f"| {f.p50_ms:.2f} | {f.p99_ms:.2f} | {f.errors} | {f.timeouts} | {cpu} |"
+            )
+        verdicts = judge(section)
+        if verdicts:
+            lines += ["", "| ratio | value | goal | |", "| --- | ---: | --- | --- |"]
+            for v in verdicts:
+                state = "" if v.met is None else ("met" if v.met else "**NOT met**")
+                lines.append(f"| {v.name} | {v.shown} | {v.goal} | {state} |")
+                if v.met is not None:
+                    tally.append((section.title, v))
+        if section.notes:
+            lines += ["", *(f"- {note}" for note in section.notes)]
+    if tally:
+        met = sum(1 for _, v in tally if v.met)
+        lines += ["", f"## Goals: {met} of {len(tally)} met", ""]
+        lines += [
+            f"- {'met' if v.met else 'NOT met'}: {v.name} = {v.shown} (goal {v.goal}; {title})"
+            for title, v in tally
+        ]
     return "\n".join(lines)
+
+
+def as_json(sections: list[Section], info: dict[str, str], args: dict[str, object]) -> str:
+    return json.dumps(
+        {
+            "versions": info,
+            "args": args,
+            "sections": [
+                {
+                    "mode": s.mode,
+                    "title": s.title,
+                    "figures": [
+                        {"name": name, **f.as_dict()} for (name, _), f in s.measured.items()
+                    ],
+                    "ratios": [
+                        {"name": v.name, "value": v.value, "goal": v.goal, "met": v.met}
+                        for v in judge(s)
+                    ],
+                    "notes": s.notes,
+                }
+                for s in sections
+            ],
+        },
+        indent=2,
+    )
+
+
+async def measure(modes: list[Mode], settings: Settings) -> list[Section]:
+    """Every mode in turn, beside one baseline server; the mTLS comparison with the first."""
+    sections: list[Section] = []
+    with tempfile.TemporaryDirectory(prefix="shop-bench-") as tmp:
+        run_dir = Path(tmp)
+        async with AsyncExitStack() as stack:
+            address = None
+            if "baseline" in settings.picked:
+                say("starting the baseline server")
+                address = await stack.enter_async_context(baseline(run_dir))
+            for index, mode in enumerate(modes):
+                mtls = index == 0 and MTLS in settings.picked
+                sections += await measure_mode(mode, address, settings, run_dir, mtls)
+    return sections
 
 
 def main() -> None:
@@ -407,28 +827,41 @@ def main() -> None:
     parser.add_argument(
         "--orders", type=int, default=200, help="orders for the notification latency"
     )
+    names = ", ".join([*(s.name for s in SCENARIOS), MTLS])
     parser.add_argument(
-        "--only",
-        default="",
-        help="scenarios to run, by number: e.g. 2,3a,5,notify (default: all)",
+        "--only", default="", help=f"scenarios to run, comma-separated, of: {names} (default: all)"
     )
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgres", "both"),
+        default="sqlite",
+        help="the mesh's database: SQLite files, or fresh PostgreSQL databases (default sqlite)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also 2 replicas of every service and 2 gateways on PostgreSQL and NATS",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432"),
+        help="the PostgreSQL server to make databases on (default $PG_URL or local)",
+    )
+    parser.add_argument("--broker-url", default="nats://127.0.0.1:4222", help="NATS for --cluster")
     args = parser.parse_args()
-    only = {part.strip() for part in args.only.split(",") if part.strip()}
-    figures = asyncio.run(measure(args.seconds, args.orders, only))
-    computed = ratios(figures)
+    databases = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    modes = [MODES[name] for name in databases]
+    if args.cluster:
+        modes.append(MODES["cluster"])
+    settings = Settings(args.seconds, args.orders, pick(args.only), args.pg_url, args.broker_url)
     info = versions()
-    report = table(figures, computed, info)
+    sections = asyncio.run(measure(modes, settings))
+    report = render(sections, info)
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"{stamp}.md").write_text(report + "\n")
-    (RESULTS / f"{stamp}.json").write_text(
-        json.dumps(
-            {"versions": info, "figures": [f.as_dict() for f in figures], "ratios": computed},
-            indent=2,
-        )
-        + "\n"
-    )
+    (RESULTS / f"{stamp}.json").write_text(as_json(sections, info, vars(args)) + "\n")
     say(f"written to bench/results/{stamp}.json and .md")
 
 
