@@ -1,96 +1,155 @@
-"""How busy the machine was while a part of the benchmark ran, and how much of that
-was the benchmark's own processes.
+"""How busy the machine was while a part of the benchmark ran, and how much of that was
+the benchmark's own work.
 
 The machine has 2 cores and is shared: other work running at the same time skews
-every figure, and a quiet start is no promise of a quiet run. A section whose
-"other work" share is more than a few percent should be measured again. Linux only
-(/proc); elsewhere nothing is said.
+every figure, and a quiet start is no promise of a quiet run. A section whose "other
+work" share is above DISTURBED should be measured again. Linux only (/proc);
+elsewhere nothing is said.
+
+The benchmark's work is this process and its descendants (reaped ones through
+RUSAGE_CHILDREN), plus processes whose command line holds a marker: PostgreSQL's
+backends name their database there, and they work for the benchmark though they are
+the server's children. A pool closes the connections it opened beyond its size, so
+backends come and go: they are polled every second and counted up to their last poll.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import resource
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # Other work taking more than this share of the machine skews the figures.
 DISTURBED = 0.05
-
-
-@dataclass(frozen=True)
-class Sample:
-    busy: float  # CPU seconds the machine spent busy since boot, all cores
-    ours: float  # CPU seconds of this process and every descendant, reaped or alive
-    wall: float
+POLL = 1.0
 
 
 def _machine_busy() -> float:
+    """CPU seconds the machine spent busy since boot, all cores."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     idle = fields[3] + fields[4]  # idle and iowait
     return (sum(fields) - idle) / TICK
 
 
-def _live(markers: tuple[str, ...]) -> float:
-    """CPU seconds of the descendants still running (reaped ones are in RUSAGE_CHILDREN),
-    and of the processes whose command line holds one of `markers` (PostgreSQL's
-    backends name their database there: they work for the benchmark but are the
-    server's children, not ours)."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    marked: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().decode(errors="replace") if markers else ""
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / TICK
-        if any(marker in command for marker in markers):
-            marked.add(pid)
-    mine: set[int] = set()
-    frontier = {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
-        mine |= frontier
-    return sum(cpu[pid] for pid in mine | marked)
-
-
-def sample(markers: tuple[str, ...] = ()) -> Sample | None:
-    """The machine's busy time and the benchmark's CPU so far; processes matching
-    `markers` must be alive at both samples to be counted right."""
+def _stat(pid: int) -> tuple[int, float] | None:
+    """A process's parent and CPU seconds (None: gone)."""
     try:
-        busy = _machine_busy()
-        live = _live(markers)
-    except (OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ours = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime + live
-    return Sample(busy, ours, time.monotonic())
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
 
 
-def other_work(before: Sample | None, after: Sample | None) -> str | None:
-    """A sentence on the machine's CPU between two samples. The processes counted as the
-    benchmark's must have started after `before` or still run at `after`."""
-    if before is None or after is None:
-        return None
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+class Watch:
+    """`start()` ... `await stop()`: the machine's busy time between the two, and the
+    benchmark's share of it, as a sentence for a section's notes."""
+
+    def __init__(self, markers: tuple[str, ...] = ()) -> None:
+        self._markers = markers
+        self._classified: dict[int, bool] = {}  # pid -> holds a marker
+        self._marked_start: dict[int, float] = {}  # CPU of marked processes at start
+        self._marked_last: dict[int, float] = {}  # and at their last poll
+        self._poller: asyncio.Task[None] | None = None
+        self._start: tuple[float, float, float, float] | None = None
+
+    def _marked(self, pid: int) -> bool:
+        if pid in self._classified:
+            return self._classified[pid]
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        marked = any(marker in command for marker in self._markers)
+        # A new backend names its database only once it has one: look at it again.
+        if marked or "postgres" not in command:
+            self._classified[pid] = marked
+        return marked
+
+    def _poll_marked(self) -> None:
+        if not self._markers:
+            return
+        for pid in _pids():
+            if self._marked(pid) and (found := _stat(pid)) is not None:
+                self._marked_last[pid] = found[1]
+
+    def _descendants(self) -> float:
+        """CPU seconds of the descendants still running."""
+        parents: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        for pid in _pids():
+            if (found := _stat(pid)) is not None:
+                parents[pid], cpu[pid] = found
+        mine: set[int] = set()
+        frontier = {os.getpid()}
+        while frontier:
+            frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
+            mine |= frontier
+        return sum(cpu[pid] for pid in mine)
+
+    def _own(self) -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        return _machine_busy(), self._own(), self._descendants(), time.monotonic()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL)
+            self._poll_marked()
+
+    def start(self) -> None:
+        try:
+            self._start = self._sample()
+            self._poll_marked()
+        except (OSError, ValueError, IndexError):
+            self._start = None
+            return
+        self._marked_start = dict(self._marked_last)
+        self._poller = asyncio.create_task(self._poll())
+
+    async def stop(self) -> str | None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._start is None:
+            return None
+        try:
+            self._poll_marked()
+            busy, own, live, now = self._sample()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy_before, own_before, live_before, then = self._start
+        marked = sum(
+            cpu - self._marked_start.get(pid, 0.0) for pid, cpu in self._marked_last.items()
+        )
+        ours = own - own_before + live - live_before + marked
+        return describe(now - then, busy - busy_before, ours)
+
+
+def describe(wall: float, busy: float, ours: float) -> str:
     cores = os.cpu_count() or 1
-    wall = after.wall - before.wall
-    busy, ours = after.busy - before.busy, after.ours - before.ours
     others = max(0.0, busy - ours)
-    disturbed = others / (wall * cores) > DISTURBED
+    share = others / (wall * cores)
     return (
         f"CPU while this ran ({wall:.0f} s, {cores} cores): {busy / (wall * cores):.0%} busy; "
-        f"the benchmark's processes (and database backends) used {ours:.0f} CPU s, other "
-        "work (and kernel time "
-        f"charged to no process) {others:.0f} CPU s, {others / (wall * cores):.0%} of the machine."
-        + (" **Disturbed by other work: measure again on a quiet machine.**" if disturbed else "")
+        f"the benchmark's processes (and the database's and broker's work) used {ours:.0f} "
+        f"CPU s, other work (and kernel time charged to no process) {others:.0f} CPU s, "
+        f"{share:.0%} of the machine."
+        + (
+            " **Disturbed by other work: measure again on a quiet machine.**"
+            if share > DISTURBED
+            else ""
+        )
     )

@@ -354,10 +354,17 @@ async def measure_mode(
     data_dir = run_dir / mode.name
     data_dir.mkdir()
     section = Section(mode.name, mode.title)
-    # The PostgreSQL backends serving this mode's databases count as the benchmark's.
+    # The PostgreSQL backends serving this mode's databases count as the benchmark's; so
+    # do the servers' shared processes (WAL, checkpoints; NATS), busy with this mode's
+    # writes while the machine is otherwise quiet.
     prefix = database_prefix()
-    markers = (prefix,) if mode.postgres else ()
-    started = cpu.sample(markers)
+    markers: tuple[str, ...] = ()
+    if mode.postgres:
+        markers = (prefix, "walwriter", "checkpointer", "background writer", "autovacuum")
+    if mode.replicas > 1:
+        markers += ("nats-server",)
+    watch = cpu.Watch(markers)
+    watch.start()
     scenarios = [
         s for s in SCENARIOS if s.name in settings.picked and (s.cluster or mode.replicas == 1)
     ]
@@ -400,7 +407,7 @@ async def measure_mode(
             say(f"{mode.name} ({index}/{len(plan)}) {scenario.title}, {level} in flight")
             figures = await scenario.run(target, scenario.title, level, settings.seconds)
             section.measured[(scenario.name, level)] = figures
-        if note := cpu.other_work(started, cpu.sample(markers)):
+        if note := await watch.stop():
             section.notes.append(note)
         if mtls:
             sections.append(await measure_mtls(mesh, product_id, settings.seconds, mode, markers))
@@ -444,7 +451,8 @@ async def measure_mtls(
             ("", "internal GetProduct", servers[0:3], _get_product(product_id)),
             ("baseline-", "baseline GetProduct", servers[3:6], _get_product("prd_baseline")),
         ]
-        started = cpu.sample(markers)
+        watch = cpu.Watch(markers)
+        watch.start()
         for level in LEVELS:
             for prefix, what, (plain, secure, control), body in pairs:
                 say(f"mtls: {what}, plaintext, mTLS and control in turns, {level} in flight")
@@ -469,7 +477,7 @@ async def measure_mtls(
                 section.measured[(f"{prefix}plaintext-h2load", level)] = await h2load_grpc(
                     url, body, f"{what}, plaintext", level, seconds
                 )
-        if note := cpu.other_work(started, cpu.sample(markers)):
+        if note := await watch.stop():
             section.notes.append(note)
     for (key, level), figures in section.measured.items():
         if figures.client_cpu is not None and figures.client_cpu >= SATURATED:
@@ -553,6 +561,9 @@ class Ratio:
     goals: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     modes: tuple[str, ...] = ("sqlite", "postgres")
     fmt: str = "{:.2f}"
+    # The same figure between two setups alike (a control): a value no further from 0
+    # than this is noise, and the verdict says so.
+    noise: Callable[[Measured], float] | None = None
 
 
 # Issue 14's goals.
@@ -613,6 +624,7 @@ RATIOS = (
         {MTLS: ("<=", 0.10)},
         modes=(MTLS,),
         fmt="{:.1%}",
+        noise=lambda m: 1 - _rps(m, "control") / _rps(m, "plaintext"),
     ),
     Ratio(
         "internal: mTLS p50 - plaintext p50 at 1 in flight (ms)",
@@ -620,6 +632,7 @@ RATIOS = (
         {MTLS: ("<=", 0.1)},
         modes=(MTLS,),
         fmt="{:.3f}",
+        noise=lambda m: _p50(m, "control") - _p50(m, "plaintext"),
     ),
     Ratio(
         "internal: mTLS throughput cost at 1 in flight",
@@ -694,6 +707,8 @@ class Verdict:
     shown: str
     goal: str  # "" when the ratio has no goal in this mode
     met: bool | None
+    # The control's value when this one is within it (noise), else None.
+    within_noise: str | None = None
 
 
 def judge(section: Section) -> list[Verdict]:
@@ -711,7 +726,13 @@ def judge(section: Section) -> list[Verdict]:
             op, target = ratio.goals[section.mode]
             met = value >= target if op == ">=" else value <= target
             goal = f"{op} {ratio.fmt.format(target)}"
-        verdicts.append(Verdict(ratio.name, value, ratio.fmt.format(value), goal, met))
+        within = None
+        with contextlib.suppress(KeyError, ZeroDivisionError):
+            if ratio.noise is not None and abs(value) <= abs(
+                noise := ratio.noise(section.measured)
+            ):
+                within = ratio.fmt.format(noise)
+        verdicts.append(Verdict(ratio.name, value, ratio.fmt.format(value), goal, met, within))
     return verdicts
 
 
@@ -765,6 +786,8 @@ def render(sections: list[Section], info: dict[str, str]) -> str:
             lines += ["", "| ratio | value | goal | |", "| --- | ---: | --- | --- |"]
             for v in verdicts:
                 state = "" if v.met is None else ("met" if v.met else "**NOT met**")
+                if v.within_noise is not None:
+                    state += f" (within noise: the control differs by {v.within_noise})"
                 lines.append(f"| {v.name} | {v.shown} | {v.goal} | {state} |")
                 if v.met is not None:
                     tally.append((section.title, v))
@@ -775,6 +798,7 @@ def render(sections: list[Section], info: dict[str, str]) -> str:
         lines += ["", f"## Goals: {met} of {len(tally)} met", ""]
         lines += [
             f"- {'met' if v.met else 'NOT met'}: {v.name} = {v.shown} (goal {v.goal}; {title})"
+            + ("" if v.within_noise is None else f"; within noise ({v.within_noise})")
             for title, v in tally
         ]
     return "\n".join(lines)
@@ -793,7 +817,13 @@ def as_json(sections: list[Section], info: dict[str, str], args: dict[str, objec
                         {"name": name, **f.as_dict()} for (name, _), f in s.measured.items()
                     ],
                     "ratios": [
-                        {"name": v.name, "value": v.value, "goal": v.goal, "met": v.met}
+                        {
+                            "name": v.name,
+                            "value": v.value,
+                            "goal": v.goal,
+                            "met": v.met,
+                            "within_noise_of": v.within_noise,
+                        }
                         for v in judge(s)
                     ],
                     "notes": s.notes,
