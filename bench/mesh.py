@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -23,6 +22,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts.procs import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 # In start order: a process starts after the ones it calls.
@@ -39,32 +40,11 @@ def say(message: str) -> None:
 async def process(
     argv: list[str], env: dict[str, str], name: str, log_dir: Path
 ) -> AsyncIterator[str]:
-    """A process that prints {"listening": "host:port"} on its first line; its stderr
-    goes to `log_dir/<name>.log`, shown if it fails to start."""
+    """A process that says where it listens on stdout (scripts.procs); its stderr goes to
+    `log_dir/<name>.log`, shown if it fails to start."""
     log = log_dir / f"{name}.log"
-    with log.open("wb") as stderr:
-        child = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-        )
-    assert child.stdout is not None
-    try:
-        line = await asyncio.wait_for(child.stdout.readline(), 60)
-        if not line:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{name} did not start:\n{tail}")
-        yield str(json.loads(line)["listening"])
-    finally:
-        if child.returncode is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(child.wait(), 15)
-            except TimeoutError:
-                child.kill()
-                await child.wait()
+    async with await launch(argv, name=name, env=env, stderr=log, grace=15.0) as child:
+        yield child.address
 
 
 def free_port() -> int:

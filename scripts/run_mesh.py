@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from scripts.procs import MeshProcess, StartError, launch
+
 # In start order: a process starts after the ones it calls.
 SERVICES = ("user", "product", "order", "notification")
 PORTS = {"user": 50051, "product": 50052, "order": 50053, "notification": 50054, "gateway": 8080}
@@ -48,20 +48,13 @@ class Process:
     env: dict[str, str] = field(default_factory=dict)
 
 
-async def start(plan: Process) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        plan.module,
-        cwd=ROOT,
-        env={**os.environ, **plan.env},
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    line = await asyncio.wait_for(process.stdout.readline(), 60)
-    if not line:
-        raise SystemExit(f"{plan.label} exited before listening (see its log above)")
-    return process, json.loads(line)
+async def start(plan: Process) -> MeshProcess:
+    try:
+        return await launch(
+            [sys.executable, "-m", plan.module], name=plan.label, env=plan.env, stderr="inherit"
+        )
+    except StartError as error:
+        raise SystemExit(str(error)) from None
 
 
 def embedded_plan() -> list[Process]:
@@ -122,7 +115,7 @@ async def create_databases(pg_url: str) -> None:
         await connection.close()
 
 
-def banner(started: dict[str, dict[str, str]]) -> str:
+def banner(started: dict[str, dict[str, Any]]) -> str:
     gateway = next(where["listening"] for label, where in started.items() if "gateway" in label)
     lines = ["", "shop mesh is up (Ctrl-C stops it):"]
     for label, where in started.items():
@@ -161,18 +154,17 @@ def prepare_identities() -> None:
 
 
 async def run(plan: list[Process]) -> int:
-    processes: dict[str, asyncio.subprocess.Process] = {}
+    processes: dict[str, MeshProcess] = {}
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     exit_code = 0
     try:
-        started = {}
         for step in plan:
-            processes[step.label], started[step.label] = await start(step)
-        print(banner(started), flush=True)
-        waiters = {asyncio.create_task(p.wait()): n for n, p in processes.items()}
+            processes[step.label] = await start(step)
+        print(banner({label: p.listening for label, p in processes.items()}), flush=True)
+        waiters = {asyncio.create_task(p.process.wait()): n for n, p in processes.items()}
         stop_task = asyncio.create_task(stopping.wait())
         done, _ = await asyncio.wait([stop_task, *waiters], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -183,14 +175,7 @@ async def run(plan: list[Process]) -> int:
                 )
                 exit_code = 1
     finally:
-        for process in processes.values():
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes.values():
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
+        await asyncio.gather(*(process.stop(grace=15) for process in processes.values()))
     return exit_code
 
 

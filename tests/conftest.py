@@ -13,13 +13,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
 import pytest
 
 from services.common.config import ServiceConfig
-from services.common.server import RunningService, ServiceSpec, start
+from services.common.server import (
+    Platform,
+    RunningService,
+    Servicer,
+    ServiceSpec,
+    Wired,
+    start,
+)
+from shop.user.v1 import user_pb2, user_pb2_grpc
 from tests import tokens
 
 PG_HOST = os.environ.get("SHOP_TEST_PG_HOST", "127.0.0.1")
@@ -79,6 +88,25 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
 
 
+def user_service_serving(spec: ServiceSpec, servicer: object) -> ServiceSpec:
+    """The user service's spec (its port, its migrations) serving `servicer` as its
+    UserService instead of the real one: a probe a test controls."""
+
+    async def wire(platform: Platform) -> Wired[None]:
+        return Wired(
+            parts=None,
+            servicers=[
+                Servicer(
+                    user_pb2.DESCRIPTOR.services_by_name["UserService"],
+                    servicer,
+                    user_pb2_grpc.add_UserServiceServicer_to_server,
+                )
+            ],
+        )
+
+    return replace(spec, wire=wire)
+
+
 def test_config(spec: ServiceSpec, database_url: str, data_dir: Path) -> ServiceConfig:
     base = ServiceConfig.from_env(spec.name, 0)
     return replace(
@@ -97,7 +125,7 @@ def test_config(spec: ServiceSpec, database_url: str, data_dir: Path) -> Service
 @asynccontextmanager
 async def running(
     spec: ServiceSpec, database_url: str, data_dir: Path
-) -> AsyncIterator[tuple[RunningService, grpc.aio.Channel]]:
+) -> AsyncIterator[tuple[RunningService[Any], grpc.aio.Channel]]:
     """The real service on 127.0.0.1, any free port, and a channel to it."""
     service = await start(spec, test_config(spec, database_url, data_dir))
     channel = tokens.admin_channel(service.address)

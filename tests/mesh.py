@@ -18,10 +18,10 @@ from sqlalchemy import text
 
 from services.common.config import ServiceConfig
 from services.common.server import RunningService, ServiceSpec, start
-from services.notification.server import SPEC as NOTIFICATION
-from services.order.server import SPEC as ORDER
-from services.product.server import SPEC as PRODUCT
-from services.user.server import SPEC as USER
+from services.notification.wiring import SPEC as NOTIFICATION
+from services.order.wiring import SPEC as ORDER
+from services.product.wiring import SPEC as PRODUCT
+from services.user.wiring import SPEC as USER
 from shop.common.v1 import money_pb2
 from shop.notification.v1 import notification_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
@@ -40,7 +40,7 @@ class Mesh:
     event_namespace: str = ""
     # Service name -> database URL; SQLite files in data_dir for the rest.
     database_urls: dict[str, str] = field(default_factory=dict)
-    services: dict[str, RunningService] = field(default_factory=dict)
+    services: dict[str, RunningService[Any]] = field(default_factory=dict)
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     # Peer name -> address list used instead of the in-process service (replicas run apart).
@@ -68,7 +68,7 @@ class Mesh:
             tls=tokens.service_tls(name),
         )
 
-    async def start(self, name: str, spec: ServiceSpec | None = None) -> RunningService:
+    async def start(self, name: str, spec: ServiceSpec | None = None) -> RunningService[Any]:
         """Starts (or restarts, on its previous port) one service."""
         service = await start(spec or SPECS[name], self.config(name))
         self.services[name] = service
@@ -120,13 +120,7 @@ class Mesh:
     async def product(
         self, stock: int, price: int = 250, currency: str = "EUR"
     ) -> product_pb2.Product:
-        reply = await self.products.CreateProduct(
-            product_pb2.CreateProductRequest(
-                name=f"P-{uuid.uuid4().hex[:6]}",
-                price=money_pb2.Money(currency_code=currency, amount_minor=price),
-                stock=stock,
-            )
-        )
+        reply = await self.products.CreateProduct(product_request(stock, price, currency))
         return reply.product
 
     async def stock_of(self, *product_ids: str) -> list[int]:
@@ -146,16 +140,29 @@ class Mesh:
 
     async def sql(self, service: str, statement: str) -> Any:
         """Runs SQL on a service's own database (for the tests' checks and faults)."""
-        async with self.services[service].runtime.db.engine.begin() as connection:
+        async with self.services[service].platform.db.engine.begin() as connection:
             result = await connection.execute(text(statement))
             return result.scalar() if result.returns_rows else None
 
 
+def product_request(
+    stock: int, price: int = 250, currency: str = "EUR"
+) -> product_pb2.CreateProductRequest:
+    """A new product of a name of its own (for any product service's CreateProduct)."""
+    return product_pb2.CreateProductRequest(
+        name=f"P-{uuid.uuid4().hex[:6]}",
+        price=money_pb2.Money(currency_code=currency, amount_minor=price),
+        stock=stock,
+    )
+
+
 @asynccontextmanager
 async def running_mesh(
-    data_dir: Path, broker_url: str = "", *, database: str = "sqlite"
+    data_dir: Path, broker_url: str = "", *, database: str = "sqlite", keep_stream: bool = False
 ) -> AsyncIterator[Mesh]:
-    """All four services; `database="postgres"` gives each a fresh PostgreSQL database."""
+    """All four services; `database="postgres"` gives each a fresh PostgreSQL database.
+    The event stream on `broker_url` is deleted afterwards, unless `keep_stream` (a
+    broker of the test's own, gone with it: a list of nodes is no URL to connect to)."""
     namespace = f"t{uuid.uuid4().hex[:10]}" if broker_url else ""
     async with contextlib.AsyncExitStack() as stack:
         mesh = Mesh(data_dir, broker_url, namespace)
@@ -168,7 +175,7 @@ async def running_mesh(
             yield mesh
         finally:
             await mesh.close()
-            if broker_url:
+            if broker_url and not keep_stream:
                 await delete_stream(broker_url, namespace.upper())
 
 

@@ -1,6 +1,8 @@
 """Server bootstrap shared by every service.
 
-`start()` opens the database, applies migrations, and serves the service on a
+`start()` opens the database, applies migrations, builds the `Platform` every
+service shares, hands it to the service's own wiring (`services/<name>/wiring.py`,
+which builds the service's parts explicitly, in order) and serves what that built on a
 `grpc.aio` server with health (real readiness: NOT_SERVING while the database
 does not answer), reflection, tracing, access logs, error mapping, deadlines and
 validation. `main()` runs it until SIGTERM/SIGINT, then drains in-flight calls.
@@ -14,17 +16,19 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.common import eventloop, logs, migrate, telemetry
 from services.common.auth import Verifier
-from services.common.config import ServiceConfig
+from services.common.config import DEFAULT_PORTS, ServiceConfig
 from services.common.db import Database
 from services.common.devsetup import ensure_development_identities
 from services.common.interceptors import (
@@ -43,65 +47,92 @@ DB_PING_TIMEOUT = 2.0
 STOP_STEP_TIMEOUT = 5.0
 
 
-@dataclass
-class Runtime:
-    """What a service's servicers are built from."""
+@dataclass(frozen=True)
+class Platform:
+    """What the bootstrap builds before a service's own parts (and closes after them)."""
 
     config: ServiceConfig
     db: Database
     page_tokens: PageTokens
-    # Awaited once the servicers are registered, before the server listens
-    # (connecting to a broker, say).
-    startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """One gRPC service a process serves: its implementation and grpc's add function."""
+
+    descriptor: ServiceDescriptor
+    implementation: object
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+
+PartsT = TypeVar("PartsT")
+
+
+@dataclass(frozen=True)
+class Wired(Generic[PartsT]):
+    """What a service's wiring built: its main parts (typed, for tests and metrics to read),
+    the servicers to serve, the loops to run beside them and what to close at the end."""
+
+    parts: PartsT
+    servicers: Sequence[Servicer]
     # Long-running loops (outbox relay, event consumers), started with the server and
-    # cancelled when it stops.
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # cancelled when it stops; restarted if one fails.
+    background: Sequence[Callable[[], Awaitable[None]]] = ()
     # Called in reverse order when the server stops (peer channels, broker connections).
-    closers: list[Callable[[], object]] = field(default_factory=list)
-    # The service's main parts by name, for metrics, health and tests to look at.
-    components: dict[str, object] = field(default_factory=dict)
-    metrics: Metrics = field(default_factory=lambda: Metrics("service"))
-    # Where /metrics and the plaintext health service are served (0: not served).
-    metrics_port: int = 0
-    health_port: int = 0
-
-
-# Adds the servicers to the server and returns the full names of the services added.
-Register = Callable[[grpc.aio.Server, Runtime], Sequence[str]]
+    closers: Sequence[Callable[[], object]] = ()
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
+    """A service as the bootstrap sees it: a name, its migrations and its wiring."""
+
     name: str
-    default_port: int
     migrations: Path
-    register: Register
+    wire: Callable[[Platform], Awaitable[Wired[Any]]]
+
+    @property
+    def default_port(self) -> int:
+        return DEFAULT_PORTS[self.name]
 
 
-class RunningService:
-    """A started service: its port, and `stop()` to drain and close it."""
+class RunningService(Generic[PartsT]):
+    """A started service: where it listens, its parts, and `stop()` to drain and close it."""
 
     def __init__(
         self,
         server: grpc.aio.Server,
         port: int,
-        runtime: Runtime,
+        platform: Platform,
+        wired: Wired[PartsT],
         health_servicer: health.aio.HealthServicer,
         tasks: list[asyncio.Task[None]],
+        closers: list[Callable[[], object]],
+        metrics_port: int,
+        health_port: int,
     ) -> None:
         self.server = server
         self.port = port
-        self.runtime = runtime
+        self.platform = platform
+        self.parts = wired.parts
+        # Where /metrics and the plaintext health service are served (0: not served).
+        self.metrics_port = metrics_port
+        self.health_port = health_port
         self._health = health_servicer
         self._tasks = tasks
+        self._closers = closers
 
     @property
     def address(self) -> str:
-        return f"{self.runtime.config.host}:{self.port}"
+        return f"{self.platform.config.host}:{self.port}"
+
+    async def begin_draining(self) -> None:
+        """Every health status turns NOT_SERVING, so balancers stop sending new calls."""
+        await self._health.enter_graceful_shutdown()
 
     async def stop(self, grace: float | None = None) -> None:
-        await self._health.enter_graceful_shutdown()
-        await self.server.stop(self.runtime.config.shutdown_grace if grace is None else grace)
+        await self.begin_draining()
+        await self.server.stop(self.platform.config.shutdown_grace if grace is None else grace)
         for task in self._tasks:
             task.cancel()
         # Shutdown is bounded: a background task or a closer that does not finish (a
@@ -110,14 +141,14 @@ class RunningService:
             _, stuck = await asyncio.wait(self._tasks, timeout=STOP_STEP_TIMEOUT)
             if stuck:
                 log.warning("background tasks did not stop", extra={"count": len(stuck)})
-        for close in reversed(self.runtime.closers):
+        for close in reversed(self._closers):
             result = close()
             if asyncio.iscoroutine(result):
                 try:
                     await asyncio.wait_for(result, STOP_STEP_TIMEOUT)
                 except TimeoutError:
                     log.warning("a closer did not finish", extra={"closer": repr(close)})
-        await self.runtime.db.close()
+        await self.platform.db.close()
 
 
 async def _database_answers(db: Database) -> bool:
@@ -176,26 +207,32 @@ def interceptors(
     ]
 
 
-async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
-    """Starts the service and returns once it listens and its readiness is known."""
+async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService[Any]:
+    """Starts the service and returns once it listens and its readiness is known.
+
+    In order: the database (migrated), the platform, the service's own wiring, then
+    the server with health and reflection; the background loops start last.
+    """
     db = Database(config.database_url)
     await migrate.upgrade(db, spec.migrations, spec.name)
-    runtime = Runtime(
+    platform = Platform(
         config=config,
         db=db,
         page_tokens=PageTokens(config.page_token_secret),
         metrics=Metrics(spec.name),
     )
-    runtime.metrics.gauge(
+    platform.metrics.gauge(
         "db_pool_connections_in_use", "Database connections checked out.", db.connections_in_use
     )
+    wired = await spec.wire(platform)
+    closers = list(wired.closers)
     server = grpc.aio.server(
-        interceptors=interceptors(runtime.metrics, Verifier(config.auth), config.tls.enabled),
+        interceptors=interceptors(platform.metrics, Verifier(config.auth), config.tls.enabled),
         options=SERVER_OPTIONS,
     )
-    names = list(spec.register(server, runtime))
-    for hook in runtime.startup:
-        await hook()
+    for servicer in wired.servicers:
+        servicer.add_to_server(servicer.implementation, server)
+    names = [servicer.descriptor.full_name for servicer in wired.servicers]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -225,30 +262,42 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService:
     for name in ("", *names):
         await health_servicer.set(name, initial)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    health_port = 0
     if config.health_port is not None:
-        runtime.health_port = await _serve_health(health_servicer, config, runtime)
+        health_server, health_port = await _serve_health(health_servicer, config)
+        closers.insert(0, lambda: health_server.stop(0))
     tasks = [
         asyncio.create_task(_watch_readiness(db, health_servicer, names, config.health_interval)),
-        *(asyncio.create_task(_supervised(loop)) for loop in runtime.background),
+        *(asyncio.create_task(_supervised(loop)) for loop in wired.background),
     ]
+    metrics_port = 0
     if config.metrics_port is not None:
-        runtime.metrics_port = runtime.metrics.serve(config.host, config.metrics_port)
-        runtime.closers.insert(0, runtime.metrics.close)
-    return RunningService(server, port, runtime, health_servicer, tasks)
+        metrics_port = platform.metrics.serve(config.host, config.metrics_port)
+        closers.insert(0, platform.metrics.close)
+    return RunningService(
+        server,
+        port,
+        platform,
+        wired,
+        health_servicer,
+        tasks,
+        closers,
+        metrics_port=metrics_port,
+        health_port=health_port,
+    )
 
 
 async def _serve_health(
-    servicer: health.aio.HealthServicer, config: ServiceConfig, runtime: Runtime
-) -> int:
-    """grpc.health.v1 alone on a plaintext port of its own; returns the port."""
+    servicer: health.aio.HealthServicer, config: ServiceConfig
+) -> tuple[grpc.aio.Server, int]:
+    """grpc.health.v1 alone on a plaintext port of its own."""
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.health_port}")
     if port == 0:
         raise SystemExit(f"cannot listen on {config.host}:{config.health_port} (HEALTH_PORT)")
     await server.start()
-    runtime.closers.insert(0, lambda: server.stop(0))
-    return port
+    return server, port
 
 
 async def _supervised(loop: Callable[[], Awaitable[None]], pause: float = 1.0) -> None:
@@ -271,15 +320,14 @@ async def _serve(spec: ServiceSpec, config: ServiceConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     running = await start(spec, config)
-    runtime = running.runtime
     # One machine-readable line on stdout says where the service listens (PORT=0 picks a port).
     print(
         json.dumps(
             {
                 "service": spec.name,
                 "listening": running.address,
-                "metrics": f"{config.host}:{runtime.metrics_port}" if runtime.metrics_port else "",
-                "health": f"{config.host}:{runtime.health_port}" if runtime.health_port else "",
+                "metrics": f"{config.host}:{running.metrics_port}" if running.metrics_port else "",
+                "health": f"{config.host}:{running.health_port}" if running.health_port else "",
             }
         ),
         flush=True,

@@ -1,4 +1,4 @@
 from services.common.server import main
-from services.notification.server import SPEC
+from services.notification.wiring import SPEC
 
 main(SPEC)

@@ -1,13 +1,18 @@
-"""The notification service's tables: notifications, and its consumer bookkeeping."""
+"""The notification service's tables (notifications, its consumer bookkeeping) and the
+small domain types and exceptions its use cases and repository share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
+import grpc
 from sqlalchemy import BigInteger, DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, new_metadata
+from services.common.errors import DomainError
 from services.common.events.consumer import PositionMixin, ProcessedEventMixin
 
 ORDER_PLACED = "ORDER_PLACED"
@@ -63,3 +68,38 @@ class ProcessedEventRow(NotificationBase, ProcessedEventMixin):
 
 class ConsumerPositionRow(NotificationBase, PositionMixin):
     __tablename__ = "consumer_positions"
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    """An order event as the use cases need it (read from the order service's contract
+    by order_events.parse), whatever transport delivered it."""
+
+    event_id: str
+    # The notification it makes: ORDER_PLACED or ORDER_CANCELLED.
+    kind: str
+    order_id: str
+    user_id: str
+    item_count: int
+    total_minor: int
+    currency: str
+    cancel_reason: str = ""
+
+
+class UnknownNotifications(Exception):
+    """Some of the ids name none of the user's notifications (nothing was changed)."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(", ".join(ids))
+        self.ids = list(ids)
+
+
+class TooManyStreams(DomainError):
+    """This replica holds as many open streams as it may (MAX_STREAMS)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "too many open notification streams; retry later",
+            "TOO_MANY_STREAMS",
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )

@@ -1,113 +1,168 @@
-"""Queries on notifications; the session (and its transaction) belongs to the caller."""
+"""Every query of the notification service. Each method of `SqlNotificationRepository`
+is one transaction of its own, except the `NotificationStore` it hands the event
+consumer, which writes in the consumer's transaction (the platform's Consumer owns it,
+so a notification commits together with the record that its event was applied). The
+use cases see the Protocols, so their tests can hand them in-memory ones."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.notification.models import NotificationRow
+from services.common.db import Database
+from services.notification.models import NotificationRow, UnknownNotifications
 
 # Every replica LISTENs here (PostgreSQL): the payload is the user whose stream has news.
 CHANNEL = "shop_notifications"
 
 
-async def next_user_seq(session: AsyncSession, user_id: str) -> int:
-    """The user's next sequence number. The counter row stays locked until the caller's
-    transaction ends: the user's notifications commit in the order of their numbers."""
-    value = await session.scalar(
-        text(
-            "INSERT INTO user_sequences (user_id, last_seq) VALUES (:user_id, 1) "
-            "ON CONFLICT (user_id) DO UPDATE SET last_seq = user_sequences.last_seq + 1 "
-            "RETURNING last_seq"
-        ),
-        {"user_id": user_id},
-    )
-    return int(value)
+class NotificationStore(Protocol):
+    """Writes within the event consumer's transaction."""
+
+    async def add(self, notification: NotificationRow) -> None:
+        """Stores it numbered in its user's sequence (sets `user_seq`); the user's
+        number stays taken by this transaction until it ends, so one user's
+        notifications commit in the order of their numbers. When it commits, every
+        replica hears that the user has news."""
+        ...
 
 
-async def announce(session: AsyncSession, user_id: str) -> None:
-    """PostgreSQL: tells every replica, when the transaction commits, that the user has
-    a new notification (NOTIFY is delivered on commit, and never for a rollback)."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            text("SELECT pg_notify(:channel, :user_id)"),
-            {
-                "channel": CHANNEL,
-                "user_id": user_id,
-            },
+class NotificationRepository(Protocol):
+    async def page(
+        self, user_id: str, unread_only: bool, before: int | None, limit: int
+    ) -> Sequence[NotificationRow]:
+        """Up to `limit` of the user's notifications numbered below `before`, newest first."""
+        ...
+
+    async def mark_read(
+        self, user_id: str, ids: Sequence[str], at: datetime
+    ) -> Sequence[NotificationRow]:
+        """The user's notifications `ids` (in that order), those still unread now read
+        since `at`. Raises UnknownNotifications, changing nothing, when any of the ids
+        is not one of the user's."""
+        ...
+
+    async def after(self, user_id: str, after_seq: int, limit: int) -> Sequence[NotificationRow]:
+        """Up to `limit` of the user's notifications numbered above `after_seq`, in order."""
+        ...
+
+    async def unread(self, user_id: str) -> tuple[Sequence[NotificationRow], int]:
+        """The user's unread notifications, in order, and the newest number given to the
+        user so far (0: none yet), which later reads continue from."""
+        ...
+
+    async def seq_of_legacy_cursor(self, user_id: str, seq: int) -> int:
+        """A cursor from before per-user numbers pointed at the global `seq`: the user's
+        number of the last notification at or before it (0: none)."""
+        ...
+
+
+class SqlNotificationRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def store_in(self, session: AsyncSession) -> NotificationStore:
+        """The store of the event consumer's transaction `session`."""
+        return _SessionStore(session, announce=not self._db.is_sqlite)
+
+    async def page(
+        self, user_id: str, unread_only: bool, before: int | None, limit: int
+    ) -> Sequence[NotificationRow]:
+        query = (
+            select(NotificationRow)
+            .where(NotificationRow.user_id == user_id)
+            .order_by(NotificationRow.user_seq.desc())
+            .limit(limit)
         )
+        if unread_only:
+            query = query.where(NotificationRow.read.is_(False))
+        if before is not None:
+            query = query.where(NotificationRow.user_seq < before)
+        async with self._db.read() as session:
+            return (await session.scalars(query)).all()
 
-
-async def after(
-    session: AsyncSession, user_id: str, after_seq: int, limit: int
-) -> Sequence[NotificationRow]:
-    """The user's notifications numbered above `after_seq`, in order."""
-    query = (
-        select(NotificationRow)
-        .where(NotificationRow.user_id == user_id, NotificationRow.user_seq > after_seq)
-        .order_by(NotificationRow.user_seq)
-        .limit(limit)
-    )
-    return (await session.scalars(query)).all()
-
-
-async def newest_seq(session: AsyncSession, user_id: str) -> int:
-    """The highest number the user's notifications have reached (0: none yet)."""
-    value = await session.scalar(
-        select(func.max(NotificationRow.user_seq)).where(NotificationRow.user_id == user_id)
-    )
-    return int(value or 0)
-
-
-async def unread_up_to(
-    session: AsyncSession, user_id: str, up_to: int
-) -> Sequence[NotificationRow]:
-    query = (
-        select(NotificationRow)
-        .where(
-            NotificationRow.user_id == user_id,
-            NotificationRow.read.is_(False),
-            NotificationRow.user_seq <= up_to,
+    async def mark_read(
+        self, user_id: str, ids: Sequence[str], at: datetime
+    ) -> Sequence[NotificationRow]:
+        query = select(NotificationRow).where(
+            NotificationRow.user_id == user_id, NotificationRow.id.in_(ids)
         )
-        .order_by(NotificationRow.user_seq)
-    )
-    return (await session.scalars(query)).all()
+        async with self._db.write() as session:
+            found = {row.id: row for row in (await session.scalars(query)).all()}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise UnknownNotifications(missing)
+            for row in found.values():
+                if not row.read:
+                    row.read = True
+                    row.read_time = at
+        return [found[i] for i in ids]
 
+    async def after(self, user_id: str, after_seq: int, limit: int) -> Sequence[NotificationRow]:
+        query = (
+            select(NotificationRow)
+            .where(NotificationRow.user_id == user_id, NotificationRow.user_seq > after_seq)
+            .order_by(NotificationRow.user_seq)
+            .limit(limit)
+        )
+        async with self._db.read() as session:
+            return (await session.scalars(query)).all()
 
-async def seq_of_legacy_cursor(session: AsyncSession, user_id: str, seq: int) -> int:
-    """A cursor from before per-user numbers pointed at the global `seq`: the user's
-    number of the last notification at or before it."""
-    value = await session.scalar(
-        select(func.max(NotificationRow.user_seq)).where(
+    async def unread(self, user_id: str) -> tuple[Sequence[NotificationRow], int]:
+        newest = select(func.max(NotificationRow.user_seq)).where(
+            NotificationRow.user_id == user_id
+        )
+        async with self._db.read() as session:
+            last = int(await session.scalar(newest) or 0)
+            # Up to `last` only: what commits after it is read as news, not twice.
+            query = (
+                select(NotificationRow)
+                .where(
+                    NotificationRow.user_id == user_id,
+                    NotificationRow.read.is_(False),
+                    NotificationRow.user_seq <= last,
+                )
+                .order_by(NotificationRow.user_seq)
+            )
+            return (await session.scalars(query)).all(), last
+
+    async def seq_of_legacy_cursor(self, user_id: str, seq: int) -> int:
+        query = select(func.max(NotificationRow.user_seq)).where(
             NotificationRow.user_id == user_id, NotificationRow.seq <= seq
         )
-    )
-    return int(value or 0)
+        async with self._db.read() as session:
+            return int(await session.scalar(query) or 0)
 
 
-async def page(
-    session: AsyncSession, user_id: str, unread_only: bool, before: int | None, limit: int
-) -> Sequence[NotificationRow]:
-    """One user's notifications, newest first, numbered below `before`."""
-    query = (
-        select(NotificationRow)
-        .where(NotificationRow.user_id == user_id)
-        .order_by(NotificationRow.user_seq.desc())
-        .limit(limit)
-    )
-    if unread_only:
-        query = query.where(NotificationRow.read.is_(False))
-    if before is not None:
-        query = query.where(NotificationRow.user_seq < before)
-    return (await session.scalars(query)).all()
+class _SessionStore:
+    def __init__(self, session: AsyncSession, *, announce: bool) -> None:
+        self._session = session
+        self._announce = announce
 
-
-async def by_ids(
-    session: AsyncSession, user_id: str, ids: Sequence[str]
-) -> Sequence[NotificationRow]:
-    query = select(NotificationRow).where(
-        NotificationRow.user_id == user_id, NotificationRow.id.in_(ids)
-    )
-    return (await session.scalars(query)).all()
+    async def add(self, notification: NotificationRow) -> None:
+        session = self._session
+        user_id = notification.user_id
+        # The counter row stays locked until the consumer's transaction ends.
+        notification.user_seq = int(
+            await session.scalar(
+                text(
+                    "INSERT INTO user_sequences (user_id, last_seq) VALUES (:user_id, 1) "
+                    "ON CONFLICT (user_id) DO UPDATE SET last_seq = user_sequences.last_seq + 1 "
+                    "RETURNING last_seq"
+                ),
+                {"user_id": user_id},
+            )
+        )
+        session.add(notification)
+        # IntegrityError is left to the Consumer: it is how it recognises a twin delivery.
+        await session.flush()
+        if self._announce:
+            # PostgreSQL delivers NOTIFY on commit, and never for a rollback.
+            await session.execute(
+                text("SELECT pg_notify(:channel, :user_id)"),
+                {"channel": CHANNEL, "user_id": user_id},
+            )

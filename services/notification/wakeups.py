@@ -1,7 +1,8 @@
-"""Wake-ups between replicas: on PostgreSQL every replica LISTENs on one channel, and
-the transaction that stores a notification NOTIFYs it with the user's id, so a stream
-on any replica looks again as soon as the row is committed. This is only about
-speed: streams also look every CATCH_UP_INTERVAL, so a lost connection delays
+"""Wake-ups between replicas: a PostgreSQL LISTEN that wakes this replica's streams.
+
+The transaction that stores a notification NOTIFYs the channel with the user's id, so
+a stream on any replica looks again as soon as the row is committed. This is only
+about speed: streams also look every CATCH_UP_INTERVAL, so a lost connection delays
 delivery by at most that and loses nothing."""
 
 from __future__ import annotations

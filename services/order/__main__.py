@@ -1,4 +1,4 @@
 from services.common.server import main
-from services.order.server import SPEC
+from services.order.wiring import SPEC
 
 main(SPEC)

@@ -1,11 +1,25 @@
-"""Order rows as protos (for replies and for event snapshots)."""
+"""The order service's one place where orders become protos (replies, event snapshots, the
+feed's messages) and where a peer's product becomes what an order needs of it."""
 
 from __future__ import annotations
 
+from services.common.events.envelope import Event
+from services.common.ids import new_id
 from services.common.times import to_timestamp
-from services.order.models import CANCELLED, OrderRow
+from services.order.models import CANCELLED, OrderRow, PricedProduct
 from shop.common.v1 import money_pb2
-from shop.order.v1 import order_pb2
+from shop.order.v1 import events_pb2, order_internal_pb2, order_pb2
+from shop.product.v1 import product_pb2
+
+# Every order event is a field of the feed message's `event` oneof; its logical subject is
+# the field's name with '_' read as '.' ('order_created' -> 'order.created'), so producer
+# and consumers derive it from the contract and share no constant.
+_FEED_FIELDS = order_internal_pb2.StreamOrderEventsResponse.DESCRIPTOR.oneofs_by_name["event"]
+SUBJECTS: dict[str, str] = {
+    field.message_type.full_name: field.name.replace("_", ".")
+    for field in _FEED_FIELDS.fields
+    if field.message_type is not None
+}
 
 
 def order_to_proto(order: OrderRow) -> order_pb2.Order:
@@ -34,4 +48,52 @@ def order_to_proto(order: OrderRow) -> order_pb2.Order:
         create_time=to_timestamp(order.create_time),
         update_time=to_timestamp(order.update_time),
         cancel_reason=order.cancel_reason,
+    )
+
+
+def order_created(order: OrderRow) -> Event:
+    """The OrderCreated event of an order just placed, as the outbox stores it."""
+    return _event(
+        events_pb2.OrderCreated(
+            event_id=new_id("evt"),
+            order=order_to_proto(order),
+            occurred_at=to_timestamp(order.update_time),
+        )
+    )
+
+
+def order_cancelled(order: OrderRow) -> Event:
+    """The OrderCancelled event of an order just cancelled, as the outbox stores it."""
+    return _event(
+        events_pb2.OrderCancelled(
+            event_id=new_id("evt"),
+            order=order_to_proto(order),
+            occurred_at=to_timestamp(order.update_time),
+        )
+    )
+
+
+def _event(message: events_pb2.OrderCreated | events_pb2.OrderCancelled) -> Event:
+    return Event(
+        event_id=message.event_id,
+        subject=SUBJECTS[message.DESCRIPTOR.full_name],
+        payload=message.SerializeToString(),
+    )
+
+
+def to_feed_message(event: Event) -> order_internal_pb2.StreamOrderEventsResponse:
+    """An outbox event as the embedded feed streams it."""
+    response = order_internal_pb2.StreamOrderEventsResponse(
+        sequence=event.sequence, headers=dict(event.headers)
+    )
+    getattr(response, event.subject.replace(".", "_")).ParseFromString(event.payload)
+    return response
+
+
+def product_from_proto(product: product_pb2.Product) -> PricedProduct:
+    return PricedProduct(
+        id=product.id,
+        name=product.name,
+        currency_code=product.price.currency_code,
+        amount_minor=product.price.amount_minor,
     )

@@ -1,7 +1,9 @@
-"""The order service's tables: orders, their items, and the outbox of their events."""
+"""The order service's tables (orders, their items, the outbox of their events) and its
+small domain types."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String
@@ -17,6 +19,8 @@ PENDING = "PENDING"
 PLACED = "PLACED"
 CANCELLED = "CANCELLED"
 FAILED = "FAILED"
+# What clients may see of an order; the other states are an attempt's inner workings.
+VISIBLE = (PLACED, CANCELLED)
 
 
 class OrderBase(Base):
@@ -62,3 +66,29 @@ class OrderItemRow(OrderBase):
 
 class OutboxRow(OrderBase, OutboxMixin):
     __tablename__ = "outbox"
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of an order as the client asked for it."""
+
+    product_id: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class PricedProduct:
+    """What an order needs of a product: its name and its price now."""
+
+    id: str
+    name: str
+    currency_code: str
+    amount_minor: int
+
+
+class KeyTaken(Exception):
+    """Another attempt claimed the idempotency key first (the unique constraint said so)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key

@@ -1,4 +1,5 @@
-"""The order service's calls to user and product, with their failures as domain errors.
+"""The order service's gRPC clients of user and product (the use cases' `Peers`), with
+their failures as domain errors.
 
 Every call goes through `services.common.clients`, so it carries what remains of
 the incoming deadline. A peer's expected failures (NOT_FOUND, FAILED_PRECONDITION,
@@ -17,13 +18,15 @@ from services.common import clients, deadline
 from services.common.config import BreakerSettings
 from services.common.errors import DETAILS_KEY, DomainError, status_of
 from services.common.tls import TlsSettings
+from services.order.convert import product_from_proto
+from services.order.models import PricedProduct
 from shop.product.v1 import (
     product_internal_pb2,
     product_internal_pb2_grpc,
     product_pb2,
     product_pb2_grpc,
 )
-from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc, user_pb2
+from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc
 
 PASSED_THROUGH = {
     grpc.StatusCode.NOT_FOUND,
@@ -63,7 +66,7 @@ class PeerError(DomainError):
         return super().to_status()
 
 
-class Peers:
+class GrpcPeers:
     def __init__(
         self,
         user_addresses: str,
@@ -83,23 +86,20 @@ class Peers:
         await self._user_channel.close()
         await self._product_channel.close()
 
-    async def active_user(self, user_id: str) -> user_pb2.User:
+    async def active_user(self, user_id: str) -> None:
         try:
-            response = await self._users.ValidateUser(
-                user_internal_pb2.ValidateUserRequest(user_id=user_id)
-            )
+            await self._users.ValidateUser(user_internal_pb2.ValidateUserRequest(user_id=user_id))
         except grpc.aio.AioRpcError as error:
             raise PeerError("user", error) from None
-        return response.user
 
-    async def products(self, ids: Sequence[str]) -> list[product_pb2.Product]:
+    async def products(self, ids: Sequence[str]) -> list[PricedProduct]:
         try:
             response = await self._products.BatchGetProducts(
                 product_pb2.BatchGetProductsRequest(ids=list(ids))
             )
         except grpc.aio.AioRpcError as error:
             raise PeerError("product", error) from None
-        return list(response.products)
+        return [product_from_proto(product) for product in response.products]
 
     async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> None:
         request = product_internal_pb2.ReserveStockRequest(

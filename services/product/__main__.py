@@ -1,4 +1,4 @@
 from services.common.server import main
-from services.product.server import SPEC
+from services.product.wiring import SPEC
 
 main(SPEC)

@@ -1,7 +1,10 @@
-"""The product service's tables: products, and the stock reservations taken from them."""
+"""The product service's tables (products, and the stock reservations taken from them) and
+the small domain types and exceptions its use cases and repository share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, String
@@ -57,3 +60,52 @@ class ReservationItemRow(ProductBase):
     reservation_id: Mapped[str] = mapped_column(ForeignKey("reservations.id"), primary_key=True)
     product_id: Mapped[str] = mapped_column(ForeignKey("products.id"), primary_key=True, index=True)
     quantity: Mapped[int]
+
+
+@dataclass(frozen=True)
+class Price:
+    currency_code: str
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class ProductDraft:
+    """A product to create, as the caller described it."""
+
+    name: str
+    description: str
+    price: Price
+    stock: int
+
+
+class ReservationExists(Exception):
+    """The reservation id is already taken (perhaps by a concurrent twin): nothing was taken."""
+
+    def __init__(self, reservation: ReservationRow) -> None:
+        super().__init__(reservation.id)
+        self.reservation = reservation
+
+
+class UnknownProducts(Exception):
+    """Some items name no product: nothing was taken."""
+
+    def __init__(self, product_ids: Sequence[str]) -> None:
+        super().__init__(*product_ids)
+        self.product_ids = list(product_ids)
+
+
+class InsufficientStock(Exception):
+    """Some items have less stock than asked for: nothing was taken."""
+
+    def __init__(self, product_ids: Sequence[str]) -> None:
+        super().__init__(*product_ids)
+        self.product_ids = list(product_ids)
+
+
+class ReservationInFlight(Exception):
+    """A release met a reservation of its id whose transaction was still open (its
+    tombstone could not be written); once that commits, a new try finds it."""
+
+    def __init__(self, reservation_id: str) -> None:
+        super().__init__(reservation_id)
+        self.reservation_id = reservation_id

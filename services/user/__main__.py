@@ -1,4 +1,4 @@
 from services.common.server import main
-from services.user.server import SPEC
+from services.user.wiring import SPEC
 
 main(SPEC)

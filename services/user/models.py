@@ -24,3 +24,11 @@ class UserRow(UserBase):
     active: Mapped[bool]
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EmailTaken(Exception):
+    """Another user has this email (the database's unique constraint said so)."""
+
+    def __init__(self, email: str) -> None:
+        super().__init__(email)
+        self.email = email

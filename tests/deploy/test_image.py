@@ -9,7 +9,6 @@ on this repository's .venv, which has every runtime dependency), and the base im
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -21,11 +20,12 @@ import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from scripts.procs import MeshProcess, launch
 from tests.deploy import dockerfile
 from tests.deploy.dockerfile import ROOT
 
@@ -247,29 +247,6 @@ def _as_user(uid: int, gid: int) -> list[str]:
     ]
 
 
-@dataclass
-class ImageProcess:
-    process: asyncio.subprocess.Process
-    listening: dict[str, str]
-    stderr_lines: list[str] = field(default_factory=list)
-
-    async def stop(self, grace: float = 20.0) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), grace)
-            except TimeoutError:
-                pytest.fail(
-                    f"no exit {grace} s after SIGTERM:\n" + "\n".join(self.stderr_lines[-30:])
-                )
-        return self.process.returncode or 0
-
-
-async def _drain(stream: asyncio.StreamReader, into: list[str]) -> None:
-    async for line in stream:
-        into.append(line.decode(errors="replace").rstrip("\n"))
-
-
 def _catches(pid: int, signum: int) -> bool:
     """Whether the process has a handler for the signal (SigCgt in /proc/<pid>/status)."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -298,7 +275,7 @@ def _group_alive(pgid: int, signum: int = 0) -> bool:
 @asynccontextmanager
 async def image_process(
     copy: ImageCopy, module: str, data_dir: Path, start_timeout: float = 60.0
-) -> AsyncIterator[ImageProcess]:
+) -> AsyncIterator[MeshProcess]:
     """`python -m <module>` as the image runs it: from the copy's WORKDIR, with the image's
     environment and user, on 127.0.0.1 port 0, in a process group of its own so that
     nothing outlives the test, whatever happens."""
@@ -310,38 +287,27 @@ async def image_process(
         "METRICS_PORT": "0",
         "HEALTH_PORT": "0",
     }
-    process = await asyncio.create_subprocess_exec(
-        *_as_user(copy.uid, copy.gid),
-        "python",  # found on the image's PATH: the venv's interpreter
-        "-m",
-        module,
-        cwd=copy.app,
+    running = await launch(
+        # "python" is found on the image's PATH: the venv's interpreter. (setpriv's
+        # change of user would clear a parent-death signal: the group is killed instead.)
+        [*_as_user(copy.uid, copy.gid), "python", "-m", module],
+        name=module,
         env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
+        inherit_env=False,
+        cwd=copy.app,
+        die_with_parent=False,
+        new_session=True,
+        start_timeout=start_timeout,
     )
-    assert process.stdout is not None and process.stderr is not None
-    stderr_lines: list[str] = []
-    drain = asyncio.create_task(_drain(process.stderr, stderr_lines))
     try:
-        try:
-            line = await asyncio.wait_for(process.stdout.readline(), start_timeout)
-            listening = json.loads(line)
-        except (TimeoutError, ValueError) as exc:
-            raise AssertionError(
-                f"{module} printed no JSON listen line:\n" + "\n".join(stderr_lines[-30:])
-            ) from exc
         # The services print the listen line a moment before they install their SIGTERM
         # handler: wait for the handler, so that SIGTERM tests the graceful stop rather
         # than that race (which the default action, death by SIGTERM, would lose).
-        await _until_it_catches(process.pid, signal.SIGTERM, start_timeout)
-        yield ImageProcess(process, listening, stderr_lines)
+        await _until_it_catches(running.process.pid, signal.SIGTERM, start_timeout)
+        yield running
     finally:
-        _group_alive(process.pid, signal.SIGKILL)  # whatever is left, after a failure
-        if process.returncode is None:
-            await process.wait()
-        await drain
+        _group_alive(running.process.pid, signal.SIGKILL)  # whatever is left, after a failure
+        await running.close()
 
 
 def _files(top: Path) -> set[str]:
@@ -383,9 +349,10 @@ async def test_process_runs_from_the_image_files_as_the_image_user(
                 assert await asyncio.to_thread(_get, f"http://127.0.0.1:{port}{path}") == 200
         else:
             await asyncio.to_thread(_connects, port)
-        returncode = await running.stop()
+        returncode = await running.stop(grace=20.0)
+        assert not running.killed, f"no exit 20 s after SIGTERM:\n{running.tail()}"
         assert not _group_alive(running.process.pid), "a process outlived the SIGTERM"
-    assert returncode == 0, "\n".join(running.stderr_lines[-30:])
+    assert returncode == 0, running.tail()
     # Its development keys and PKI (no TLS_MODE=plaintext, no key files given) and, for
     # a service, its SQLite file: all under DATA_DIR, owned by the image's user.
     made = _files(data_dir)

@@ -20,8 +20,8 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +30,7 @@ import pytest
 
 from services.common.events.consumer import Consumer
 from services.common.events.outbox import Relay
-from tests.conftest import postgres_database
-from tests.mesh import SPECS, Mesh
+from tests.mesh import Mesh, running_mesh
 from tests.nats_server import NatsCluster, own_nats_cluster
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(90)]
@@ -44,22 +43,11 @@ LOAD_AFTER_RESTART = 2.0  # seconds of load after the restarted node has caught 
 DELIVERY_WITHIN = 30.0  # seconds for every notification to arrive after the load
 
 
-@asynccontextmanager
-async def mesh_on(broker_url: str, data_dir: Path) -> AsyncIterator[Mesh]:
+def mesh_on(broker_url: str, data_dir: Path) -> AbstractAsyncContextManager[Mesh]:
     """The four services in-process, each on a fresh PostgreSQL database, on `broker_url`
-    (several nodes). Like tests.mesh.running_mesh, which can't be used here: its cleanup
-    hands BROKER_URL to nats.connect as one string, and a list of nodes is no URL. The
-    stream needs no deleting: it goes away with the cluster's temp store."""
-    async with contextlib.AsyncExitStack() as stack:
-        mesh = Mesh(data_dir, broker_url, f"t{uuid.uuid4().hex[:10]}")
-        for name in SPECS:
-            mesh.database_urls[name] = await stack.enter_async_context(postgres_database())
-        try:
-            for name in ("user", "product", "order", "notification"):
-                await mesh.start(name)
-            yield mesh
-        finally:
-            await mesh.close()
+    (several nodes). The stream is not deleted afterwards: it goes away with the
+    cluster's temp store."""
+    return running_mesh(data_dir, broker_url, database="postgres", keep_stream=True)
 
 
 @dataclass
@@ -135,8 +123,8 @@ async def test_no_event_is_lost_or_doubled_when_a_broker_node_dies(
 
             users = [(await mesh.user()).id for _ in range(4)]
             product = await mesh.product(stock=MAX_ORDERS)
-            relay = mesh.services["order"].runtime.components["relay"]
-            consumer = mesh.services["notification"].runtime.components["consumer"]
+            relay = mesh.services["order"].parts.relay
+            consumer = mesh.services["notification"].parts.consumer
             assert isinstance(relay, Relay) and isinstance(consumer, Consumer)
 
             async def notifications() -> int:

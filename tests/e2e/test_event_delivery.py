@@ -13,7 +13,7 @@ import pytest
 
 from services.common.events.consumer import Consumer
 from services.common.server import start
-from services.notification.server import SPEC as NOTIFICATION
+from services.notification.wiring import SPEC as NOTIFICATION
 from shop.notification.v1 import notification_pb2
 from tests.conftest import require
 from tests.mesh import Mesh, running_mesh
@@ -102,8 +102,8 @@ async def test_two_notification_replicas_share_one_nats_consumer(tmp_path: Path)
             order_ids = await place_orders(mesh, users, stock.id, 60)
             assert_each_order_once(await wait_for_all(mesh, users, 60), order_ids)
             consumers = [
-                mesh.services["notification"].runtime.components["consumer"],
-                replica.runtime.components["consumer"],
+                mesh.services["notification"].parts.consumer,
+                replica.parts.consumer,
             ]
             applied = [c.applied for c in consumers if isinstance(c, Consumer)]
             assert sum(applied) == 60, applied

@@ -8,8 +8,6 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +20,18 @@ from connectrpc.protocol import ProtocolType
 from google.rpc import error_details_pb2
 
 from services.common.interceptors import Context
-from services.common.server import Runtime
-from services.user.server import SPEC as USER
+from services.user.wiring import SPEC as USER
 from shop.common.v1 import money_pb2
 from shop.notification.v1 import notification_connect, notification_pb2
 from shop.order.v1 import order_connect, order_pb2, order_pb2_grpc
 from shop.product.v1 import product_connect, product_pb2, product_pb2_grpc
 from shop.user.v1 import user_connect, user_pb2, user_pb2_grpc
 from tests import tokens
+from tests.conftest import user_service_serving
 from tests.e2e.conftest import Stack, curl, gateway_env
 from tests.mesh import running_mesh
 from tests.processes import service_process
+from tests.waits import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 BUF = ROOT / ".venv" / "bin" / "buf"
@@ -264,7 +263,8 @@ async def test_live_notifications_on_a_connect_stream(stack: Stack) -> None:
             notification_pb2.StreamNotificationsRequest(user_id=user.id)
         )
         first = asyncio.ensure_future(anext(aiter(stream)))
-        await asyncio.sleep(0.5)  # opened before the order
+        hub = stack.mesh.services["notification"].parts.hub
+        await eventually(lambda: hub.open_streams == 1, "the stream is open before the order")
         placed = (
             await stack.mesh.orders.CreateOrder(stack.mesh.order_request(user.id, {product.id: 1}))
         ).order
@@ -339,13 +339,9 @@ class SlowUsers(user_pb2_grpc.UserServiceServicer):
 async def test_deadline_and_headers_reach_the_service_and_expiry_cancels_it(tmp_path: Path) -> None:
     slow = SlowUsers()
 
-    def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
-        user_pb2_grpc.add_UserServiceServicer_to_server(slow, server)
-        return ["shop.user.v1.UserService"]
-
     async with running_mesh(tmp_path) as mesh:
         await mesh.stop("user")
-        await mesh.start("user", replace(USER, register=register))
+        await mesh.start("user", user_service_serving(USER, slow))
         async with service_process("gateway", gateway_env(mesh), module="gateway") as gateway:
             started = time.monotonic()
             status, error = await asyncio.to_thread(
@@ -391,18 +387,11 @@ async def test_deadline_and_headers_reach_the_service_and_expiry_cancels_it(tmp_
             await asyncio.wait_for(slow.cancelled.wait(), 2)
 
 
-async def wait_until(condition: Any, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize("client", ["connect", "sse"])
 async def test_a_client_going_away_cancels_the_internal_stream(stack: Stack, client: str) -> None:
     from services.notification.hub import Hub
 
-    hub = stack.mesh.services["notification"].runtime.components["hub"]
+    hub = stack.mesh.services["notification"].parts.hub
     assert isinstance(hub, Hub)
     user = await stack.mesh.user()
     if client == "connect":
@@ -428,8 +417,8 @@ async def test_a_client_going_away_cancels_the_internal_stream(stack: Stack, cli
         command = ["curl", "-s", "-N", "-H", tokens.ADMIN_HEADER, url]
     process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
     try:
-        await wait_until(lambda: hub.open_streams == 1)
+        await eventually(lambda: hub.open_streams == 1, "the stream is open")
     finally:
         process.kill()
         await process.wait()
-    await wait_until(lambda: hub.open_streams == 0)
+    await eventually(lambda: hub.open_streams == 0, "the stream is closed")

@@ -23,6 +23,7 @@ from tests import tokens
 from tests.e2e.conftest import Stack, gateway_in_process
 from tests.mesh import Mesh, running_mesh
 from tests.rpc import fails, reason_of, violated_fields
+from tests.waits import eventually
 
 UPDATE_USER = "/shop.user.v1.UserService/UpdateUser"
 CREATE_USER = "/shop.user.v1.UserService/CreateUser"
@@ -446,7 +447,11 @@ def _h2_late_body_then_another_request(address: str) -> tuple[int, int]:
 async def test_a_body_sent_after_an_early_answer_does_not_break_the_connection(
     stack: Stack,
 ) -> None:
+    def requests_logged() -> int:
+        return sum('"message": "request"' in line for line in stack.gateway_log)
+
+    before = requests_logged()
     first, second = await asyncio.to_thread(_h2_late_body_then_another_request, stack.url)
     assert (first, second) == (401, 200)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: requests_logged() >= before + 2, "both requests logged")
     assert not [line for line in stack.gateway_log if "Traceback" in line or "KeyError" in line]

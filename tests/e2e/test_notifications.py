@@ -9,11 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.notification.service import Notifications
+from services.notification.usecases import Notifications
 from shop.notification.v1 import notification_pb2 as pb
 from tests.e2e.test_order_flow import notifications_of, wait_for_notifications
 from tests.mesh import Mesh, running_mesh
 from tests.rpc import fails, next_message, violated_fields
+from tests.waits import eventually
 
 
 @pytest.fixture
@@ -80,7 +81,8 @@ async def test_many_subscribers_each_get_their_own(mesh: Mesh) -> None:
         ]
         for name, u in (("alice", alice), ("bob", bob))
     }
-    await asyncio.sleep(0.3)
+    hub = mesh.services["notification"].parts.hub
+    await eventually(lambda: hub.open_streams == 40, "every stream open before the order")
     (order_id,) = await order_for(mesh, alice.id)
     got = await asyncio.gather(*(next_message(s) for s in streams["alice"]))
     assert {m.notification.order_id for m in got} == {order_id}
@@ -98,7 +100,7 @@ async def test_a_slow_subscriber_holds_no_queue_and_resumes_from_its_cursor(
     while orders pile up gets every one of them afterwards, in order, and a cursor
     taken mid-way resumes with nothing lost and nothing repeated."""
     user = await mesh.user()
-    notifications = mesh.services["notification"].runtime.components["notifications"]
+    notifications = mesh.services["notification"].parts.notifications
     assert isinstance(notifications, Notifications)
     first = (await order_for(mesh, user.id))[0]
     await wait_for_notifications(mesh, user.id, 1)

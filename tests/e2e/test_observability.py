@@ -26,6 +26,7 @@ from tests.conftest import require
 from tests.e2e.conftest import gateway_in_process
 from tests.mesh import Mesh, running_mesh
 from tests.rpc import fails
+from tests.waits import eventually
 
 
 class Capturing(Sampler):
@@ -82,13 +83,6 @@ def _scope(span: ReadableSpan) -> str:
     return span.instrumentation_scope.name if span.instrumentation_scope else ""
 
 
-async def _until(check: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture(params=["embedded", "nats"])
 async def any_transport_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Mesh]:
     broker = ""
@@ -112,13 +106,16 @@ async def test_one_create_order_through_the_gateway_is_one_connected_trace(
             url, interceptors=[tokens.ConnectBearer()]
         ) as client:
             placed = await client.create_order(mesh.order_request(user.id, {product.id: 2}))
-    consumer = mesh.services["notification"].runtime.components["consumer"]
+    consumer = mesh.services["notification"].parts.consumer
 
     async def notified() -> bool:
-        return bool(consumer.applied == 1)  # type: ignore[attr-defined]
+        return bool(consumer.applied == 1)
 
-    await _until(notified)
-    await asyncio.sleep(0.1)  # the consumer span ends just after the apply counts
+    await eventually(notified, "the notification is stored")
+    await eventually(
+        lambda: any(s.kind is SpanKind.CONSUMER for s in spans.get_finished_spans()),
+        "the consumer span has ended",
+    )
 
     everything = spans.get_finished_spans()
     gateway = [
@@ -193,7 +190,7 @@ async def test_metrics_count_calls_and_errors_exactly(mesh: Mesh) -> None:
     empty = user_pb2.GetUserRequest(id="")
     await fails(mesh.users.GetUser(empty), grpc.StatusCode.INVALID_ARGUMENT)
 
-    port = mesh.services["user"].runtime.metrics_port
+    port = mesh.services["user"].metrics_port
     families = await scrape(f"http://127.0.0.1:{port}/metrics")
     method = "shop.user.v1.UserService/GetUser"
     counted = {
@@ -264,15 +261,15 @@ async def test_event_metrics_show_the_outbox_drained_and_the_consumer_caught_up(
     product = await mesh.product(stock=5)
     for _ in range(3):
         await mesh.orders.CreateOrder(mesh.order_request(user.id, {product.id: 1}))
-    consumer = mesh.services["notification"].runtime.components["consumer"]
+    consumer = mesh.services["notification"].parts.consumer
 
     async def caught_up() -> bool:
-        return bool(consumer.applied == 3)  # type: ignore[attr-defined]
+        return bool(consumer.applied == 3)
 
-    await _until(caught_up)
-    order = await scrape(f"http://127.0.0.1:{mesh.services['order'].runtime.metrics_port}/metrics")
+    await eventually(caught_up, "the consumer caught up")
+    order = await scrape(f"http://127.0.0.1:{mesh.services['order'].metrics_port}/metrics")
     notification = await scrape(
-        f"http://127.0.0.1:{mesh.services['notification'].runtime.metrics_port}/metrics"
+        f"http://127.0.0.1:{mesh.services['notification'].metrics_port}/metrics"
     )
     assert _sample(order, "outbox_backlog_events", "outbox_backlog_events") == 0
     assert (

@@ -18,6 +18,7 @@ from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2
 from tests.conftest import require
 from tests.mesh import Mesh, running_mesh
 from tests.rpc import detail, fails, next_message
+from tests.waits import eventually
 
 
 @pytest.fixture(
@@ -74,21 +75,27 @@ async def wait_for_notifications(
         await asyncio.sleep(0.05)
 
 
-async def test_an_order_reaches_an_open_stream_within_200_ms(mesh: Mesh) -> None:
+async def stream_is_open(mesh: Mesh, count: int = 1) -> None:
+    hub = mesh.services["notification"].parts.hub
+    await eventually(lambda: hub.open_streams == count, "the stream is open before the order")
+
+
+async def test_an_order_reaches_an_open_stream(mesh: Mesh) -> None:
+    """How fast is the bench's business (order -> live notification p99); here, that it
+    arrives, whole, and that a stream resumed from its cursor gets the next ones."""
     user = await mesh.user()
     mug, tea = await mesh.product(stock=10, price=250), await mesh.product(stock=5, price=1000)
     stream = mesh.notifications.StreamNotifications(
         notification_pb2.StreamNotificationsRequest(user_id=user.id)
     )
-    await asyncio.sleep(0.3)  # the stream is open and subscribed before the order
+    await stream_is_open(mesh)
 
     placed = (
         await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2, tea.id: 1}))
     ).order
-    sent = time.monotonic()
     first = await next_message(stream)
-    latency = time.monotonic() - sent
     stream.cancel()
+    await stream_is_open(mesh, 0)
 
     assert placed.id.startswith("ord_") and placed.status == order_pb2.ORDER_STATUS_PLACED
     assert [(i.product_id, i.quantity, i.unit_price.amount_minor) for i in placed.items] == [
@@ -112,23 +119,18 @@ async def test_an_order_reaches_an_open_stream_within_200_ms(mesh: Mesh) -> None
     assert [e.WhichOneof("event") for e in events] == ["order_created"]
     assert events[0].order_created.order == placed
 
-    # The claim is about the typical order: one figure on a loaded 2-core machine can
-    # catch a pause of the whole process, so the median of three orders must be in time.
-    latencies, cursor = [latency], first.cursor
+    cursor = first.cursor
     for _ in range(2):
         stream = mesh.notifications.StreamNotifications(
             notification_pb2.StreamNotificationsRequest(user_id=user.id, cursor=cursor)
         )
-        await asyncio.sleep(0.3)
-        await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1}))
-        sent = time.monotonic()
+        await stream_is_open(mesh)
+        next_order = (await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1}))).order
         message = await next_message(stream)
-        latencies.append(time.monotonic() - sent)
+        assert message.notification.order_id == next_order.id  # the next, nothing again
         stream.cancel()
+        await stream_is_open(mesh, 0)
         cursor = message.cursor
-    shown = [f"{value * 1000:.0f} ms" for value in latencies]
-    assert sorted(latencies)[1] < 0.2, f"notifications took {shown}"
-    assert max(latencies) < 1.0, f"notifications took {shown}"
 
 
 async def reservation_count(mesh: Mesh) -> int:
@@ -228,7 +230,7 @@ async def test_a_failure_while_storing_the_order_releases_the_stock(mesh: Mesh) 
     user = await mesh.user()
     a, b = await mesh.product(stock=6), await mesh.product(stock=6)
     # A real database failure at the last step: the order store refuses to place orders.
-    dialect = mesh.services["order"].runtime.db.engine.dialect.name
+    dialect = mesh.services["order"].platform.db.engine.dialect.name
     for statement in REFUSE_PLACING[dialect]:
         await mesh.sql("order", statement)
     error = await fails(
@@ -381,7 +383,7 @@ async def test_orders_list_newest_first_in_pages(mesh: Mesh) -> None:
 async def test_the_sweeper_undoes_an_attempt_that_died_mid_way(mesh: Mesh) -> None:
     """A process that dies between ReserveStock and the commit leaves a PENDING order
     and reserved stock; the sweeper releases the stock and frees the key."""
-    from services.order.service import Orders
+    from services.order.usecases import Orders
     from shop.product.v1 import product_internal_pb2
 
     user = await mesh.user()
@@ -401,7 +403,7 @@ async def test_the_sweeper_undoes_an_attempt_that_died_mid_way(mesh: Mesh) -> No
         "'2020-01-01 00:00:00')",
     )
     assert await mesh.stock_of(mug.id) == [3]
-    orders = mesh.services["order"].runtime.components["orders"]
+    orders = mesh.services["order"].parts.orders
     assert isinstance(orders, Orders)
     await orders.sweep()
     assert await mesh.stock_of(mug.id) == [5]
@@ -440,7 +442,7 @@ async def test_a_key_whose_process_died_is_free_again_within_the_attempt_bound(
     """An attempt can't outlive ORDER_ATTEMPT_TIMEOUT (20 s), so the sweeper may take a
     PENDING row as soon as it is older than that plus the clock margin (5 s): a key
     whose process died 30 s ago is free again (it used to be blocked for 120 s)."""
-    from services.order.service import Orders
+    from services.order.usecases import Orders
 
     user = await mesh.user()
     mug = await mesh.product(stock=5)
@@ -452,7 +454,7 @@ async def test_a_key_whose_process_died_is_free_again_within_the_attempt_bound(
         "'x', 'res_ord_dead', 'EUR', 500, '', false, "
         f"'{(utcnow() - timedelta(seconds=30)).isoformat(' ')}', '2020-01-01 00:00:00')",
     )
-    orders = mesh.services["order"].runtime.components["orders"]
+    orders = mesh.services["order"].parts.orders
     assert isinstance(orders, Orders)
     assert await orders.sweep() == 1
     placed = await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2}, "dead-key"))
@@ -464,15 +466,20 @@ async def test_an_attempt_is_cut_off_at_the_attempt_timeout_and_undone(
 ) -> None:
     """A reservation that never answers (and a caller with no deadline): the attempt
     ends at ORDER_ATTEMPT_TIMEOUT with UNAVAILABLE, the key is free, no stock moved."""
-    from services.product.server import ProductInternalServicer
+    from services.product.handlers import ProductInternalServicer
 
     hanging = asyncio.Event()
+    late_call_done = asyncio.Event()
     original = ProductInternalServicer.ReserveStock
 
     async def slow(self: object, request: object, context: object) -> object:
-        if not hanging.is_set():
+        if hanging.is_set():
+            return await original(self, request, context)  # type: ignore[arg-type]
+        try:
             await asyncio.sleep(3)
-        return await original(self, request, context)  # type: ignore[arg-type]
+            return await original(self, request, context)  # type: ignore[arg-type]
+        finally:
+            late_call_done.set()  # finished late, or cancelled with the caller
 
     monkeypatch.setenv("ORDER_ATTEMPT_TIMEOUT", "0.5")
     monkeypatch.setattr(ProductInternalServicer, "ReserveStock", slow)
@@ -486,7 +493,8 @@ async def test_an_attempt_is_cut_off_at_the_attempt_timeout_and_undone(
         assert "retry with the same key" in (error.details() or "")
         assert await mesh.sql("order", "SELECT count(*) FROM orders") == 0
         hanging.set()
-        await asyncio.sleep(3)  # the cut-off ReserveStock finishes late: refused (released)
+        # The cut-off ReserveStock has ended (cancelled, or refused if it ran late).
+        await asyncio.wait_for(late_call_done.wait(), 10)
         assert await mesh.stock_of(mug.id) == [5]
         placed = await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 2}, "slow-key"))
         assert placed.order.status == order_pb2.ORDER_STATUS_PLACED

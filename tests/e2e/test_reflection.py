@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway.registry import public_services
 from tests.e2e.conftest import Stack
+from tests.waits import eventually
 
 BUF = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "buf"
 REFLECTION = {
@@ -56,7 +57,11 @@ async def test_buf_curl_lists_and_calls_the_public_services_by_reflection(stack:
     reply = json.loads(called.stdout)["product"]
     assert (reply["id"], reply["name"], reply["stock"]) == (product.id, product.name, 3)
 
+    def requests_logged() -> int:
+        return sum('"message": "request"' in line for line in stack.gateway_log)
+
     # The internal services are not served, and reflection does not describe them either.
+    before = requests_logged()
     internal = await asyncio.to_thread(
         buf_curl,
         "-d",
@@ -69,5 +74,5 @@ async def test_buf_curl_lists_and_calls_the_public_services_by_reflection(stack:
     )
     assert await stack.mesh.stock_of(product.id) == [3]
 
-    await asyncio.sleep(0.5)  # what the gateway wrote reaches its log
+    await eventually(lambda: requests_logged() > before, "the reflection request logged")
     assert [line for line in stack.gateway_log if "Traceback" in line] == []

@@ -6,6 +6,7 @@ stream, and a cursor taken mid-way resumes with exactly the rest."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections import defaultdict
@@ -18,12 +19,13 @@ from typing import Any
 import grpc
 
 from services.common.server import RunningService, start
-from services.notification.server import SPEC as NOTIFICATION
+from services.notification.wiring import SPEC as NOTIFICATION
 from shop.notification.v1 import notification_connect, notification_pb2, notification_pb2_grpc
 from tests import tokens
 from tests.conftest import require
 from tests.e2e.conftest import gateway_in_process
 from tests.mesh import Mesh, running_mesh
+from tests.waits import eventually
 
 USERS = 6
 ORDERS = 300
@@ -82,7 +84,7 @@ async def sse_stream(url: str, user_id: str, into: Seen) -> None:
 
 
 @asynccontextmanager
-async def replicas_of(mesh: Mesh, count: int) -> AsyncIterator[list[RunningService]]:
+async def replicas_of(mesh: Mesh, count: int) -> AsyncIterator[list[RunningService[Any]]]:
     """The mesh's notification service and count - 1 more replicas: one database, one
     NATS durable consumer, ports of their own."""
     extra = [
@@ -113,15 +115,6 @@ async def place(mesh: Mesh, users: list[str], product_id: str) -> dict[str, list
     return by_user
 
 
-async def until(condition: Any, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not condition():
-        if loop.time() > end:
-            return
-        await asyncio.sleep(0.05)
-
-
 async def test_streams_on_three_replicas_get_each_notification_once(tmp_path: Path) -> None:
     require("127.0.0.1", 4222, "NATS")
     async with (
@@ -131,7 +124,7 @@ async def test_streams_on_three_replicas_get_each_notification_once(tmp_path: Pa
         await _scenario(mesh, replicas)
 
 
-async def _scenario(mesh: Mesh, replicas: list[RunningService]) -> None:
+async def _scenario(mesh: Mesh, replicas: list[RunningService[Any]]) -> None:
     users = [(await mesh.user()).id for _ in range(USERS)]
     product = await mesh.product(stock=ORDERS)
     channels = [tokens.service_channel(replica.address) for replica in replicas]
@@ -149,13 +142,19 @@ async def _scenario(mesh: Mesh, replicas: list[RunningService]) -> None:
                 seen = []
                 streams.append((user_id, how, seen))
                 tasks.append(asyncio.create_task(opener(gateway.url, user_id, seen)))
-        await asyncio.sleep(1.0)  # every stream open before the first order
-        opened = sum(replica.runtime.components["hub"].open_streams for replica in replicas)  # type: ignore[attr-defined]
-        assert opened == len(streams), f"{opened} of {len(streams)} streams open"
-        by_user = await place(mesh, users, product.id)
-        await until(
-            lambda: all(len(seen) >= len(by_user[user]) for user, _, seen in streams), DEADLINE
+        await eventually(
+            lambda: sum(replica.parts.hub.open_streams for replica in replicas) == len(streams),
+            "every stream open before the first order",
+            within=10,
         )
+        by_user = await place(mesh, users, product.id)
+        # Missing notifications are reported below, stream by stream.
+        with contextlib.suppress(AssertionError):
+            await eventually(
+                lambda: all(len(seen) >= len(by_user[user]) for user, _, seen in streams),
+                "every stream got its notifications",
+                within=DEADLINE,
+            )
         await asyncio.sleep(0.5)  # anything extra (a duplicate) would arrive by now
         problems = []
         for user_id, how, seen in streams:
@@ -181,7 +180,11 @@ async def _scenario(mesh: Mesh, replicas: list[RunningService]) -> None:
             cursor = seen[half - 1][1]
             rest: Seen = []
             task = asyncio.create_task(grpc_stream(channels[2], user_id, rest, cursor))
-            await until(lambda: len(rest) >= len(seen) - half, 10)  # noqa: B023
+            await eventually(
+                lambda: len(rest) >= len(seen) - half,  # noqa: B023
+                "the rest after the cursor",
+                within=10,
+            )
             await asyncio.sleep(0.3)
             task.cancel()
             assert [o for o, _ in rest] == [o for o, _ in seen[half:]], "exactly the rest"

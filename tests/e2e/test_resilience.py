@@ -10,12 +10,11 @@ from typing import Any
 import grpc
 import pytest
 
-from services.product.server import ProductInternalServicer
-from shop.common.v1 import money_pb2
+from services.product.handlers import ProductInternalServicer
 from shop.order.v1 import order_pb2
 from shop.product.v1 import product_pb2, product_pb2_grpc
 from tests import tokens
-from tests.mesh import Mesh, running_mesh
+from tests.mesh import Mesh, product_request, running_mesh
 from tests.processes import service_process
 from tests.rpc import fails, reason_of
 
@@ -35,15 +34,7 @@ async def test_orders_go_on_when_one_of_two_product_replicas_is_killed(tmp_path:
             for name in ("user", "order", "notification"):
                 await mesh.start(name)
             user = await mesh.user()
-            product = (
-                await products.CreateProduct(
-                    product_pb2.CreateProductRequest(
-                        name="Mug",
-                        price=money_pb2.Money(currency_code="EUR", amount_minor=500),
-                        stock=1000,
-                    )
-                )
-            ).product
+            product = (await products.CreateProduct(product_request(1000, price=500))).product
             placed: list[float] = []
             failed: list[Any] = []
             a_quarter_done = asyncio.Event()

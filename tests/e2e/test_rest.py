@@ -11,6 +11,7 @@ import pytest
 
 from tests import tokens
 from tests.e2e.conftest import Stack, curl
+from tests.waits import eventually
 
 JSON = "content-type: application/json"
 
@@ -170,7 +171,8 @@ async def test_server_sent_events_stream_new_notifications(stack: Stack) -> None
         stdout=subprocess.PIPE,
     )
     assert sse.stdout is not None
-    await asyncio.sleep(0.5)
+    hub = stack.mesh.services["notification"].parts.hub
+    await eventually(lambda: hub.open_streams == 1, "the stream is open before the order")
     status, placed = await rest(
         stack,
         "POST",

@@ -20,7 +20,7 @@ from cryptography import x509
 from services.common import clients
 from services.common.server import start
 from services.common.tls import SERVICE, TlsSettings, dev_pki
-from services.user.server import SPEC as USER
+from services.user.wiring import SPEC as USER
 from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc, user_pb2, user_pb2_grpc
 from tests import tokens
 from tests.conftest import running

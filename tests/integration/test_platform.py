@@ -7,8 +7,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import clients
 from services.common.interceptors import Context
-from services.common.server import Runtime, ServiceSpec
-from services.product.server import SPEC as PRODUCT
-from services.user.server import SPEC as USER
+from services.common.server import ServiceSpec
+from services.product.wiring import SPEC as PRODUCT
+from services.user.wiring import SPEC as USER
 from shop.user.v1 import user_pb2, user_pb2_grpc
 from tests import tokens
-from tests.conftest import pg_admin_dsn, postgres_database, running
+from tests.conftest import pg_admin_dsn, postgres_database, running, user_service_serving
 from tests.processes import service_process
 from tests.rpc import fails
 
@@ -49,7 +48,7 @@ async def test_health_follows_the_database(tmp_path: Path) -> None:
     """Readiness ("" and each service) follows the database, on the mTLS port and on the
     plaintext health port that probes use; "liveness" stays SERVING meanwhile."""
     async with postgres_database() as url, running(PRODUCT, url, tmp_path) as (service, channel):
-        probe = grpc.aio.insecure_channel(f"127.0.0.1:{service.runtime.health_port}")
+        probe = grpc.aio.insecure_channel(f"127.0.0.1:{service.health_port}")
         assert await health_of(channel) == SERVING
         assert await health_of(probe) == SERVING
         assert await health_of(channel, "shop.product.v1.ProductService") == SERVING
@@ -81,7 +80,7 @@ async def test_health_is_not_serving_while_draining(tmp_path: Path) -> None:
         channel,
     ):
         assert await health_of(channel, "shop.user.v1.UserService") == SERVING
-        await service._health.enter_graceful_shutdown()
+        await service.begin_draining()
         assert await health_of(channel, "shop.user.v1.UserService") == NOT_SERVING
 
 
@@ -160,6 +159,10 @@ class ProbeServicer(user_pb2_grpc.UserServiceServicer):
             clients.channel(downstream, tls=tokens.CLIENT_TLS) if downstream else None
         )
 
+    async def close(self) -> None:
+        if self._downstream is not None:
+            await self._downstream.close()
+
     async def GetUser(
         self, request: user_pb2.GetUserRequest, context: Context
     ) -> user_pb2.GetUserResponse:
@@ -181,11 +184,7 @@ class ProbeServicer(user_pb2_grpc.UserServiceServicer):
 
 
 def probe_spec(servicer: ProbeServicer) -> ServiceSpec:
-    def register(server: grpc.aio.Server, runtime: Runtime) -> Sequence[str]:
-        user_pb2_grpc.add_UserServiceServicer_to_server(servicer, server)
-        return ["shop.user.v1.UserService"]
-
-    return replace(USER, register=register)
+    return user_service_serving(USER, servicer)
 
 
 @pytest.fixture
@@ -198,8 +197,7 @@ async def probes(
         upstream = ProbeServicer(down_service.address)
         async with running(probe_spec(upstream), url, tmp_path) as (_, channel):
             yield upstream, downstream, channel
-        if upstream._downstream is not None:
-            await upstream._downstream.close()
+        await upstream.close()
 
 
 async def test_outgoing_calls_carry_the_remaining_deadline(

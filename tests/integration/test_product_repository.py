@@ -1,4 +1,4 @@
-"""The product repository's stock queries on SQLite and PostgreSQL, without the gRPC layer."""
+"""The SQL product repository on SQLite and PostgreSQL, without the use cases or gRPC."""
 
 from __future__ import annotations
 
@@ -10,84 +10,131 @@ import pytest
 from services.common import migrate
 from services.common.db import Database
 from services.common.times import utcnow
-from services.product import repository
-from services.product.models import ProductRow
-from services.product.server import SPEC
+from services.product.models import (
+    RELEASED,
+    InsufficientStock,
+    ProductRow,
+    ReservationExists,
+    UnknownProducts,
+)
+from services.product.repository import SqlProductRepository
+from services.product.wiring import SPEC
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
+async def repo(database_url: str) -> AsyncIterator[SqlProductRepository]:
     database = Database(database_url)
     await migrate.upgrade(database, SPEC.migrations, SPEC.name)
     await migrate.upgrade(database, SPEC.migrations, SPEC.name)  # a second start changes nothing
     try:
-        yield database
+        yield SqlProductRepository(database)
     finally:
         await database.close()
 
 
-async def add_product(db: Database, product_id: str, stock: int) -> None:
+async def add_product(repo: SqlProductRepository, product_id: str, stock: int) -> None:
     now = utcnow()
-    async with db.write() as session:
-        session.add(
-            ProductRow(
-                id=product_id,
-                name=product_id,
-                description="",
-                price_currency="USD",
-                price_amount_minor=100,
-                stock=stock,
-                create_time=now,
-                update_time=now,
-            )
+    await repo.add(
+        ProductRow(
+            id=product_id,
+            name=product_id,
+            description="",
+            price_currency="USD",
+            price_amount_minor=100,
+            stock=stock,
+            create_time=now,
+            update_time=now,
         )
+    )
 
 
-async def stock_of(db: Database, product_id: str) -> int:
-    async with db.read() as session:
-        product = await repository.get(session, product_id)
+async def stock_of(repo: SqlProductRepository, product_id: str) -> int:
+    product = await repo.get(product_id)
     assert product is not None
     return product.stock
 
 
-async def test_concurrent_takes_never_oversell(db: Database) -> None:
-    await add_product(db, "prd_limited", 20)
+async def test_concurrent_takes_never_oversell(repo: SqlProductRepository) -> None:
+    await add_product(repo, "prd_limited", 20)
 
-    async def take_one() -> bool:
-        async with db.write() as session:
-            return await repository.take_stock(session, "prd_limited", 1)
+    async def take_one(i: int) -> bool:
+        try:
+            await repo.reserve(f"res_{i}", {"prd_limited": 1}, utcnow())
+        except InsufficientStock:
+            return False
+        return True
 
-    results = await asyncio.gather(*(take_one() for _ in range(50)))
+    results = await asyncio.gather(*(take_one(i) for i in range(50)))
     assert results.count(True) == 20
-    assert await stock_of(db, "prd_limited") == 0
+    assert await stock_of(repo, "prd_limited") == 0
 
 
-async def test_take_is_all_or_nothing_per_row_and_give_back_restores(db: Database) -> None:
-    await add_product(db, "prd_a", 3)
-    async with db.write() as session:
-        assert not await repository.take_stock(session, "prd_a", 4)
-        assert not await repository.take_stock(session, "prd_unknown", 1)
-        assert await repository.take_stock(session, "prd_a", 3)
-    assert await stock_of(db, "prd_a") == 0
-    async with db.write() as session:
-        await repository.give_back_stock(session, "prd_a", 2)
-    assert await stock_of(db, "prd_a") == 2
+async def test_take_is_all_or_nothing_per_row_and_give_back_restores(
+    repo: SqlProductRepository,
+) -> None:
+    await add_product(repo, "prd_a", 3)
+    with pytest.raises(InsufficientStock) as short:
+        await repo.reserve("res_1", {"prd_a": 4}, utcnow())
+    assert short.value.product_ids == ["prd_a"]
+    with pytest.raises(UnknownProducts) as unknown:
+        await repo.reserve("res_2", {"prd_a": 1, "prd_unknown": 1}, utcnow())
+    assert unknown.value.product_ids == ["prd_unknown"]
+    assert await stock_of(repo, "prd_a") == 3
+    await repo.reserve("res_3", {"prd_a": 1}, utcnow())
+    await repo.reserve("res_4", {"prd_a": 2}, utcnow())
+    assert await stock_of(repo, "prd_a") == 0
+    released, did = await repo.release("res_4", utcnow())
+    assert (released.state, did) == (RELEASED, True)
+    assert await stock_of(repo, "prd_a") == 2
+    assert (await repo.release("res_4", utcnow()))[1] is False
+    assert await stock_of(repo, "prd_a") == 2
 
 
-async def test_a_failed_unit_of_work_rolls_back(db: Database) -> None:
-    await add_product(db, "prd_b", 5)
-    with pytest.raises(RuntimeError):
-        async with db.write() as session:
-            assert await repository.take_stock(session, "prd_b", 5)
-            raise RuntimeError("a later step failed")
-    assert await stock_of(db, "prd_b") == 5
+async def test_a_failed_unit_of_work_rolls_back(repo: SqlProductRepository) -> None:
+    """The first item's stock was taken before the second came up short: both stay."""
+    await add_product(repo, "prd_b", 5)
+    await add_product(repo, "prd_c", 1)
+    with pytest.raises(InsufficientStock):
+        await repo.reserve("res_b", {"prd_b": 5, "prd_c": 2}, utcnow())
+    assert (await stock_of(repo, "prd_b"), await stock_of(repo, "prd_c")) == (5, 1)
+    # Nor was the reservation id kept: it can be reserved now.
+    reservation = await repo.reserve("res_b", {"prd_b": 5}, utcnow())
+    assert [(i.product_id, i.quantity) for i in reservation.items] == [("prd_b", 5)]
 
 
-async def test_pages_follow_id_order(db: Database) -> None:
+async def test_a_taken_id_takes_nothing_and_returns_what_it_holds(
+    repo: SqlProductRepository,
+) -> None:
+    await add_product(repo, "prd_d", 5)
+    await repo.reserve("res_d", {"prd_d": 2}, utcnow())
+    with pytest.raises(ReservationExists) as taken:
+        await repo.reserve("res_d", {"prd_d": 3}, utcnow())
+    assert [(i.product_id, i.quantity) for i in taken.value.reservation.items] == [("prd_d", 2)]
+    assert await stock_of(repo, "prd_d") == 3
+
+
+async def test_a_release_of_an_unknown_id_leaves_a_tombstone(repo: SqlProductRepository) -> None:
+    tombstone, did = await repo.release("res_never", utcnow())
+    assert (tombstone.state, did, list(tombstone.items)) == (RELEASED, False, [])
+    with pytest.raises(ReservationExists) as taken:
+        await repo.reserve("res_never", {"prd_any": 1}, utcnow())
+    assert taken.value.reservation.state == RELEASED
+
+
+async def test_updates_and_lookups(repo: SqlProductRepository) -> None:
+    await add_product(repo, "prd_e", 1)
+    await add_product(repo, "prd_f", 1)
+    updated = await repo.update("prd_e", {"name": "Eggcup", "stock": 4})
+    assert updated is not None and (updated.name, updated.stock) == ("Eggcup", 4)
+    assert await stock_of(repo, "prd_e") == 4
+    assert await repo.update("prd_missing", {"stock": 1}) is None
+    assert set(await repo.get_many(["prd_e", "prd_f", "prd_missing"])) == {"prd_e", "prd_f"}
+
+
+async def test_pages_follow_id_order(repo: SqlProductRepository) -> None:
     for name in ("prd_3", "prd_1", "prd_2"):
-        await add_product(db, name, 1)
-    async with db.read() as session:
-        first = await repository.page(session, None, 2)
-        rest = await repository.page(session, first[-1].id, 2)
+        await add_product(repo, name, 1)
+    first = await repo.page(None, 2)
+    rest = await repo.page(first[-1].id, 2)
     assert [p.id for p in first] == ["prd_1", "prd_2"]
     assert [p.id for p in rest] == ["prd_3"]

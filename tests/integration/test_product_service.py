@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 
-from services.product.server import SPEC
+from services.product.wiring import SPEC
 from shop.common.v1 import money_pb2
 from shop.product.v1 import (
     product_internal_pb2 as internal_pb2,

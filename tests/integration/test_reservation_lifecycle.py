@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,10 @@ from services.common import migrate
 from services.common.db import Database
 from services.common.pagination import PageTokens
 from services.common.times import utcnow
-from services.product import repository
-from services.product.models import RELEASED, RESERVED
-from services.product.server import SPEC
-from services.product.service import Catalogue, Price, ProductDraft, Reservations
+from services.product.models import RELEASED, RESERVED, Price, ProductDraft
+from services.product.repository import SqlProductRepository
+from services.product.usecases import Catalogue, Reservations
+from services.product.wiring import SPEC
 
 
 @pytest.fixture
@@ -35,8 +35,16 @@ async def replicas(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Dat
         await second.close()
 
 
+def _catalogue(db: Database) -> Catalogue:
+    return Catalogue(SqlProductRepository(db), PageTokens("t"))
+
+
+def _reservations(db: Database) -> Reservations:
+    return Reservations(SqlProductRepository(db))
+
+
 async def _stock(db: Database, product_id: str) -> int:
-    return (await Catalogue(db, PageTokens("t")).get(product_id)).stock
+    return (await _catalogue(db).get(product_id)).stock
 
 
 async def _blocked_on_a_lock(db: Database) -> bool:
@@ -58,22 +66,22 @@ async def test_a_release_during_the_reservation_transaction_gives_the_stock_back
     the reservation id, and once the reservation commits it is released, not left
     holding stock with "not released"."""
     first, second = replicas
-    mug = await Catalogue(first, PageTokens("t")).create(
-        ProductDraft("Mug", "", Price("EUR", 500), stock=10)
-    )
+    mug = await _catalogue(first).create(ProductDraft("Mug", "", Price("EUR", 500), stock=10))
     gate = asyncio.Event()
     inside = asyncio.Event()
-    take_stock = repository.take_stock
+    take_stock = SqlProductRepository.take_stock_in
 
-    async def held_open(session: Any, product_id: str, quantity: int) -> bool:
+    async def held_open(
+        self: SqlProductRepository, session: Any, product_id: str, quantity: int, now: datetime
+    ) -> bool:
         inside.set()
         await gate.wait()  # the reservation row is written, its transaction still open
-        return await take_stock(session, product_id, quantity)
+        return await take_stock(self, session, product_id, quantity, now)
 
-    monkeypatch.setattr(repository, "take_stock", held_open)
-    reserving = asyncio.create_task(Reservations(first).reserve("res_race", {mug.id: 3}))
+    monkeypatch.setattr(SqlProductRepository, "take_stock_in", held_open)
+    reserving = asyncio.create_task(_reservations(first).reserve("res_race", {mug.id: 3}))
     await asyncio.wait_for(inside.wait(), 5)
-    releasing = asyncio.create_task(Reservations(second).release("res_race"))
+    releasing = asyncio.create_task(_reservations(second).release("res_race"))
     if first.is_sqlite:
         await asyncio.sleep(0.3)  # the release waits for the writer lock
     else:
@@ -98,10 +106,8 @@ async def test_released_reservations_and_tombstones_are_purged_after_retention(
     replicas: tuple[Database, Database],
 ) -> None:
     db, _ = replicas
-    mug = await Catalogue(db, PageTokens("t")).create(
-        ProductDraft("Mug", "", Price("EUR", 500), stock=10)
-    )
-    reservations = Reservations(db)
+    mug = await _catalogue(db).create(ProductDraft("Mug", "", Price("EUR", 500), stock=10))
+    reservations = _reservations(db)
     await reservations.reserve("res_refused", {mug.id: 1})
     await reservations.release("res_refused")  # a refused order's reservation
     await reservations.release("res_never_reserved")  # a tombstone

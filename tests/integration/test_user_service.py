@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 
-from services.user.server import SPEC
+from services.user.wiring import SPEC
 from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc, user_pb2, user_pb2_grpc
 from tests.conftest import running
 from tests.rpc import detail, fails, violated_fields

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats
@@ -13,9 +12,9 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
+from services.common.config import ServiceConfig
 from services.common.events.consumer import Consumer
 from services.common.events.envelope import Event
-from services.common.server import Runtime
 
 log = logging.getLogger("shop.nats")
 
@@ -88,23 +87,16 @@ async def connect(url: str, *, stream: str, prefix: str, name: str, replicas: in
     return Bus(client, js, stream, prefix)
 
 
-def connect_on_start(runtime: Runtime, client_name: str, use: Callable[[Bus], None]) -> None:
-    """Connects to the service's BROKER_URL as it starts (and closes on stop); `use`
-    gets the bus to publish or consume with."""
-    config = runtime.config
-
-    async def connect_broker() -> None:
-        bus = await connect(
-            config.broker_url,
-            stream=config.event_stream,
-            prefix=config.event_subject_prefix,
-            name=client_name,
-            replicas=config.event_stream_replicas,
-        )
-        runtime.closers.append(bus.client.close)
-        use(bus)
-
-    runtime.startup.append(connect_broker)
+async def connect_broker(config: ServiceConfig, client_name: str) -> Bus:
+    """Connects to the service's BROKER_URL with its stream settings; the caller closes
+    `bus.client` when it stops."""
+    return await connect(
+        config.broker_url,
+        stream=config.event_stream,
+        prefix=config.event_subject_prefix,
+        name=client_name,
+        replicas=config.event_stream_replicas,
+    )
 
 
 class NatsSink:

@@ -4,30 +4,29 @@ marking them read, and streaming them live from a cursor."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 
-import grpc
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.common.db import Database
 from services.common.errors import DomainError, NotFound
-from services.common.events.envelope import Event
-from services.common.events.order_feed import MESSAGES, ORDER_CREATED
 from services.common.ids import new_id
 from services.common.pagination import PageTokens, page_size
 from services.common.times import utcnow
-from services.notification import models, repository
+from services.notification import models
 from services.notification.hub import Hub, StreamLimitReached
-from services.notification.models import NotificationRow
-from shop.order.v1 import order_pb2
-
-log = logging.getLogger("shop.notification")
+from services.notification.models import (
+    NotificationRow,
+    OrderEvent,
+    TooManyStreams,
+    UnknownNotifications,
+)
+from services.notification.repository import NotificationRepository, NotificationStore
 
 # A stream with no wake-up looks in the database this often anyway: the bound on
 # delivery when wake-ups are lost (SQLite files shared by replicas, a dropped LISTEN).
 CATCH_UP_INTERVAL = 1.0
 REPLAY_BATCH = 500
+# Stream reads running at once on one replica: a wake-up of many streams must not take
+# every connection of the pool (or of the database server) at the same moment.
+CONCURRENT_STREAM_READS = 4
 
 # Digits after the decimal point, where not 2 (ISO 4217).
 _MINOR_DIGITS = {
@@ -66,75 +65,60 @@ def format_money(amount_minor: int, currency: str) -> str:
     return f"{sign}{units}.{minor:0{digits}d} {currency}"
 
 
-def describe(subject: str, order: order_pb2.Order) -> tuple[str, str, str]:
-    """(kind, title, body) of the notification for an order event."""
-    count = sum(item.quantity for item in order.items)
-    total = format_money(order.total.amount_minor, order.total.currency_code)
-    if subject == ORDER_CREATED:
-        noun = "item" if count == 1 else "items"
+def describe(event: OrderEvent) -> tuple[str, str]:
+    """(title, body) of the notification for an order event."""
+    total = format_money(event.total_minor, event.currency)
+    if event.kind == models.ORDER_PLACED:
+        noun = "item" if event.item_count == 1 else "items"
         return (
-            models.ORDER_PLACED,
             "Order placed",
-            f"Your order {order.id} of {count} {noun} totalling {total} has been placed.",
+            f"Your order {event.order_id} of {event.item_count} {noun} totalling {total}"
+            " has been placed.",
         )
-    reason = f" Reason: {order.cancel_reason}" if order.cancel_reason else ""
+    reason = f" Reason: {event.cancel_reason}" if event.cancel_reason else ""
     return (
-        models.ORDER_CANCELLED,
         "Order cancelled",
-        f"Your order {order.id} has been cancelled; {total} will not be charged.{reason}",
+        f"Your order {event.order_id} has been cancelled; {total} will not be charged.{reason}",
     )
 
 
-class TooManyStreams(DomainError):
-    def __init__(self) -> None:
-        super().__init__(
-            "too many open notification streams; retry later",
-            "TOO_MANY_STREAMS",
-            code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-        )
-
-
-# Stream reads running at once on one replica: a wake-up of many streams must not take
-# every connection of the pool (or of the database server) at the same moment.
-CONCURRENT_STREAM_READS = 4
-
-
 class Notifications:
-    def __init__(self, db: Database, page_tokens: PageTokens, hub: Hub) -> None:
-        self._db = db
+    def __init__(
+        self,
+        repository: NotificationRepository,
+        page_tokens: PageTokens,
+        hub: Hub,
+        *,
+        catch_up_interval: float = CATCH_UP_INTERVAL,
+    ) -> None:
+        self._repository = repository
         self._tokens = page_tokens
         self.hub = hub
+        self._catch_up = catch_up_interval
         self._reads = asyncio.Semaphore(CONCURRENT_STREAM_READS)
 
     # -- from events ---------------------------------------------------------
 
-    async def handle(self, session: AsyncSession, event: Event) -> Callable[[], None] | None:
-        """The consumer's handler: one notification per user and event, numbered in the
-        user's own sequence, in the consumer's transaction."""
-        message_type = MESSAGES.get(event.subject)
-        if message_type is None:
-            log.info("ignored event", extra={"subject": event.subject})
-            return None
-        message = message_type.FromString(event.payload)
-        user_id = message.order.user_id
-        kind, title, body = describe(event.subject, message.order)
-        session.add(
+    async def record(self, store: NotificationStore, event: OrderEvent) -> Callable[[], None]:
+        """The event's notification for the order's user, numbered in the user's own
+        sequence, stored in the event consumer's transaction (which applies each event
+        once); returns what to run once that has committed: wake the user's streams."""
+        title, body = describe(event)
+        user_id = event.user_id
+        await store.add(
             NotificationRow(
                 id=new_id("ntf"),
                 user_id=user_id,
-                user_seq=await repository.next_user_seq(session, user_id),
-                kind=kind,
+                kind=event.kind,
                 title=title,
                 body=body,
-                order_id=message.order.id,
+                order_id=event.order_id,
                 event_id=event.event_id,
                 read=False,
                 create_time=utcnow(),
                 read_time=None,
             )
         )
-        await session.flush()
-        await repository.announce(session, user_id)
         return lambda: self.hub.wake(user_id)
 
     # -- reading -------------------------------------------------------------
@@ -146,26 +130,18 @@ class Notifications:
         size = page_size(requested_size)
         query_key = f"v2:user={user_id}&unread={unread_only}"
         before = self._tokens.decode(token, query_key)
-        async with self._db.read() as session:
-            rows = await repository.page(
-                session, user_id, unread_only, None if before is None else int(before), size + 1
-            )
+        rows = await self._repository.page(
+            user_id, unread_only, None if before is None else int(before), size + 1
+        )
         return self._tokens.page(rows, size, key=lambda row: str(row.user_seq), query=query_key)
 
-    async def mark_read(self, user_id: str, ids: Sequence[str]) -> list[NotificationRow]:
-        """All of `ids` (the user's) become read; NOT_FOUND, changing nothing, if any is not."""
-        async with self._db.write() as session:
-            rows = await repository.by_ids(session, user_id, ids)
-            found = {row.id: row for row in rows}
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise NotFound("notification", *missing)
-            now = utcnow()
-            for row in rows:
-                if not row.read:
-                    row.read = True
-                    row.read_time = now
-        return [found[i] for i in ids]
+    async def mark_read(self, user_id: str, ids: Sequence[str]) -> Sequence[NotificationRow]:
+        """All of `ids` (the user's) become read; NOT_FOUND, changing nothing, if any is
+        not the user's. Marking a read one again keeps its read time."""
+        try:
+            return await self._repository.mark_read(user_id, ids, utcnow())
+        except UnknownNotifications as unknown:
+            raise NotFound("notification", *unknown.ids) from None
 
     # -- streaming -----------------------------------------------------------
 
@@ -181,8 +157,7 @@ class Notifications:
         except DomainError:
             # A cursor from before per-user numbers (it points at the global seq).
             legacy = self._tokens.decode(cursor, f"stream:{user_id}", field="cursor")
-            async with self._db.read() as session:
-                return await repository.seq_of_legacy_cursor(session, user_id, int(legacy or 0))
+            return await self._repository.seq_of_legacy_cursor(user_id, int(legacy or 0))
 
     async def stream(self, user_id: str, cursor: str) -> AsyncGenerator[NotificationRow, None]:
         """What the client has not seen (after its cursor; with none, what is unread),
@@ -196,22 +171,21 @@ class Notifications:
             raise TooManyStreams() from None
         try:
             if after is None:
-                async with self._reads, self._db.read() as session:
-                    last = await repository.newest_seq(session, user_id)
-                    unread = await repository.unread_up_to(session, user_id, last)
+                async with self._reads:
+                    unread, last = await self._repository.unread(user_id)
                 for row in unread:
                     yield row
             else:
                 last = after
             while True:
                 subscription.clear()
-                async with self._reads, self._db.read() as session:
-                    rows = await repository.after(session, user_id, last, REPLAY_BATCH)
+                async with self._reads:
+                    rows = await self._repository.after(user_id, last, REPLAY_BATCH)
                 for row in rows:
                     yield row
                     last = row.user_seq
                 if len(rows) < REPLAY_BATCH:
-                    await subscription.wait(CATCH_UP_INTERVAL)
+                    await subscription.wait(self._catch_up)
         finally:
             self.hub.unsubscribe(subscription)
 

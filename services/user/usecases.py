@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
-from services.common.db import Database
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from services.common.ids import new_id
 from services.common.pagination import PageTokens, page_size
 from services.common.times import utcnow
-from services.user import repository
-from services.user.models import UserRow
+from services.user.models import EmailTaken, UserRow
+from services.user.repository import UserRepository
 
 UPDATABLE = ("display_name", "email", "active")
 # Fields only an administrator may change, even on one's own record: a user an admin
@@ -26,8 +23,8 @@ def _email_taken(email: str) -> AlreadyExists:
 
 
 class Users:
-    def __init__(self, db: Database, page_tokens: PageTokens) -> None:
-        self._db = db
+    def __init__(self, repository: UserRepository, page_tokens: PageTokens) -> None:
+        self._repository = repository
         self._tokens = page_tokens
 
     async def create(self, email: str, display_name: str) -> UserRow:
@@ -41,15 +38,13 @@ class Users:
             update_time=now,
         )
         try:
-            async with self._db.write() as session:
-                session.add(user)
-        except IntegrityError:
+            await self._repository.add(user)
+        except EmailTaken:
             raise _email_taken(user.email) from None
         return user
 
     async def get(self, user_id: str) -> UserRow:
-        async with self._db.read() as session:
-            user = await repository.get(session, user_id)
+        user = await self._repository.get(user_id)
         if user is None:
             raise NotFound("user", user_id)
         return user
@@ -59,26 +54,27 @@ class Users:
     ) -> tuple[Sequence[UserRow], str]:
         size = page_size(requested_size)
         after = self._tokens.decode(token)
-        async with self._db.read() as session:
-            rows = await repository.page(session, after, size + 1)
+        rows = await self._repository.page(after, size + 1)
         return self._tokens.page(rows, size, key=lambda row: row.id)
 
-    async def update(self, user_id: str, changes: Mapping[str, Any]) -> UserRow:
+    async def update(self, user_id: str, changes: Mapping[str, Any], *, by_admin: bool) -> UserRow:
+        """Applies `changes` (fields of UPDATABLE); ADMIN_ONLY fields need `by_admin`."""
+        refused = ADMIN_ONLY.intersection(changes)
+        if refused and not by_admin:
+            fields = ", ".join(sorted(refused))
+            raise PermissionDenied(f"only an administrator may change {fields}", "ADMIN_ONLY")
         values = dict(changes)
         if "email" in values:
             values["email"] = str(values["email"]).strip().lower()
         if "display_name" in values:
             values["display_name"] = str(values["display_name"]).strip()
+        values["update_time"] = utcnow()
         try:
-            async with self._db.write() as session:
-                user = await repository.get(session, user_id)
-                if user is None:
-                    raise NotFound("user", user_id)
-                for name, value in values.items():
-                    setattr(user, name, value)
-                user.update_time = utcnow()
-        except IntegrityError:
+            user = await self._repository.update(user_id, values)
+        except EmailTaken:
             raise _email_taken(values["email"]) from None
+        if user is None:
+            raise NotFound("user", user_id)
         return user
 
     async def require_active(self, user_id: str) -> UserRow:

@@ -1,0 +1,130 @@
+"""The order service's events as this service consumes them: their subjects (derived
+from the order contract), their payloads read by subject, the consumer's handler, and
+FeedSource, which follows the order service's outbox over gRPC (embedded transport)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common import clients
+from services.common.events.consumer import Consumer, Handler
+from services.common.events.envelope import Event
+from services.common.tls import TlsSettings
+from services.notification import models
+from services.notification.convert import order_event
+from services.notification.models import OrderEvent
+from services.notification.repository import NotificationStore
+from services.notification.usecases import Notifications
+from shop.order.v1 import events_pb2, order_internal_pb2, order_internal_pb2_grpc
+
+log = logging.getLogger("shop.feed")
+events_log = logging.getLogger("shop.notification")
+
+_FEED_MESSAGE = order_internal_pb2.StreamOrderEventsResponse
+
+
+def subject_of(field: str) -> str:
+    """The logical subject of a oneof field of StreamOrderEventsResponse, as the order
+    service derives it too: 'order_created' -> 'order.created'."""
+    return field.replace("_", ".")
+
+
+def _field(number: int) -> str:
+    return _FEED_MESSAGE.DESCRIPTOR.fields_by_number[number].name
+
+
+ORDER_CREATED = subject_of(_field(_FEED_MESSAGE.ORDER_CREATED_FIELD_NUMBER))
+ORDER_CANCELLED = subject_of(_field(_FEED_MESSAGE.ORDER_CANCELLED_FIELD_NUMBER))
+
+_Payload = type[events_pb2.OrderCreated] | type[events_pb2.OrderCancelled]
+# Subject -> the payload's message and the kind of notification it makes.
+_PAYLOADS: dict[str, tuple[_Payload, str]] = {
+    ORDER_CREATED: (events_pb2.OrderCreated, models.ORDER_PLACED),
+    ORDER_CANCELLED: (events_pb2.OrderCancelled, models.ORDER_CANCELLED),
+}
+
+
+def parse(event: Event) -> OrderEvent | None:
+    """The order event in `event`'s payload; None for a subject this service ignores."""
+    known = _PAYLOADS.get(event.subject)
+    if known is None:
+        return None
+    message_type, kind = known
+    return order_event(event.event_id, kind, message_type.FromString(event.payload).order)
+
+
+def handler(
+    notifications: Notifications, store_in: Callable[[AsyncSession], NotificationStore]
+) -> Handler:
+    """The Consumer's handler: the event's notification, in the consumer's transaction."""
+
+    async def handle(session: AsyncSession, event: Event) -> Callable[[], None] | None:
+        parsed = parse(event)
+        if parsed is None:
+            events_log.info("ignored event", extra={"subject": event.subject})
+            return None
+        return await notifications.record(store_in(session), parsed)
+
+    return handle
+
+
+def from_feed_message(response: order_internal_pb2.StreamOrderEventsResponse) -> Event:
+    field = response.WhichOneof("event")
+    if field is None:
+        raise ValueError(f"feed message {response.sequence} carries no event this service knows")
+    message = getattr(response, field)
+    return Event(
+        event_id=message.event_id,
+        subject=subject_of(field),
+        payload=message.SerializeToString(),
+        headers=dict(response.headers),
+        sequence=response.sequence,
+    )
+
+
+class FeedSource:
+    """Follows the order service's outbox over gRPC, from the consumer's stored position.
+
+    Reconnects with backoff when the order service is away; since the position is
+    stored with each applied event, nothing is skipped or applied twice.
+    """
+
+    def __init__(
+        self, order_addresses: str, consumer: Consumer, tls: TlsSettings | None = None
+    ) -> None:
+        self._channel = clients.channel(order_addresses, default_timeout=None, tls=tls)
+        self._stub = order_internal_pb2_grpc.OrderInternalServiceStub(self._channel)
+        self._consumer = consumer
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            position = await self._consumer.position()
+            try:
+                stream = self._stub.StreamOrderEvents(
+                    order_internal_pb2.StreamOrderEventsRequest(after_sequence=position),
+                    wait_for_ready=True,
+                )
+                self.connected.set()
+                async for response in stream:
+                    await self._consumer.apply(
+                        from_feed_message(response), position=response.sequence
+                    )
+                    backoff = 0.1
+            except grpc.aio.AioRpcError as error:
+                self.connected.clear()
+                log.warning(
+                    "order feed interrupted; reconnecting",
+                    extra={"code": error.code().name, "retry_in_s": backoff},
+                )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def close(self) -> None:
+        await self._channel.close()

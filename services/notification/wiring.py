@@ -1,0 +1,94 @@
+"""Builds the notification service from the platform, explicitly and in order."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.events.consumer import Consumer
+from services.common.events.nats import NatsSource, connect_broker
+from services.common.metrics import Metrics
+from services.common.server import Platform, Servicer, ServiceSpec, Wired
+from services.notification import order_events
+from services.notification.handlers import NotificationServicer
+from services.notification.hub import Hub
+from services.notification.models import ConsumerPositionRow, ProcessedEventRow
+from services.notification.order_events import FeedSource
+from services.notification.repository import SqlNotificationRepository
+from services.notification.usecases import Notifications
+from services.notification.wakeups import Listener
+from shop.notification.v1 import notification_pb2, notification_pb2_grpc
+
+# The durable name of the order-event consumer (processed events, NATS consumer).
+CONSUMER = "notification"
+BROKER_CLIENT = "shop-notification"
+
+
+@dataclass(frozen=True)
+class NotificationParts:
+    consumer: Consumer
+    hub: Hub
+    notifications: Notifications
+
+
+async def wire(platform: Platform) -> Wired[NotificationParts]:
+    config, db = platform.config, platform.db
+    repository = SqlNotificationRepository(db)
+    hub = Hub(max_streams=config.max_streams)
+    notifications = Notifications(repository, platform.page_tokens, hub)
+    consumer = Consumer(
+        db,
+        CONSUMER,
+        order_events.handler(notifications, repository.store_in),
+        ProcessedEventRow,
+        ConsumerPositionRow,
+    )
+    background: list[Callable[[], Awaitable[None]]] = []
+    closers: list[Callable[[], object]] = []
+    if not db.is_sqlite:
+        # Wake-ups from the other replicas' commits (PostgreSQL LISTEN).
+        background.append(Listener(config.database_url, hub).run)
+    if config.broker_url:
+        bus = await connect_broker(config, BROKER_CLIENT)
+        closers.append(bus.client.close)
+        background.append(NatsSource(bus, consumer).run)
+    else:
+        feed = FeedSource(config.peer("order"), consumer, config.tls)
+        background.append(feed.run)
+        closers.append(feed.close)
+    _gauges(platform.metrics, hub, consumer)
+    return Wired(
+        parts=NotificationParts(consumer=consumer, hub=hub, notifications=notifications),
+        servicers=[
+            Servicer(
+                notification_pb2.DESCRIPTOR.services_by_name["NotificationService"],
+                NotificationServicer(notifications),
+                notification_pb2_grpc.add_NotificationServiceServicer_to_server,
+            )
+        ],
+        background=background,
+        closers=closers,
+    )
+
+
+def _gauges(metrics: Metrics, hub: Hub, consumer: Consumer) -> None:
+    metrics.gauge(
+        "notification_open_streams", "Open StreamNotifications calls.", lambda: hub.open_streams
+    )
+    metrics.gauge(
+        "event_consumer_lag_seconds",
+        "Seconds from commit to apply of the last order event received.",
+        lambda: consumer.lag_seconds,
+    )
+    metrics.gauge(
+        "event_consumer_applied", "Order events applied since start.", lambda: consumer.applied
+    )
+    metrics.gauge(
+        "event_consumer_duplicates",
+        "Order events received again and skipped since start.",
+        lambda: consumer.duplicates,
+    )
+
+
+SPEC = ServiceSpec(name="notification", migrations=Path(__file__).parent / "migrations", wire=wire)

@@ -1,0 +1,236 @@
+"""In-memory fakes of the order service's repository and of its peers (user, product):
+the order use cases' tests run against them, no database and no network."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import inspect
+
+from services.common.errors import FailedPrecondition, NotFound, Unavailable
+from services.common.events.envelope import Event
+from services.order.models import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    PLACED,
+    VISIBLE,
+    KeyTaken,
+    OrderItemRow,
+    OrderRow,
+    PricedProduct,
+)
+from services.order.repository import Announce
+
+_ORDER_COLUMNS = [attribute.key for attribute in inspect(OrderRow).column_attrs]
+_ITEM_COLUMNS = [attribute.key for attribute in inspect(OrderItemRow).column_attrs]
+
+
+def clone(order: OrderRow) -> OrderRow:
+    """A copy that shares nothing with `order`, as a fresh read from a database would be."""
+    copy = OrderRow(**{name: getattr(order, name) for name in _ORDER_COLUMNS})
+    copy.items = [
+        OrderItemRow(**{name: getattr(item, name) for name in _ITEM_COLUMNS})
+        for item in order.items
+    ]
+    return copy
+
+
+class InMemoryOrders:
+    """The OrderRepository over dicts. Every event is published as soon as it is stored:
+    its feed position is its place in `events`."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, OrderRow] = {}
+        self.events: list[Event] = []
+        # Raised by the next place(), as a database that refuses the write would.
+        self.fail_place: Exception | None = None
+
+    async def get(self, order_id: str) -> OrderRow | None:
+        row = self.rows.get(order_id)
+        return clone(row) if row is not None else None
+
+    async def by_key(self, key: str) -> OrderRow | None:
+        found = [row for row in self.rows.values() if row.idempotency_key == key]
+        return clone(found[0]) if found else None
+
+    async def claim(self, order: OrderRow) -> None:
+        if any(row.idempotency_key == order.idempotency_key for row in self.rows.values()):
+            raise KeyTaken(order.idempotency_key)
+        self.rows[order.id] = clone(order)
+
+    async def place(self, order_id: str, at: datetime, announce: Announce) -> OrderRow | None:
+        row = self.rows.get(order_id)
+        if row is None or row.status != PENDING:
+            return None
+        if self.fail_place is not None:
+            error, self.fail_place = self.fail_place, None
+            raise error
+        changed = clone(row)
+        changed.status = PLACED
+        changed.update_time = at
+        self._commit(changed, announce(changed))
+        return clone(changed)
+
+    async def cancel(
+        self, order_id: str, reason: str, at: datetime, announce: Announce
+    ) -> OrderRow | None:
+        row = self.rows.get(order_id)
+        if row is None or row.status != PLACED:
+            return None
+        changed = clone(row)
+        changed.status = CANCELLED
+        changed.cancel_reason = reason
+        changed.update_time = at
+        self._commit(changed, announce(changed))
+        return clone(changed)
+
+    def _commit(self, order: OrderRow, event: Event) -> None:
+        """The order and its event, together (the repository's one transaction)."""
+        self.rows[order.id] = order
+        self.events.append(
+            Event(event.event_id, event.subject, event.payload, sequence=len(self.events) + 1)
+        )
+
+    async def fail(self, order_id: str, at: datetime) -> str | None:
+        row = self.rows.get(order_id)
+        if row is None or row.status not in (PENDING, FAILED):
+            return None
+        row.status = FAILED
+        row.update_time = at
+        return row.reservation_id
+
+    async def remove_failed(self, order_id: str) -> None:
+        row = self.rows.get(order_id)
+        if row is not None and row.status == FAILED:
+            del self.rows[order_id]
+
+    async def fail_stale(self, created_before: datetime, at: datetime) -> Sequence[str]:
+        stale = [
+            row
+            for row in self.rows.values()
+            if row.status == PENDING and row.create_time < created_before
+        ]
+        for row in stale:
+            row.status = FAILED
+            row.update_time = at
+        return [row.id for row in stale]
+
+    async def failed(self) -> Sequence[str]:
+        return [row.id for row in self.rows.values() if row.status == FAILED]
+
+    async def unreleased_cancelled(self) -> Sequence[str]:
+        return [
+            row.id
+            for row in self.rows.values()
+            if row.status == CANCELLED and not row.stock_released
+        ]
+
+    async def mark_released(self, order_id: str) -> None:
+        self.rows[order_id].stock_released = True
+
+    async def page(self, user_id: str, before_id: str | None, limit: int) -> Sequence[OrderRow]:
+        ids = sorted(
+            (
+                row.id
+                for row in self.rows.values()
+                if row.user_id == user_id
+                and row.status in VISIBLE
+                and (before_id is None or row.id < before_id)
+            ),
+            reverse=True,
+        )
+        return [clone(self.rows[i]) for i in ids[:limit]]
+
+    async def published_after(self, position: int, limit: int) -> Sequence[Event]:
+        return [event for event in self.events if event.sequence > position][:limit]
+
+
+@dataclass
+class FakePeers:
+    """The user and product services: users with their active flag, products with a price
+    and stock, reservations that take stock all or nothing and give it back once."""
+
+    users: dict[str, bool] = field(default_factory=dict)
+    products_by_id: dict[str, PricedProduct] = field(default_factory=dict)
+    stock: dict[str, int] = field(default_factory=dict)
+    # Reservation id -> what it took; `released` holds those given back.
+    reservations: dict[str, dict[str, int]] = field(default_factory=dict)
+    released: set[str] = field(default_factory=set)
+    # When set, reserve() waits for it (a product service that has not answered yet).
+    hold_reserve: asyncio.Event | None = None
+    # reserve() calls that have started: a test waits on it to act mid-attempt.
+    reserving: asyncio.Event = field(default_factory=asyncio.Event)
+    # How many of the next release() calls fail as an unreachable product service.
+    failing_releases: int = 0
+
+    def add_user(self, user_id: str, *, active: bool = True) -> str:
+        self.users[user_id] = active
+        return user_id
+
+    def add_product(
+        self, product_id: str, *, stock: int, price: int = 500, currency: str = "EUR"
+    ) -> str:
+        self.products_by_id[product_id] = PricedProduct(
+            product_id, f"Product {product_id}", currency, price
+        )
+        self.stock[product_id] = stock
+        return product_id
+
+    def held(self) -> dict[str, int]:
+        """Stock taken by reservations not released, by product."""
+        held: dict[str, int] = {}
+        for reservation_id, items in self.reservations.items():
+            if reservation_id not in self.released:
+                for product_id, quantity in items.items():
+                    held[product_id] = held.get(product_id, 0) + quantity
+        return held
+
+    async def active_user(self, user_id: str) -> None:
+        if user_id not in self.users:
+            raise NotFound("user", user_id)
+        if not self.users[user_id]:
+            raise FailedPrecondition(
+                f"user {user_id} is not active", "USER_INACTIVE", [f"user:{user_id}"]
+            )
+
+    async def products(self, ids: Sequence[str]) -> Sequence[PricedProduct]:
+        missing = [i for i in ids if i not in self.products_by_id]
+        if missing:
+            raise NotFound("product", *missing)
+        return [self.products_by_id[i] for i in ids]
+
+    async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> None:
+        self.reserving.set()
+        if self.hold_reserve is not None:
+            await self.hold_reserve.wait()
+        if reservation_id in self.released:
+            # Released before it was made (its attempt was undone meanwhile): refused.
+            raise FailedPrecondition(
+                f"reservation {reservation_id} was already released", "RESERVATION_RELEASED"
+            )
+        if reservation_id in self.reservations:
+            return
+        short = [pid for pid, qty in items.items() if self.stock.get(pid, 0) < qty]
+        if short:
+            raise FailedPrecondition(
+                "not enough stock for " + ", ".join(short),
+                "INSUFFICIENT_STOCK",
+                [f"product:{pid}" for pid in short],
+            )
+        for product_id, quantity in items.items():
+            self.stock[product_id] -= quantity
+        self.reservations[reservation_id] = dict(items)
+
+    async def release(self, reservation_id: str) -> None:
+        if self.failing_releases:
+            self.failing_releases -= 1
+            raise Unavailable("product service is unavailable", "PRODUCT_UNAVAILABLE")
+        if reservation_id in self.released:
+            return
+        self.released.add(reservation_id)
+        for product_id, quantity in self.reservations.get(reservation_id, {}).items():
+            self.stock[product_id] += quantity
