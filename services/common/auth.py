@@ -28,6 +28,7 @@ import contextvars
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,20 +117,29 @@ def single_authorization(values: list[str]) -> str | None:
     return values[0] if values else None
 
 
+# Tokens verified lately, so a caller's next calls cost a dictionary look-up instead of
+# a signature check (the token is the key: a different byte is a different token).
+VERIFIED_CACHE_SIZE = 10_000
+
+
 class Verifier:
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
         self._keys: dict[str, jwt.PyJWK] = {}
         self._loaded_mtime = -1.0
+        # token -> (who, its exp): only tokens that passed every check, evicted oldest first.
+        self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
 
     def _reload(self) -> None:
         """Reads the key file again when it changed (one stat a call): a key added is
-        trusted, and a key removed is no longer, without a restart."""
+        trusted, and a key removed is no longer, without a restart. Tokens verified with
+        the old keys are verified again."""
         mtime = self.settings.jwks_file.stat().st_mtime
         if mtime == self._loaded_mtime:
             return
         self._keys = _read_keys(self.settings.jwks_file)
         self._loaded_mtime = mtime
+        self._verified.clear()
 
     def _key(self, kid: Any) -> jwt.PyJWK:
         self._reload()
@@ -142,6 +152,22 @@ class Verifier:
         return self._keys[kid]
 
     def verify(self, token: str) -> Caller:
+        """Who the token says is calling, or Unauthenticated with the reason."""
+        self._reload()
+        known = self._verified.get(token)
+        if known is not None:
+            caller, expires = known
+            if time.time() <= expires + LEEWAY_SECONDS:
+                self._verified.move_to_end(token)
+                return caller
+            del self._verified[token]  # expired: the full check below says so
+        caller, expires = self._verify_signed(token)
+        self._verified[token] = (caller, expires)
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return caller
+
+    def _verify_signed(self, token: str) -> tuple[Caller, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -180,7 +206,7 @@ class Verifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("the token has no subject", "TOKEN_INVALID")
-        return Caller(subject, frozenset(roles))
+        return Caller(subject, frozenset(roles)), float(claims["exp"])
 
 
 def _read_keys(path: Path) -> dict[str, jwt.PyJWK]:

@@ -2,8 +2,8 @@
 
 Order (outermost first): tracing (OpenTelemetry) -> access log -> errors ->
 deadline -> authentication -> validation -> the servicer. Each concern is written
-once, as an async context manager around the call (`around`), and `ServerConcern`
-applies it to unary and server-streaming methods alike.
+once, as an async context manager around the call (`ServerConcern.around`), and
+`ServerPipeline` applies them all to unary and server-streaming methods alike.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_status import rpc_status
 
 from services.common import access, auth, deadline, tls, validation
@@ -33,50 +35,63 @@ Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class ServerConcern(grpc.aio.ServerInterceptor):
-    """One concern around every unary and server-streaming call: subclasses write
-    `around`, once; other call kinds pass through untouched."""
+class ServerConcern:
+    """One concern around every call: subclasses write `around`, once."""
 
     def around(
         self, method: str, request: Any, context: Context
     ) -> AbstractAsyncContextManager[None]:
         raise NotImplementedError
 
+
+class ServerPipeline:
+    """The concerns, outermost first, around every method of a service's servicer.
+
+    Applied where the servicer is added to the server, not as a grpc interceptor: an
+    interceptor runs on every call to find the method's handler and make a new one,
+    which cost more than all the concerns together. Health and reflection, the
+    platform's own services, are served without them."""
+
+    def __init__(self, concerns: Sequence[ServerConcern]) -> None:
+        self._concerns = tuple(concerns)
+
+    def serving(self, service: ServiceDescriptor, implementation: object) -> object:
+        """`implementation` with each of the service's methods behind the concerns, for
+        the generated `add_*Servicer_to_server` to add."""
+        wrapped = types.SimpleNamespace()
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            behaviour = getattr(implementation, method.name)
+            if method.client_streaming:
+                raise TypeError(f"{path}: client streaming is not served")
+            if method.server_streaming:
+                setattr(wrapped, method.name, self._stream(path, behaviour))
+            else:
+                setattr(wrapped, method.name, self._unary(path, behaviour))
+        return wrapped
+
+    async def _enter(
+        self, stack: AsyncExitStack, method: str, request: Any, context: Context
+    ) -> None:
+        for concern in self._concerns:
+            await stack.enter_async_context(concern.around(method, request, context))
+
     def _unary(self, method: str, behaviour: Unary) -> Unary:
         async def wrapped(request: Any, context: Context) -> Any:
-            async with self.around(method, request, context):
+            async with AsyncExitStack() as stack:
+                await self._enter(stack, method, request, context)
                 return await behaviour(request, context)
 
         return wrapped
 
     def _stream(self, method: str, behaviour: Streaming) -> Streaming:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
-            async with self.around(method, request, context):
+            async with AsyncExitStack() as stack:
+                await self._enter(stack, method, request, context)
                 async for response in behaviour(request, context):
                     yield response
 
         return wrapped
-
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
 
 
 def _code_name(context: Context, error: BaseException | None) -> str:

@@ -36,6 +36,7 @@ from services.common.interceptors import (
     ServerAuth,
     ServerDeadline,
     ServerErrors,
+    ServerPipeline,
     ServerValidation,
 )
 from services.common.metrics import Metrics
@@ -194,17 +195,18 @@ SERVER_OPTIONS = [
 LIVENESS = "liveness"
 
 
-def interceptors(
-    metrics: Metrics, verifier: Verifier, mutual_tls: bool
-) -> list[grpc.aio.ServerInterceptor]:
-    return [
-        aio_server_interceptor(),  # type: ignore[no-untyped-call]
-        ServerAccessLog(metrics),
-        ServerErrors(),
-        ServerDeadline(),
-        ServerAuth(verifier, services_only_internal=mutual_tls),
-        ServerValidation(),
-    ]
+def pipeline(metrics: Metrics, verifier: Verifier, mutual_tls: bool) -> ServerPipeline:
+    """What every RPC of a service goes through (tracing, the one grpc interceptor,
+    comes first)."""
+    return ServerPipeline(
+        [
+            ServerAccessLog(metrics),
+            ServerErrors(),
+            ServerDeadline(),
+            ServerAuth(verifier, services_only_internal=mutual_tls),
+            ServerValidation(),
+        ]
+    )
 
 
 async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService[Any]:
@@ -227,11 +229,14 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService[Any]
     wired = await spec.wire(platform)
     closers = list(wired.closers)
     server = grpc.aio.server(
-        interceptors=interceptors(platform.metrics, Verifier(config.auth), config.tls.enabled),
+        interceptors=[aio_server_interceptor()],  # type: ignore[no-untyped-call]
         options=SERVER_OPTIONS,
     )
+    concerns = pipeline(platform.metrics, Verifier(config.auth), config.tls.enabled)
     for servicer in wired.servicers:
-        servicer.add_to_server(servicer.implementation, server)
+        servicer.add_to_server(
+            concerns.serving(servicer.descriptor, servicer.implementation), server
+        )
     names = [servicer.descriptor.full_name for servicer in wired.servicers]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db import Database
 from services.user.models import EmailTaken, UserRow
+
+USERS = UserRow.__table__
+USER_BY_ID = select(USERS).where(USERS.c.id == bindparam("id"))
 
 
 class UserRepository(Protocol):
@@ -34,8 +37,9 @@ class SqlUserRepository:
         self._db = db
 
     async def get(self, user_id: str) -> UserRow | None:
-        async with self._db.read() as session:
-            return await session.get(UserRow, user_id)
+        # Every GetUser and every order's ValidateUser: a point read without the ORM session.
+        row = await self._db.read_one(USER_BY_ID, {"id": user_id})
+        return None if row is None else UserRow(**row)
 
     async def page(self, after_id: str | None, limit: int) -> Sequence[UserRow]:
         query = select(UserRow).order_by(UserRow.id).limit(limit)

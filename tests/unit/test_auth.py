@@ -110,3 +110,41 @@ def test_bearer_header_forms() -> None:
     for bad in ("Basic abc", "Bearer", "Bearer   ", "abc"):
         with pytest.raises(Unauthenticated):
             bearer_token(bad)
+
+
+def test_a_verified_token_is_remembered_but_still_expires_and_follows_key_withdrawal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private, public = keys(tmp_path / "k")
+    other_private, other_public = keys(tmp_path / "other")
+    jwks = tmp_path / "jwks.json"
+    write_jwks(jwks, public, other_public)
+    verifier = Verifier(AuthSettings(jwks))
+    token = mint(private, "usr_a", ttl=60)
+    assert verifier.verify(token).user_id == "usr_a"
+    # The second check of the same token is a look-up: it no longer reads the signature.
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: pytest.fail("verified again"))
+    assert verifier.verify(token).user_id == "usr_a"
+    monkeypatch.undo()
+
+    # Past exp and the leeway, the remembered answer no longer counts: the token is
+    # checked in full again (and the signature check's own clock says it expired).
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 60 + 31)
+    checked_again = []
+
+    def expired(*args: object, **kwargs: object) -> None:
+        checked_again.append(1)
+        raise jwt.ExpiredSignatureError
+
+    monkeypatch.setattr(jwt, "decode", expired)
+    with pytest.raises(Unauthenticated) as refused:
+        verifier.verify(token)
+    assert (checked_again, refused.value.reason) == ([1], "TOKEN_EXPIRED")
+    monkeypatch.undo()
+
+    kept = mint(other_private, "usr_b", ttl=60)
+    assert verifier.verify(kept).user_id == "usr_b"
+    write_jwks(jwks, public)  # the key of a remembered token is withdrawn
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        verifier.verify(kept)
