@@ -1,20 +1,19 @@
 """The database of one service: an async SQLAlchemy engine chosen by URL.
 
-SQLite (aiosqlite, the embedded default) gets WAL, a busy timeout and foreign
-keys, and write transactions that start with BEGIN IMMEDIATE so that two
-writers queue on the busy timeout instead of failing on a lock upgrade.
-Reads on SQLite skip BEGIN (autocommit). PostgreSQL (asyncpg) runs the same
-models and queries unchanged.
+SQLite (the embedded default) gets WAL, a busy timeout and foreign keys; its calls
+run inline on the event loop (`services.common.inline_sqlite`: a SQLite call takes
+microseconds, the hop to aiosqlite's thread took longer), reads skip BEGIN
+(autocommit) and the process's writers take turns, each transaction starting with
+BEGIN IMMEDIATE. PostgreSQL (asyncpg) runs the same models and queries unchanged.
 
-Point reads on a hot path (`read_one`) skip the ORM session: on SQLite they run
-inline on the event loop, on one synchronous connection (a WAL reader never waits for
-a writer, and a point read takes tens of microseconds, less than the hop to
-aiosqlite's thread); on PostgreSQL they are one Core statement.
+Point reads on a hot path (`read_one`) skip the ORM session and the async adapter:
+one prepared Core statement, on SQLite on a synchronous connection of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import StaticPool
 
-from services.common import telemetry
+from services.common import inline_sqlite, telemetry
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -79,22 +78,36 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-# An inline read that meets a lock (a WAL checkpoint, rarely) waits this long at most,
+# One turn per SQLite file in the process (two Database objects on one file, as tests
+# of replicas make, share it): SQLite has one writer at a time, and a writer that met
+# the file lock would wait inline, holding the event loop the other one needs.
+_writer_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _writer_turn(path: str) -> asyncio.Lock:
+    turns = _writer_turns.setdefault(asyncio.get_running_loop(), {})
+    return turns.setdefault(path, asyncio.Lock())
+
+
+# A point read that meets a lock (a WAL checkpoint, rarely) waits this long at most,
 # holding the event loop; then it fails like any other database error.
-INLINE_BUSY_TIMEOUT_MS = 200
+POINT_READ_BUSY_TIMEOUT_MS = 200
 
 
-def _inline_sqlite_engine(url: str) -> Engine:
-    """One synchronous connection for inline point reads, on the same file."""
-    sync_url = make_url(url).set(drivername="sqlite")
+def _point_read_engine(url: str) -> Engine:
+    """One synchronous, read-only connection for point reads, on the same file."""
     engine = create_sync_engine(
-        sync_url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        make_url(url).set(drivername="sqlite"),
+        poolclass=StaticPool,
+        connect_args={"check_same_thread": False},
     )
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # autocommit: each read its own snapshot
-        dbapi_connection.execute(f"PRAGMA busy_timeout={INLINE_BUSY_TIMEOUT_MS}")
+        dbapi_connection.execute(f"PRAGMA busy_timeout={POINT_READ_BUSY_TIMEOUT_MS}")
         dbapi_connection.execute("PRAGMA query_only=ON")
 
     return engine
@@ -105,7 +118,12 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=8, max_overflow=8)
+        engine = create_async_engine(
+            url,
+            pool_size=8,
+            max_overflow=8,
+            async_creator=inline_sqlite.creator(parsed.database or ":memory:"),
+        )
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -126,22 +144,25 @@ class Database:
         )
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write = async_sessionmaker(writer, expire_on_commit=False)
-        self._inline: Connection | None = None
-        self._writer_turn = asyncio.Lock() if self.is_sqlite else None
-        if self.is_sqlite and make_url(url).database not in (None, "", ":memory:"):
-            inline_engine = _inline_sqlite_engine(url)
-            telemetry.trace_database(inline_engine)
-            self._inline_engine: Engine | None = inline_engine
-        else:
-            self._inline_engine = None
+        database = make_url(url).database
+        self._sqlite_file = (
+            str(Path(database).resolve())
+            if self.is_sqlite and database and database != ":memory:"
+            else None
+        )
+        self._point_reads: Engine | None = None
+        self._point_reader: Connection | None = None
+        if self._sqlite_file is not None:
+            self._point_reads = _point_read_engine(url)
+            telemetry.trace_database(self._point_reads)
 
     async def read_one(self, statement: Executable, params: Mapping[str, Any]) -> RowMapping | None:
         """The first row of a read-only Core statement (a point read), or None. Build the
         statement once, with bind parameters: SQLAlchemy then compiles it once."""
-        if self._inline_engine is not None:
-            if self._inline is None:
-                self._inline = self._inline_engine.connect()
-            return self._inline.execute(statement, params).mappings().first()
+        if self._point_reads is not None:
+            if self._point_reader is None:
+                self._point_reader = self._point_reads.connect()
+            return self._point_reader.execute(statement, params).mappings().first()
         async with self.engine.connect() as connection:
             return (await connection.execute(statement, params)).mappings().first()
 
@@ -152,14 +173,14 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        if self._writer_turn is None:
+        if self._sqlite_file is None:
             async with self._write() as session, session.begin():
                 yield session
             return
         # SQLite has one writer at a time: the process's writers take turns here, in
-        # order, instead of meeting the file lock, whose busy handler sleeps and polls
-        # (up to 100 ms a try), which is what made busy moments slow.
-        async with self._writer_turn, self._write() as session, session.begin():
+        # order, instead of meeting the file lock (whose busy handler sleeps and polls,
+        # up to 100 ms a try, and would now hold the event loop while it does).
+        async with _writer_turn(self._sqlite_file), self._write() as session, session.begin():
             yield session
 
     async def ping(self) -> None:
@@ -172,8 +193,8 @@ class Database:
         return int(getattr(self.engine.pool, "checkedout", lambda: 0)())
 
     async def close(self) -> None:
-        if self._inline is not None:
-            self._inline.close()
-        if self._inline_engine is not None:
-            self._inline_engine.dispose()
+        if self._point_reader is not None:
+            self._point_reader.close()
+        if self._point_reads is not None:
+            self._point_reads.dispose()
         await self.engine.dispose()

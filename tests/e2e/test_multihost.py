@@ -137,6 +137,10 @@ async def partition_under_load(net: Network, tmp_path: Path) -> Run:
             "DATA_DIR": str(tmp_path / "data"),
             "LOG_LEVEL": "WARNING",
             "BREAKER_RESET_SECONDS": str(BREAKER_RESET),
+            # The client gives an attempt 6 s: an attempt stuck on the cut-off replica
+            # ends at 8 s, and its key is free for the retry within 8 + 5 s + a sweep
+            # (with the default 20 s, a retry could wait ~27 s, most of the client's 40).
+            "ORDER_ATTEMPT_TIMEOUT": "8",
             "BROKER_URL": broker.url,
             "USER_SERVICE_ADDR": address("user"),
             "PRODUCT_SERVICE_ADDR": f"{address('product', 'product-a')},"
