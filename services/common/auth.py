@@ -1,4 +1,4 @@
-"""Who is calling: bearer JWTs verified against the mesh's public keys (a JWKS file).
+"""Who is calling: bearer JWTs verified against the mesh's public keys (a JWKS file or URL).
 
 The gateway verifies the token of every request and passes it on as the
 `authorization` metadata; each service verifies it again and enforces ownership
@@ -13,6 +13,8 @@ without a valid signed token.
 - Keys come from JWT_JWKS_FILE: a JWKS document, or a single public key in PEM.
   Several keys may be in a JWKS at once (rotation by `kid`); the file is read
   again whenever it changes, so keys are added and withdrawn without a restart.
+- Or from JWT_JWKS_URL, an identity provider's `jwks_uri` (Keycloak, Auth0, Dex):
+  see RemoteKeys for when it is fetched and what happens when the provider is down.
 - `make run` needs no set-up: with no JWT_JWKS_FILE, a development key pair is
   made in `$DATA_DIR/dev-keys/` by the start-up step (services.common.devsetup;
   reading AuthSettings never makes it), and `python -m services.common.auth token
@@ -27,7 +29,12 @@ import argparse
 import contextvars
 import hashlib
 import json
+import logging
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +44,17 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from services.common.config import LOCAL_HOSTS, data_dir_from_env, env, jwks_url_problem
 from services.common.config import MAX_TTL_SECONDS as MAX_TTL_SECONDS
 from services.common.config import AuthSettings as AuthSettings
-from services.common.config import data_dir_from_env, env
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.files import write_once
 
 ALGORITHMS = ("ES256", "RS256")
 ADMIN = "admin"
 LEEWAY_SECONDS = 30
+
+log = logging.getLogger("shop.auth")
 
 
 @dataclass(frozen=True)
@@ -125,28 +134,44 @@ VERIFIED_CACHE_SIZE = 10_000
 class Verifier:
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
+        self._remote = RemoteKeys(settings) if settings.jwks_url else None
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._loaded_mtime = -1.0
+        # Which keys _keys are: the file's mtime, or the fetched set's version.
+        self._loaded: float = -1.0
         # token -> (who, its exp): only tokens that passed every check, evicted oldest first.
         self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
 
-    def _reload(self) -> None:
-        """Reads the key file again when it changed (one stat a call): a key added is
-        trusted, and a key removed is no longer, without a restart. Tokens verified with
-        the old keys are verified again."""
-        mtime = self.settings.jwks_file.stat().st_mtime
-        if mtime == self._loaded_mtime:
-            return
-        self._keys = _read_keys(self.settings.jwks_file)
-        self._loaded_mtime = mtime
-        self._verified.clear()
+    def _reload(self, unknown_kid: bool = False) -> None:
+        """Reads the key file again when it changed (one stat a call), or takes the
+        keys fetched from JWT_JWKS_URL (fetching them first when RemoteKeys says so):
+        a key added is trusted, and a key removed is no longer, without a restart.
+        Tokens verified with the old keys are verified again."""
+        if self._remote is not None:
+            self._remote.refresh(unknown_kid=unknown_kid)
+            loaded, keys = self._remote.current
+        else:
+            loaded = self.settings.jwks_file.stat().st_mtime
+            if loaded == self._loaded:
+                return
+            keys = _read_keys(self.settings.jwks_file)
+        if loaded != self._loaded:
+            self._keys, self._loaded = keys, loaded
+            self._verified.clear()
 
     def _key(self, kid: Any) -> jwt.PyJWK:
         self._reload()
+        if self._remote is not None and not self._keys:
+            raise Unauthenticated(
+                "the identity provider's keys (JWT_JWKS_URL) could not be fetched: "
+                + self._remote.problem,
+                "TOKEN_INVALID",
+            )
         if kid is None and len(self._keys) == 1:  # a single PEM key needs no kid
             return next(iter(self._keys.values()))
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("the token names no key (kid)", "TOKEN_INVALID")
+        if kid not in self._keys and self._remote is not None:
+            self._reload(unknown_kid=True)  # published since the last fetch?
         if kid not in self._keys:
             raise Unauthenticated("the token is signed with an unknown key", "TOKEN_INVALID")
         return self._keys[kid]
@@ -228,6 +253,185 @@ def _read_keys(path: Path) -> dict[str, jwt.PyJWK]:
     return {key.key_id: key for key in keys if key.key_id}
 
 
+# -- keys from an identity provider (JWT_JWKS_URL) --------------------------------
+
+# A JWKS is a few kilobytes; an answer larger than this is not one.
+MAX_JWKS_BYTES = 1 << 20
+
+
+def _now() -> float:
+    """The clock of the fetch schedule (a function, so that tests can move it)."""
+    return time.monotonic()
+
+
+class RemoteKeys:
+    """The signing keys published at JWT_JWKS_URL, fetched when needed.
+
+    - Fetched at the first verification (not at start: a provider that is down does
+      not stop the process; until a fetch succeeds every token is refused with
+      TOKEN_INVALID and the reason), when the set is older than JWT_JWKS_MAX_AGE (or
+      the answer's Cache-Control max-age, never below JWT_JWKS_COOLDOWN nor above
+      JWT_JWKS_MAX_AGE), and when a token names a kid the set does not have (the
+      provider rotated its keys).
+    - At most one fetch per JWT_JWKS_COOLDOWN seconds, whatever asks for it, counted
+      from the start of the last attempt, failed or not: tokens with made-up kids, or
+      a provider that is down, cost one request per cooldown, not one per token.
+    - A failed fetch (no answer, an HTTP error, something that is not a JWKS with an
+      ES256 or RS256 signing key) logs a warning and keeps the last good set, so
+      tokens signed with known keys go on verifying while the provider is down.
+    - Redirects are not followed (an https URL must not lead to plain http), and
+      keys marked `use: enc` or of other algorithms are left out.
+
+    Why a thread: `Verifier.verify` is synchronous and runs on the event loop (the
+    gateway's middleware, the services' interceptors), so a fetch must not hold the
+    loop for long. The fetch runs in a short-lived thread and the verification waits
+    for it at most JWT_JWKS_TIMEOUT (2 s): a provider that answers in time is used
+    at once (the token with the new kid verifies), and one that does not (slow DNS,
+    a stalled connection, which urllib's own timeout does not bound as a whole)
+    cannot stall the loop longer than that; its late answer is used from a later
+    call, and no other fetch starts while it runs. With the cooldown this bounds the
+    loop's wait to JWT_JWKS_TIMEOUT per JWT_JWKS_COOLDOWN in the worst case.
+
+    PyJWT's PyJWKClient was not used: once its cache has expired a failed fetch
+    fails the verification (the last good set is not kept), its cooldown only starts
+    after a successful fetch (a provider that is down is asked again on every
+    unknown kid), and it ignores Cache-Control.
+    """
+
+    def __init__(self, settings: AuthSettings) -> None:
+        problem = jwks_url_problem(settings.jwks_url)
+        if problem:
+            raise ValueError(problem)
+        self.url = settings.jwks_url
+        self.cooldown = settings.jwks_cooldown
+        self.max_age = settings.jwks_max_age
+        self.timeout = settings.jwks_timeout
+        # The last good set's version (bumped each time the keys change) and keys,
+        # replaced as one (the fetch thread writes it, verifications read it).
+        self.current: tuple[float, dict[str, jwt.PyJWK]] = (0.0, {})
+        self._fingerprint = ""
+        # Why the last fetch failed ("" after a good one).
+        self.problem = "no answer yet"
+        self._fetched_at: float | None = None  # of the last good set
+        self._lifetime = self.max_age
+        self._attempted_at: float | None = None
+        self._fetching = False
+        self._lock = threading.Lock()
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+        if urllib.parse.urlsplit(self.url).hostname in LOCAL_HOSTS:
+            handlers.append(urllib.request.ProxyHandler({}))  # never through a proxy
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def refresh(self, *, unknown_kid: bool = False) -> None:
+        """Fetches the set when it is missing or too old, or when a token names an
+        unknown kid, unless a fetch ran less than the cooldown ago or is running."""
+        now = _now()
+        stale = self._fetched_at is None or now - self._fetched_at >= self._lifetime
+        if not (stale or unknown_kid):
+            return
+        with self._lock:
+            cooling = self._attempted_at is not None and now - self._attempted_at < self.cooldown
+            if self._fetching or cooling:
+                return
+            self._attempted_at, self._fetching = now, True
+        fetch = threading.Thread(target=self._fetch, name="jwks-fetch", daemon=True)
+        fetch.start()
+        fetch.join(self.timeout)
+
+    def _fetch(self) -> None:
+        try:
+            keys, fingerprint, lifetime = self._download()
+        except Exception as error:  # whatever the provider does, the last good set stays
+            if isinstance(error, urllib.error.HTTPError):
+                error.close()
+            self.problem = _describe(error)
+            log.warning(
+                "the identity provider's keys could not be fetched from %s (%s); %s",
+                self.url,
+                self.problem,
+                "the keys fetched before are kept"
+                if self.current[1]
+                else "tokens are refused until a fetch succeeds",
+            )
+        else:
+            if fingerprint != self._fingerprint:
+                self.current, self._fingerprint = (self.current[0] + 1, keys), fingerprint
+            self._fetched_at, self._lifetime, self.problem = _now(), lifetime, ""
+        finally:
+            with self._lock:
+                self._fetching = False
+
+    def _download(self) -> tuple[dict[str, jwt.PyJWK], str, float]:
+        """The keys, a fingerprint of them (to tell whether they changed), and how long
+        to use them."""
+        request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
+        with self._opener.open(request, timeout=self.timeout) as response:
+            body = response.read(MAX_JWKS_BYTES + 1)
+            cache_control = response.headers.get("Cache-Control", "")
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError(f"the answer is larger than {MAX_JWKS_BYTES} bytes")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise ValueError("the answer is not JSON") from None
+        keys, fingerprint = _signing_keys(document)
+        return keys, fingerprint, self._lifetime_of(cache_control)
+
+    def _lifetime_of(self, cache_control: str) -> float:
+        """How long a set is used before it is fetched again: the answer's max-age
+        (no-cache, no-store: 0), bounded to [cooldown, max age]; the max age without."""
+        for directive in cache_control.lower().split(","):
+            name, _, value = directive.strip().partition("=")
+            if name in ("no-cache", "no-store"):
+                return min(self.cooldown, self.max_age)
+            if name == "max-age":
+                try:
+                    seconds = int(value.strip().strip('"'))  # delta-seconds: digits
+                except ValueError:
+                    continue
+                return min(max(seconds, self.cooldown), self.max_age)
+        return self.max_age
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx is then an HTTPError: "redirects are not followed"
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        if 300 <= error.code < 400:
+            return f"HTTP {error.code} (redirects are not followed)"
+        return f"HTTP {error.code}"
+    if isinstance(error, urllib.error.URLError):
+        return f"no answer ({error.reason})"
+    return str(error) or type(error).__name__
+
+
+def _signing_keys(document: Any) -> tuple[dict[str, jwt.PyJWK], str]:
+    """The ES256 and RS256 signing keys with a kid of a JWKS document, and a
+    fingerprint of them."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError('the answer is not a JWKS (no "keys" list)')
+    keys, accepted = {}, []
+    for entry in document["keys"]:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        kid = entry.get("kid")
+        if not isinstance(kid, str) or not kid:
+            continue
+        try:
+            key = jwt.PyJWK(entry)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            continue  # an algorithm or key type this verifier does not accept anyway
+        if key.algorithm_name in ALGORITHMS:
+            keys[kid] = key
+            accepted.append(json.dumps(entry, sort_keys=True))
+    if not keys:
+        raise ValueError("the JWKS holds no ES256 or RS256 signing key with a kid")
+    return keys, json.dumps(sorted(accepted))
+
+
 # -- development keys and tokens ----------------------------------------------
 
 
@@ -296,6 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = AuthSettings.from_env(data_dir_from_env())
     if settings.development:
         ensure_dev_keys(settings.jwks_file.parent)
+    if settings.jwks_url and not env("JWT_PRIVATE_KEY_FILE", ""):
+        raise SystemExit(
+            "JWT_JWKS_URL is set: tokens come from your identity provider "
+            "(set JWT_PRIVATE_KEY_FILE to sign one with a key it publishes)"
+        )
     private = Path(env("JWT_PRIVATE_KEY_FILE", str(settings.jwks_file.parent / "private.pem")))
     roles = [role for role in args.roles.split(",") if role]
     print(

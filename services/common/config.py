@@ -18,12 +18,19 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 
 # Where each service listens by default; `<NAME>_SERVICE_ADDR` overrides it for callers,
 # and may list several replicas (`host:p1,host:p2`).
-DEFAULT_PORTS = {"user": 50051, "product": 50052, "order": 50053, "notification": 50054}
+DEFAULT_PORTS = {
+    "user": 50051,
+    "product": 50052,
+    "order": 50053,
+    "notification": 50054,
+    "payment": 50055,
+}
 MAX_TTL_SECONDS = 24 * 3600
 # The roles a certificate names (spiffe://shop/<role>/<name>).
 SERVICE = "service"
@@ -146,25 +153,76 @@ class AuthSettings:
     audience: str = "shop"
     # The longest lifetime (exp - iat) a token may have, in seconds.
     max_ttl: float = MAX_TTL_SECONDS
-    # No JWT_JWKS_FILE: jwks_file is the development key's, made at start
-    # (services.common.devsetup) next to its private.pem.
+    # No JWT_JWKS_FILE and no JWT_JWKS_URL: jwks_file is the development key's, made
+    # at start (services.common.devsetup) next to its private.pem.
     development: bool = False
+    # JWT_JWKS_URL: an identity provider's jwks_uri, fetched by the verifier instead of
+    # reading jwks_file (which is then the unused development path). https://, or
+    # http:// to 127.0.0.1 or localhost only.
+    jwks_url: str = ""
+    # At most one fetch of jwks_url per this many seconds, whatever asks for it (a
+    # token with an unknown kid, a set past its age, a failed fetch).
+    jwks_cooldown: float = 30.0
+    # The fetched set is fetched again once this old (the answer's Cache-Control
+    # max-age may shorten it, down to jwks_cooldown).
+    jwks_max_age: float = 300.0
+    # The longest a verification waits for a fetch, in seconds.
+    jwks_timeout: float = 2.0
 
     @classmethod
     def from_env(cls, data_dir: Path, reader: EnvReader | None = None) -> AuthSettings:
-        """The settings from JWT_*; no file is read or made."""
+        """The settings from JWT_*; no file is read or made, nothing is fetched."""
         read, owned = _checked(reader)
         configured = read.text("JWT_JWKS_FILE", "")
+        url = read.text("JWT_JWKS_URL", "")
+        if configured and url:
+            read.problem("set JWT_JWKS_FILE or JWT_JWKS_URL, not both")
+        elif url:
+            problem = jwks_url_problem(url)
+            if problem:
+                read.problem(problem)
         settings = cls(
             Path(configured) if configured else data_dir / "dev-keys" / "jwks.json",
             read.text("JWT_ISSUER", "shop-dev"),
             read.text("JWT_AUDIENCE", "shop"),
             read.number("JWT_MAX_TTL", MAX_TTL_SECONDS),
-            development=not configured,
+            development=not configured and not url,
+            jwks_url=url,
+            jwks_cooldown=_positive(read, "JWT_JWKS_COOLDOWN", 30.0),
+            jwks_max_age=_positive(read, "JWT_JWKS_MAX_AGE", 300.0),
+            jwks_timeout=_positive(read, "JWT_JWKS_TIMEOUT", 2.0),
         )
         if owned:
             read.check()
         return settings
+
+
+# Where a JWKS may be fetched from over plain http: this machine (tests, development).
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def jwks_url_problem(url: str) -> str | None:
+    """Why `url` may not be JWT_JWKS_URL, or None: https://host/..., or http:// to
+    this machine only (a key set fetched in plaintext could be swapped on the way)."""
+    try:
+        parts = urlsplit(url)
+        scheme, host, _ = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:  # a port that is not a number, a broken [IPv6] address
+        scheme, host = "", None
+    if host and (scheme == "https" or (scheme == "http" and host in LOCAL_HOSTS)):
+        return None
+    return (
+        "JWT_JWKS_URL must be an https:// URL (plain http:// only to 127.0.0.1 or "
+        f"localhost, for tests and development), not {url!r}"
+    )
+
+
+def _positive(read: EnvReader, name: str, default: float) -> float:
+    value = read.number(name, default)
+    if not 0 < value < float("inf"):
+        read.problem(f"{name} must be a number of seconds above 0, not {value!r}")
+        return default
+    return value
 
 
 # -- mutual TLS (services.common.tls) ---------------------------------------------
@@ -332,6 +390,9 @@ class ServiceConfig:
     # product: how long a released reservation (or tombstone) is kept, in seconds
     # (RESERVATION_RETENTION).
     reservation_retention: float = 3600.0
+    # payment: how long each call to the simulated payment provider takes, in seconds
+    # (PAYMENT_PROVIDER_LATENCY_MS, in milliseconds).
+    payment_provider_latency: float = 0.0
     # Where the public keys that verify callers' tokens are (see services.common.auth).
     auth: AuthSettings = field(kw_only=True)
     # This process's certificate and the mesh CA (services.common.tls).
@@ -373,6 +434,7 @@ class ServiceConfig:
             max_streams=read.integer("MAX_STREAMS", 10000),
             order_attempt_timeout=read.number("ORDER_ATTEMPT_TIMEOUT", 20.0),
             reservation_retention=read.number("RESERVATION_RETENTION", 3600.0),
+            payment_provider_latency=read.number("PAYMENT_PROVIDER_LATENCY_MS", 0.0) / 1000,
             auth=AuthSettings.from_env(data_dir, read),
             tls=TlsSettings.from_env(name, SERVICE, data_dir, read),
         )

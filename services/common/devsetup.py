@@ -59,7 +59,7 @@ def ensure_development_identities(config: HasIdentities) -> None:
 def _named_files(config: HasIdentities) -> list[tuple[str, Path]]:
     """Each file the config reads, with the variable that names it."""
     auth, tls = config.auth, config.tls
-    files = [("JWT_JWKS_FILE", auth.jwks_file)]
+    files = [] if auth.jwks_url else [("JWT_JWKS_FILE", auth.jwks_file)]
     for variable, path in (
         ("TLS_CA_FILE", tls.ca_file),
         ("TLS_CERT_FILE", tls.cert_file),

@@ -97,6 +97,27 @@ def test_every_bad_variable_is_named_in_one_error(
         assert name in message
 
 
+@pytest.mark.parametrize("read", ["service", "gateway"])
+def test_a_jwks_file_and_a_jwks_url_together_are_named_with_the_other_problems(
+    monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    monkeypatch.setenv("JWT_JWKS_FILE", "/etc/shop/jwks.json")
+    monkeypatch.setenv("JWT_JWKS_URL", "http://idp.internal/certs")
+    monkeypatch.setenv("PORT", "abc")
+    with pytest.raises(SystemExit) as stopped:
+        if read == "service":
+            ServiceConfig.from_env("user", 0)
+        else:
+            GatewayConfig.from_env()
+    message = str(stopped.value.code)
+    assert "set JWT_JWKS_FILE or JWT_JWKS_URL, not both" in message
+    assert "PORT must be" in message
+    monkeypatch.delenv("JWT_JWKS_FILE")
+    monkeypatch.delenv("PORT")
+    with pytest.raises(SystemExit, match=r"JWT_JWKS_URL must be an https:// URL"):
+        ServiceConfig.from_env("user", 0) if read == "service" else GatewayConfig.from_env()
+
+
 def test_the_setup_step_makes_the_development_identities_once(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -137,3 +158,16 @@ def test_configured_files_that_do_not_exist_stop_the_start(
                 tls=replace(config.tls, ca_file=tmp_path / "ca.pem"),
             )
         )
+
+
+def test_a_remote_key_set_needs_no_key_file_and_makes_no_development_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("JWT_JWKS_URL", "https://login.example.com/.well-known/jwks.json")
+    monkeypatch.setenv("TLS_MODE", "plaintext")
+    config = ServiceConfig.from_env("user", 0)
+    assert not config.auth.development
+    ensure_development_identities(config)  # no JWT_JWKS_FILE to find, nothing to make
+    assert everything_under(tmp_path) == []
