@@ -10,6 +10,7 @@ from typing import Protocol
 
 from opentelemetry import propagate
 from sqlalchemy import delete, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db import Database
@@ -42,9 +43,9 @@ class OrderRepository(Protocol):
         """Stores a PENDING order; raises KeyTaken when its idempotency key is taken."""
         ...
 
-    async def place(self, order_id: str, at: datetime, announce: Announce) -> OrderRow | None:
-        """PENDING -> PLACED, with the event `announce` makes of it; None (and nothing
-        written) when the order is no longer PENDING."""
+    async def place(self, order: OrderRow, at: datetime, announce: Announce) -> OrderRow | None:
+        """The claimed `order` (as this attempt holds it), PENDING -> PLACED, with the event
+        `announce` makes of it; None (and nothing written) when it is no longer PENDING."""
         ...
 
     async def cancel(
@@ -108,14 +109,21 @@ class SqlOrderRepository:
         except IntegrityError:
             raise KeyTaken(order.idempotency_key) from None
 
-    async def place(self, order_id: str, at: datetime, announce: Announce) -> OrderRow | None:
+    async def place(self, order: OrderRow, at: datetime, announce: Announce) -> OrderRow | None:
+        # Two statements under the writer's lock: a conditional UPDATE (the row lock on
+        # PostgreSQL; the sweeper's fail() waits on it) and the outbox row. The order and
+        # its items are not read back: the attempt holds them already.
         async with self._db.write() as session:
-            order = await session.get(OrderRow, order_id, with_for_update=True)
-            if order is None or order.status != PENDING:
+            moved = await session.execute(
+                update(OrderRow)
+                .where(OrderRow.id == order.id, OrderRow.status == PENDING)
+                .values(status=PLACED, update_time=at)
+                .execution_options(synchronize_session=False)
+            )
+            assert isinstance(moved, CursorResult)
+            if moved.rowcount != 1:
                 return None
-            order.status = PLACED
-            order.update_time = at
-            await session.flush()
+            order.status, order.update_time = PLACED, at  # the attempt's own copy
             session.add(_outbox_row(announce(order)))
         return order
 

@@ -133,7 +133,7 @@ class Orders:
                 await self._peers.reserve(
                     order.reservation_id, {line.product_id: line.quantity for line in lines}
                 )
-                placed = await self._repository.place(order.id, utcnow(), order_created)
+                placed = await self._repository.place(order, utcnow(), order_created)
                 if placed is None:
                     raise Unavailable("the order attempt expired; retry with the same key")
         except TimeoutError:

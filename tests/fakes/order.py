@@ -62,8 +62,8 @@ class InMemoryOrders:
             raise KeyTaken(order.idempotency_key)
         self.rows[order.id] = clone(order)
 
-    async def place(self, order_id: str, at: datetime, announce: Announce) -> OrderRow | None:
-        row = self.rows.get(order_id)
+    async def place(self, order: OrderRow, at: datetime, announce: Announce) -> OrderRow | None:
+        row = self.rows.get(order.id)
         if row is None or row.status != PENDING:
             return None
         if self.fail_place is not None:
