@@ -25,14 +25,22 @@ from typing import Any
 from scripts.procs import MeshProcess, StartError, launch
 
 # In start order: a process starts after the ones it calls.
-SERVICES = ("user", "product", "order", "notification")
-PORTS = {"user": 50051, "product": 50052, "order": 50053, "notification": 50054, "gateway": 8080}
+SERVICES = ("user", "product", "payment", "order", "notification")
+PORTS = {
+    "user": 50051,
+    "product": 50052,
+    "order": 50053,
+    "notification": 50054,
+    "payment": 50055,
+    "gateway": 8080,
+}
 # The cluster's databases on PG_URL's server, one per service.
 DATABASES = {
     "user": "shop_users",
     "product": "shop_products",
     "order": "shop_orders",
     "notification": "shop_notifications",
+    "payment": "shop_payments",
 }
 # A second replica listens this far above the first (50051 -> 60051; gateway 8081).
 REPLICA_OFFSET = {"gateway": 1}

@@ -1,5 +1,6 @@
-"""The whole mesh in the test process: four real gRPC servers on 127.0.0.1, each with
-its own SQLite file (or PostgreSQL database), events over the embedded feed or NATS."""
+"""The whole mesh in the test process: four real gRPC servers on 127.0.0.1 (and the
+payment service, for tests that ask for it), each with its own SQLite file (or
+PostgreSQL database), events over the embedded feed or NATS."""
 
 from __future__ import annotations
 
@@ -20,17 +21,29 @@ from services.common.config import ServiceConfig
 from services.common.server import RunningService, ServiceSpec, start
 from services.notification.wiring import SPEC as NOTIFICATION
 from services.order.wiring import SPEC as ORDER
+from services.payment.wiring import SPEC as PAYMENT
 from services.product.wiring import SPEC as PRODUCT
 from services.user.wiring import SPEC as USER
 from shop.common.v1 import money_pb2
 from shop.notification.v1 import notification_pb2_grpc
 from shop.order.v1 import order_pb2, order_pb2_grpc
+from shop.payment.v1 import payment_internal_pb2_grpc, payment_pb2_grpc
 from shop.product.v1 import product_internal_pb2_grpc, product_pb2, product_pb2_grpc
 from shop.user.v1 import user_pb2, user_pb2_grpc
 from tests import tokens
 from tests.conftest import postgres_database
 
-SPECS = {"user": USER, "product": PRODUCT, "order": ORDER, "notification": NOTIFICATION}
+SPECS = {
+    "user": USER,
+    "product": PRODUCT,
+    "order": ORDER,
+    "notification": NOTIFICATION,
+    "payment": PAYMENT,
+}
+# What running_mesh starts unless told otherwise, in start order (the order service does
+# not call the payment service yet: tests that want it pass `services=WITH_PAYMENT`).
+MESH = ("user", "product", "order", "notification")
+WITH_PAYMENT = ("user", "product", "payment", "order", "notification")
 
 
 @dataclass
@@ -83,7 +96,7 @@ class Mesh:
             await service.stop(grace=0.2)
 
     async def close(self) -> None:
-        for name in ("notification", "order", "product", "user"):
+        for name in ("notification", "order", "payment", "product", "user"):
             await self.stop(name)
         for channel in self.channels.values():
             await channel.close()
@@ -108,6 +121,14 @@ class Mesh:
     @property
     def notifications(self) -> notification_pb2_grpc.NotificationServiceAsyncStub:
         return notification_pb2_grpc.NotificationServiceStub(self.channels["notification"])
+
+    @property
+    def payments(self) -> payment_pb2_grpc.PaymentServiceAsyncStub:
+        return payment_pb2_grpc.PaymentServiceStub(self.channels["payment"])
+
+    @property
+    def payment_internal(self) -> payment_internal_pb2_grpc.PaymentInternalServiceAsyncStub:
+        return payment_internal_pb2_grpc.PaymentInternalServiceStub(self.channels["payment"])
 
     # Shortcuts for the tests.
     async def user(self, email: str | None = None) -> user_pb2.User:
@@ -158,19 +179,25 @@ def product_request(
 
 @asynccontextmanager
 async def running_mesh(
-    data_dir: Path, broker_url: str = "", *, database: str = "sqlite", keep_stream: bool = False
+    data_dir: Path,
+    broker_url: str = "",
+    *,
+    database: str = "sqlite",
+    keep_stream: bool = False,
+    services: tuple[str, ...] = MESH,
 ) -> AsyncIterator[Mesh]:
-    """All four services; `database="postgres"` gives each a fresh PostgreSQL database.
+    """The four services (`services` names others, in start order: WITH_PAYMENT);
+    `database="postgres"` gives each a fresh PostgreSQL database.
     The event stream on `broker_url` is deleted afterwards, unless `keep_stream` (a
     broker of the test's own, gone with it: a list of nodes is no URL to connect to)."""
     namespace = f"t{uuid.uuid4().hex[:10]}" if broker_url else ""
     async with contextlib.AsyncExitStack() as stack:
         mesh = Mesh(data_dir, broker_url, namespace)
         if database == "postgres":
-            for name in SPECS:
+            for name in services:
                 mesh.database_urls[name] = await stack.enter_async_context(postgres_database())
         try:
-            for name in ("user", "product", "order", "notification"):
+            for name in services:
                 await mesh.start(name)
             yield mesh
         finally:

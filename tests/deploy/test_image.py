@@ -33,7 +33,7 @@ STAGES = dockerfile.parse()
 FINAL = STAGES[-1]
 IGNORE = dockerfile.DockerIgnore.read()
 IMAGE_FILES = dockerfile.image_files(FINAL, IGNORE)
-SERVICES = ("user", "product", "order", "notification")
+SERVICES = ("user", "product", "order", "notification", "payment")
 # The image's venv and data directory, as the Dockerfile names them.
 IMAGE_VENV = "/opt/venv"
 IMAGE_DATA_DIR = "/var/lib/shop"

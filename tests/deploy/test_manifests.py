@@ -62,6 +62,9 @@ CALLERS = {
     "product": {"gateway", "order"},
     "order": {"gateway", "notification"},
     "notification": {"gateway"},
+    # The gateway reads payments; the order service's saga will authorize, capture, void
+    # and refund them.
+    "payment": {"gateway", "order"},
 }
 MONITORING = "ns:shop.example.com/metrics-scraper=true"
 ANYWHERE = "anywhere"

@@ -19,6 +19,8 @@ SERVICES = {
     "shop.order.v1.OrderService",
     "shop.order.v1.OrderInternalService",
     "shop.notification.v1.NotificationService",
+    "shop.payment.v1.PaymentService",
+    "shop.payment.v1.PaymentInternalService",
 }
 PUBLIC = {
     "/shop.user.v1.UserService/CreateUser",
@@ -36,6 +38,10 @@ SERVICE_ONLY = {
     "/shop.product.v1.ProductInternalService/ReserveStock",
     "/shop.product.v1.ProductInternalService/ReleaseStock",
     "/shop.order.v1.OrderInternalService/StreamOrderEvents",
+    "/shop.payment.v1.PaymentInternalService/Authorize",
+    "/shop.payment.v1.PaymentInternalService/Capture",
+    "/shop.payment.v1.PaymentInternalService/Void",
+    "/shop.payment.v1.PaymentInternalService/Refund",
 }
 
 
@@ -46,7 +52,7 @@ def with_level(level: int) -> set[str]:
 def test_every_rpc_of_every_service_declares_its_access() -> None:
     table = access.declared_by_procedure()
     assert {p.split("/")[1] for p in table} == SERVICES
-    assert len(table) == 20
+    assert len(table) == 26
     assert with_level(access_pb2.ACCESS_UNSPECIFIED) == set()
 
 
@@ -57,7 +63,7 @@ def test_public_admin_and_service_rpcs_are_declared_as_such() -> None:
     internal = {p for p in access.declared_by_procedure() if "InternalService/" in p}
     assert internal == SERVICE_ONLY
     signed_in = set(access.declared_by_procedure()) - PUBLIC - ADMIN - SERVICE_ONLY
-    assert with_level(access.SIGNED_IN) == signed_in and len(signed_in) == 9
+    assert with_level(access.SIGNED_IN) == signed_in and len(signed_in) == 11
 
 
 def test_missing_or_unknown_access_means_signed_in() -> None:

@@ -1,0 +1,4 @@
+from services.common.server import main
+from services.payment.wiring import SPEC
+
+main(SPEC)
