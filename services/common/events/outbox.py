@@ -79,6 +79,9 @@ class NoSink:
         return None
 
 
+MAX_RETRY_PAUSE = 5.0
+
+
 class Relay:
     """Publishes committed outbox rows in order; `wake()` after a commit to skip the poll wait."""
 
@@ -113,10 +116,25 @@ class Relay:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """The relay loop, for the life of the service."""
+        """The relay loop, for the life of the service.
+
+        A pass that fails (the broker away or electing a leader, the database busy) is
+        expected: a warning, and the next pass after a growing pause (up to
+        MAX_RETRY_PAUSE); what was not published stays in the outbox, in order."""
+        pause = self._poll
         while True:
             self._wakeup.clear()
-            published = await self.publish_pending()
+            try:
+                published = await self.publish_pending()
+            except Exception as error:
+                log.warning(
+                    "outbox relay pass failed; retrying",
+                    extra={"error": type(error).__name__, "retry_in_s": pause},
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_RETRY_PAUSE)
+                continue
+            pause = self._poll
             if published and self._on_published is not None:
                 await self._on_published()
             if published < BATCH:
