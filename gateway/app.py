@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ from gateway.refusal import unknown_method
 from gateway.registry import procedure, public_services
 from gateway.rest import RestRouter, status_response
 from gateway.upstream import Upstreams
-from services.common.auth import Verifier
+from services.common.auth import Verifier, public_jwks
 
 CONNECT_HEADERS = (
     "Connect-Protocol-Version",
@@ -63,7 +63,10 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         (procedure(method) for service in services for method in service.descriptor.methods),
         rest.route_label,
     )
-    routes: list[BaseRoute] = [Route("/healthz", _healthz)]
+    routes: list[BaseRoute] = [
+        Route("/healthz", _healthz),
+        Route("/.well-known/jwks.json", published_keys_route(config)),
+    ]
     # The public services, and gRPC server reflection listing them (for buf curl, grpcurl).
     apps = [*connect_apps(services, upstreams, config), *reflection.reflection_apps(services)]
     routes += [Mount(app.path, app=app) for app in apps]
@@ -155,6 +158,29 @@ async def _not_allowed(request: Request, _: Exception) -> Response:
     response = status_response(status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=message))
     response.status_code = 405
     return response
+
+
+# Verifiers may keep the keys this long; a rotation publishes the new key beside the old
+# one first (README, Security), so a cached set still verifies.
+JWKS_MAX_AGE = 300
+
+
+def published_keys_route(config: GatewayConfig) -> Callable[[Request], Awaitable[Response]]:
+    """The public keys the mesh's tokens are verified with, for other parties (an API
+    that accepts the mesh's tokens, a client that checks them). Read from the key file at
+    each request, so a rotation shows at once; with JWT_JWKS_URL the identity provider
+    publishes its own."""
+
+    async def published_keys(_: Request) -> Response:
+        if config.auth.jwks_url:
+            message = f"the keys are published by the identity provider: {config.auth.jwks_url}"
+            return status_response(status_pb2.Status(code=code_pb2.NOT_FOUND, message=message))
+        return JSONResponse(
+            public_jwks(config.auth.jwks_file),
+            headers={"cache-control": f"public, max-age={JWKS_MAX_AGE}"},
+        )
+
+    return published_keys
 
 
 async def _healthz(_: Request) -> JSONResponse:

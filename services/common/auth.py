@@ -253,6 +253,23 @@ def _read_keys(path: Path) -> dict[str, jwt.PyJWK]:
     return {key.key_id: key for key in keys if key.key_id}
 
 
+def public_jwks(path: Path) -> dict[str, Any]:
+    """The key file's keys as a JWKS document with public members only (whatever the
+    file holds), for `/.well-known/jwks.json`: what other parties verify our tokens with."""
+    published = []
+    for kid, key in _read_keys(path).items():
+        public = key.key.public_key() if hasattr(key.key, "public_key") else key.key
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public))
+        elif isinstance(public, rsa.RSAPublicKey):
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public))
+        else:
+            continue  # not a signing key of ours (an HMAC secret is never published)
+        jwk.update(kid=kid, alg=key.algorithm_name, use="sig")
+        published.append(jwk)
+    return {"keys": published}
+
+
 # -- keys from an identity provider (JWT_JWKS_URL) --------------------------------
 
 # A JWKS is a few kilobytes; an answer larger than this is not one.

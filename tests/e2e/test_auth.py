@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,29 @@ async def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
     assert "GetUser" in logged  # the calls were logged...
     assert good not in logged and bad not in logged  # ...their tokens were not
     assert good.split(".")[2] not in logged
+
+
+async def test_the_gateway_publishes_the_public_keys_its_tokens_verify_with(
+    stack: Stack,
+) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        ["curl", "-s", "-m", "10", "-D", "-", f"{stack.url}/.well-known/jwks.json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    head, _, body = result.stdout.partition("\n\n")  # text mode: \r\n read as \n
+    assert head.startswith("HTTP/1.1 200"), head
+    assert "cache-control: public, max-age=300" in head.lower()
+    published = json.loads(body)
+    assert published["keys"], published
+    for key in published["keys"]:
+        assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & key.keys(), key  # public only
+        assert (key["use"], key["alg"]) == ("sig", "ES256") and key["kid"]
+    # A party holding only the published set verifies the mesh's tokens.
+    keys = {key.key_id: key for key in jwt.PyJWKSet.from_dict(published).keys}
+    token = tokens.token("usr_jwks")
+    key = keys[jwt.get_unverified_header(token)["kid"]]
+    claims = jwt.decode(token, key.key, algorithms=["ES256"], audience="shop")
+    assert claims["sub"] == "usr_jwks"
