@@ -13,6 +13,7 @@ one prepared Core statement, on SQLite on a synchronous connection of its own.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from typing import Any
 from sqlalchemy import Executable, MetaData, RowMapping, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -41,10 +43,16 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+INLINE_BUSY_TIMEOUT_MS = 10
+# How long a write waits, in all, for another process's write lock on the file.
+SQLITE_LOCK_WAIT = 5.0
+
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
-    "PRAGMA busy_timeout=5000",
+    # SQLite's own wait for a lock another process holds runs on the event loop's thread
+    # (the calls are inline): keep it short, and wait longer asynchronously (write()).
+    f"PRAGMA busy_timeout={INLINE_BUSY_TIMEOUT_MS}",
     "PRAGMA foreign_keys=ON",
 )
 
@@ -179,9 +187,37 @@ class Database:
             return
         # SQLite has one writer at a time: the process's writers take turns here, in
         # order, instead of meeting the file lock (whose busy handler sleeps and polls,
-        # up to 100 ms a try, and would now hold the event loop while it does).
-        async with _writer_turn(self._sqlite_file), self._write() as session, session.begin():
-            yield session
+        # up to 100 ms a try, and would hold the event loop while it does).
+        async with _writer_turn(self._sqlite_file):
+            session = await self._sqlite_write_session()
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            else:
+                await session.commit()
+            finally:
+                await session.close()
+
+    async def _sqlite_write_session(self) -> AsyncSession:
+        """A session whose BEGIN IMMEDIATE went through. Another process holding the
+        file's write lock (a second replica on the file, a sqlite3 shell) is waited for
+        here, asynchronously, up to SQLITE_LOCK_WAIT; the loop goes on meanwhile."""
+        give_up = asyncio.get_running_loop().time() + SQLITE_LOCK_WAIT
+        pause = 0.002
+        while True:
+            session = self._write()
+            try:
+                await session.connection()  # checks a connection out: BEGIN IMMEDIATE
+                return session
+            except OperationalError as error:
+                await session.close()
+                locked = getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+                if not locked or asyncio.get_running_loop().time() > give_up:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     async def ping(self) -> None:
         """Raises if the database cannot answer a trivial query."""

@@ -40,6 +40,8 @@ def _field(number: int) -> str:
 
 ORDER_CREATED = subject_of(_field(_FEED_MESSAGE.ORDER_CREATED_FIELD_NUMBER))
 ORDER_CANCELLED = subject_of(_field(_FEED_MESSAGE.ORDER_CANCELLED_FIELD_NUMBER))
+# What an event this build does not know is applied as: recorded, and nothing done.
+UNKNOWN_SUBJECT = "unknown"
 
 _Payload = type[events_pb2.OrderCreated] | type[events_pb2.OrderCancelled]
 # Subject -> the payload's message and the kind of notification it makes.
@@ -76,7 +78,15 @@ def handler(
 def from_feed_message(response: order_internal_pb2.StreamOrderEventsResponse) -> Event:
     field = response.WhichOneof("event")
     if field is None:
-        raise ValueError(f"feed message {response.sequence} carries no event this service knows")
+        # An event added to the contract after this build: applied as "nothing to do",
+        # so the feed's position moves past it instead of stopping there for ever.
+        return Event(
+            event_id=f"feed-{response.sequence}",
+            subject=UNKNOWN_SUBJECT,
+            payload=b"",
+            headers=dict(response.headers),
+            sequence=response.sequence,
+        )
     message = getattr(response, field)
     return Event(
         event_id=message.event_id,

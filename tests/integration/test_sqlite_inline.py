@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import text
@@ -14,7 +16,9 @@ from services.common.db import Database
 async def test_sqlite_work_starts_no_thread_and_concurrent_writers_all_commit(
     tmp_path: Path,
 ) -> None:
-    before = threading.active_count()
+    # Threads of earlier tests (a stopped gRPC server's) may end meanwhile: what counts is
+    # that none is started.
+    before = set(threading.enumerate())
     first = Database(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
     # A second Database on the same file: what two replicas of a test share.
     second = Database(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
@@ -35,7 +39,51 @@ async def test_sqlite_work_starts_no_thread_and_concurrent_writers_all_commit(
         )
         async with first.read() as session:
             assert (await session.execute(text("SELECT n FROM counter"))).scalar_one() == 100
-        assert threading.active_count() == before  # no aiosqlite worker thread
+        assert set(threading.enumerate()) <= before  # no aiosqlite worker thread
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_lock_held_by_another_process_is_waited_for_without_freezing_the_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shared.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with db.write() as session:
+            await session.execute(text("CREATE TABLE t (n INTEGER NOT NULL)"))
+        # Another process (a sqlite3 shell, a second replica) holds the write lock for 1 s.
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+            "c.execute('BEGIN IMMEDIATE'); print('held', flush=True)\n"
+            "time.sleep(1.0); c.execute('COMMIT')\n",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert holder.stdout is not None
+        assert await holder.stdout.readline() == b"held\n"
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        async with db.write() as session:
+            await session.execute(text("INSERT INTO t VALUES (1)"))
+        waited = time.monotonic() - started
+        ticker.cancel()
+        await holder.wait()
+        assert waited >= 0.5, "the write went through while another process held the lock"
+        # The loop went on meanwhile: a blocking wait would have let it tick once or not at all.
+        assert ticks >= waited / 0.05 / 2, (ticks, waited)
+        async with db.read() as session:
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+    finally:
+        await db.close()

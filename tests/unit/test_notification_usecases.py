@@ -340,3 +340,13 @@ async def test_streams_beyond_the_limit_are_refused() -> None:
         await waiting
     await first.aclose()
     assert service.hub.open_streams == 0
+
+
+def test_a_feed_event_this_build_does_not_know_is_passed_over_not_stuck_on() -> None:
+    # An order event added to the contract later reaches an older notification service as
+    # a feed message whose oneof it cannot read: applied as nothing, so the feed moves on.
+    newer = order_internal_pb2.StreamOrderEventsResponse(sequence=7)
+    newer.MergeFromString(b"\xfa\x01\x02\x08\x01")  # field 31: unknown to this build
+    event = order_events.from_feed_message(newer)
+    assert (event.event_id, event.subject, event.sequence) == ("feed-7", "unknown", 7)
+    assert order_events.parse(event) is None

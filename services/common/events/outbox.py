@@ -122,19 +122,27 @@ class Relay:
         expected: a warning, and the next pass after a growing pause (up to
         MAX_RETRY_PAUSE); what was not published stays in the outbox, in order."""
         pause = self._poll
+        failures = 0
         while True:
             self._wakeup.clear()
             try:
                 published = await self.publish_pending()
             except Exception as error:
+                failures += 1
                 log.warning(
                     "outbox relay pass failed; retrying",
-                    extra={"error": type(error).__name__, "retry_in_s": pause},
+                    extra={
+                        "error": type(error).__name__,
+                        "detail": str(error)[:300],
+                        "failures_in_a_row": failures,
+                        "retry_in_s": pause,
+                    },
+                    exc_info=failures == 1,  # the traceback once, not every few seconds
                 )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_RETRY_PAUSE)
                 continue
-            pause = self._poll
+            pause, failures = self._poll, 0
             if published and self._on_published is not None:
                 await self._on_published()
             if published < BATCH:
