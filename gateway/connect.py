@@ -17,7 +17,7 @@ from google.rpc import code_pb2
 from gateway import edge
 from gateway.auth import require_token
 from gateway.config import GatewayConfig
-from gateway.errors import connect_error, internal_status, reason_of, status_of
+from gateway.errors import connect_error, internal_status, reason_of, retry_after_of, status_of
 from gateway.protojson import CheckedJSONCodec
 from gateway.registry import PublicService, procedure
 from gateway.upstream import CallOptions, Upstreams, call_options, stream
@@ -98,6 +98,9 @@ def as_connect_error(error: Exception, ctx: RequestContext[Any, Any]) -> Connect
         log.error("gateway error", exc_info=error, extra={"rpc_method": ctx.method.name})
         status = internal_status()
     edge.note(status.code, reason_of(status))
+    retry = retry_after_of(status)
+    if retry:
+        ctx.response_headers["retry-after"] = retry
     return connect_error(status)
 
 

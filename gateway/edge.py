@@ -87,6 +87,8 @@ class Exchange:
     # The RPC code it ended with (`OK`, `NOT_FOUND`, ...) and why, when known.
     code: str = ""
     reason: str = ""
+    # The client's address (the TCP peer), passed on to the services as x-client-address.
+    client: str = ""
 
 
 _current: contextvars.ContextVar[Exchange | None] = contextvars.ContextVar(
@@ -282,7 +284,12 @@ class Edge:
         from gateway.refusal import refuse
 
         started = time.perf_counter()
-        exchange = Exchange(_request_id(scope), protocol_of(scope), self._route_of(scope))
+        exchange = Exchange(
+            _request_id(scope),
+            protocol_of(scope),
+            self._route_of(scope),
+            client=(scope.get("client") or ("", 0))[0],
+        )
         response = _Response(exchange, scope, send)
         token = _current.set(exchange)
         try:

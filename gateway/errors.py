@@ -13,7 +13,14 @@ from protobuf.wkt import Any as WireAny
 
 from services.common.errors import internal_status, status_of
 
-__all__ = ["HTTP_STATUS", "connect_error", "internal_status", "reason_of", "status_of"]
+__all__ = [
+    "HTTP_STATUS",
+    "connect_error",
+    "internal_status",
+    "reason_of",
+    "retry_after_of",
+    "status_of",
+]
 
 # https://github.com/googleapis/googleapis/blob/master/google/rpc/code.proto
 HTTP_STATUS = {
@@ -44,6 +51,17 @@ def reason_of(status: status_pb2.Status) -> str:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             return str(info.reason)
+    return ""
+
+
+def retry_after_of(status: status_pb2.Status) -> str:
+    """The google.rpc.RetryInfo delay among the details, in whole seconds, for a
+    `Retry-After` header ("" when none)."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return str(max(1, info.retry_delay.seconds + (1 if info.retry_delay.nanos else 0)))
     return ""
 
 

@@ -26,7 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway import edge
 from gateway.auth import require_token
 from gateway.config import GatewayConfig
-from gateway.errors import HTTP_STATUS, internal_status, reason_of, status_of
+from gateway.errors import HTTP_STATUS, internal_status, reason_of, retry_after_of, status_of
 from gateway.registry import PublicService, procedure
 from gateway.transcode import PathTemplate, build_request, field_by_name
 from gateway.upstream import Upstreams, call_options, stream
@@ -92,7 +92,13 @@ def status_response(status: status_pb2.Status) -> Response:
     """A google.rpc.Status as the JSON body of the HTTP status of its code."""
     edge.note(status.code, reason_of(status))
     body = json_format.MessageToJson(status, indent=None)
-    return Response(body, status_code=HTTP_STATUS.get(status.code, 500), media_type=JSON)
+    retry = retry_after_of(status)
+    return Response(
+        body,
+        status_code=HTTP_STATUS.get(status.code, 500),
+        media_type=JSON,
+        headers={"retry-after": retry} if retry else None,
+    )
 
 
 def _to_json(msg: message.Message, response_body: str) -> str:

@@ -21,6 +21,8 @@ from services.common import clients
 from services.common.config import BreakerSettings
 from services.common.tls import TlsSettings
 
+CLIENT_ADDRESS = "x-client-address"
+
 
 @dataclass(frozen=True)
 class CallOptions:
@@ -39,7 +41,13 @@ def call_options(
     exchange = edge.current()
     request_id = exchange.request_id if exchange is not None else uuid.uuid4().hex
     metadata = [(REQUEST_ID, request_id)]
-    metadata += [(name, lowered[name]) for name in forward if lowered.get(name)]
+    if exchange is not None and exchange.client:
+        # Who is calling, for limits a service keeps per client (sign-in failures). Never
+        # the client's own header of that name: only the gateway's word counts.
+        metadata.append((CLIENT_ADDRESS, exchange.client))
+    metadata += [
+        (name, lowered[name]) for name in forward if name != CLIENT_ADDRESS and lowered.get(name)
+    ]
     if lowered.get("authorization"):  # verified by the gateway, verified again by the service
         metadata.append(("authorization", lowered["authorization"]))
     return CallOptions(timeout, tuple(metadata), request_id)

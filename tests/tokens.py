@@ -16,7 +16,7 @@ from services.common.tls import GATEWAY, SERVICE, TlsSettings, dev_pki
 
 KEYS = Path(tempfile.gettempdir()) / f"shop-test-keys-{os.getpid()}"
 ensure_dev_keys(KEYS)
-SETTINGS = AuthSettings(KEYS / "jwks.json")
+SETTINGS = AuthSettings(KEYS / "jwks.json", private_key_file=KEYS / "private.pem")
 PKI = KEYS / "pki"
 CLIENT_TLS = dev_pki(PKI, "test-client", SERVICE)  # a service certificate: may call anything
 ENV = {"JWT_JWKS_FILE": str(SETTINGS.jwks_file), "TLS_DIR": str(PKI)}

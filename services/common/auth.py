@@ -489,8 +489,10 @@ def mint(
     audience: str = "shop",
     ttl: int = 3600,
     now: float | None = None,
+    kid: str | None = None,
 ) -> str:
-    """A token for `user_id`, signed with an EC (ES256) private key in PEM."""
+    """A token for `user_id`, signed with an EC (ES256) private key in PEM; `kid` names
+    the key (by default the development kid derived from the public key)."""
     key = serialization.load_pem_private_key(private_pem, None)
     issued = int(time.time() if now is None else now)
     claims = {
@@ -501,7 +503,30 @@ def mint(
         "iat": issued,
         "exp": issued + ttl,
     }
-    return jwt.encode(claims, key, algorithm="ES256", headers={"kid": _kid(key.public_key())})  # type: ignore[arg-type]
+    headers = {"kid": kid or _kid(key.public_key())}
+    return jwt.encode(claims, key, algorithm="ES256", headers=headers)  # type: ignore[arg-type]
+
+
+def signing_kid(private_pem: bytes, settings: AuthSettings) -> str:
+    """The kid the verifiers know the public half of `private_pem` by: the kid of the
+    same key in the JWKS file (so tokens signed with it verify everywhere), or the
+    derived one when the keys come from JWT_JWKS_URL. A key the JWKS file does not
+    hold is a configuration error (SystemExit): its tokens would never verify."""
+    key = serialization.load_pem_private_key(private_pem, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SystemExit("JWT_PRIVATE_KEY_FILE must hold an EC (P-256, ES256) private key")
+    public = key.public_key()
+    if settings.jwks_url:
+        return _kid(public)
+    mine = public.public_numbers()
+    for kid, known in _read_keys(settings.jwks_file).items():
+        candidate = known.key.public_key() if hasattr(known.key, "public_key") else known.key
+        if isinstance(candidate, ec.EllipticCurvePublicKey) and candidate.public_numbers() == mine:
+            return kid
+    raise SystemExit(
+        f"the signing key {settings.private_key_file} is not in {settings.jwks_file}: "
+        "tokens signed with it would not verify"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -168,6 +168,10 @@ class AuthSettings:
     jwks_max_age: float = 300.0
     # The longest a verification waits for a fetch, in seconds.
     jwks_timeout: float = 2.0
+    # The private key (EC, PEM) the user service signs the built-in sign-in's access
+    # tokens with (JWT_PRIVATE_KEY_FILE; in development, the dev key next to jwks_file).
+    # None: built-in sign-in is off (an identity provider signs the tokens).
+    private_key_file: Path | None = None
 
     @classmethod
     def from_env(cls, data_dir: Path, reader: EnvReader | None = None) -> AuthSettings:
@@ -191,10 +195,71 @@ class AuthSettings:
             jwks_cooldown=_positive(read, "JWT_JWKS_COOLDOWN", 30.0),
             jwks_max_age=_positive(read, "JWT_JWKS_MAX_AGE", 300.0),
             jwks_timeout=_positive(read, "JWT_JWKS_TIMEOUT", 2.0),
+            private_key_file=_private_key_file(read, data_dir, not configured and not url),
         )
         if owned:
             read.check()
         return settings
+
+
+def _private_key_file(read: EnvReader, data_dir: Path, development: bool) -> Path | None:
+    configured = read.text("JWT_PRIVATE_KEY_FILE", "")
+    if configured:
+        return Path(configured)
+    return data_dir / "dev-keys" / "private.pem" if development else None
+
+
+# -- built-in sign-in (services.user) ---------------------------------------------
+
+# An access token of the built-in sign-in lives at most this long: it cannot be
+# revoked, so its lifetime is how long a stolen one works.
+MAX_ACCESS_TOKEN_TTL = 900
+
+
+@dataclass(frozen=True)
+class SignInSettings:
+    """The user service's built-in sign-in (services.user.signin)."""
+
+    # Seconds an access token lives (ACCESS_TOKEN_TTL, at most 15 minutes).
+    access_token_ttl: int = MAX_ACCESS_TOKEN_TTL
+    # Seconds a refresh token lives (REFRESH_TOKEN_TTL, 30 days).
+    refresh_token_ttl: int = 30 * 24 * 3600
+    # Failed sign-ins allowed per email (SIGN_IN_MAX_FAILURES) and per client address
+    # (SIGN_IN_MAX_FAILURES_PER_ADDRESS) within SIGN_IN_FAILURE_WINDOW seconds; more
+    # are refused with RESOURCE_EXHAUSTED until the oldest leaves the window.
+    max_failures: int = 5
+    max_failures_per_address: int = 20
+    failure_window: int = 900
+
+    @classmethod
+    def from_env(cls, reader: EnvReader | None = None) -> SignInSettings:
+        read, owned = _checked(reader)
+        access_ttl = read.integer("ACCESS_TOKEN_TTL", MAX_ACCESS_TOKEN_TTL)
+        if not 0 < access_ttl <= MAX_ACCESS_TOKEN_TTL:
+            read.problem(
+                f"ACCESS_TOKEN_TTL must be 1..{MAX_ACCESS_TOKEN_TTL} seconds, not {access_ttl}"
+            )
+            access_ttl = MAX_ACCESS_TOKEN_TTL
+        settings = cls(
+            access_token_ttl=access_ttl,
+            refresh_token_ttl=_at_least_one(read, "REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
+            max_failures=_at_least_one(read, "SIGN_IN_MAX_FAILURES", cls.max_failures),
+            max_failures_per_address=_at_least_one(
+                read, "SIGN_IN_MAX_FAILURES_PER_ADDRESS", cls.max_failures_per_address
+            ),
+            failure_window=_at_least_one(read, "SIGN_IN_FAILURE_WINDOW", cls.failure_window),
+        )
+        if owned:
+            read.check()
+        return settings
+
+
+def _at_least_one(read: EnvReader, name: str, default: int) -> int:
+    value = read.integer(name, default)
+    if value < 1:
+        read.problem(f"{name} must be a whole number above 0, not {value}")
+        return default
+    return value
 
 
 # Where a JWKS may be fetched from over plain http: this machine (tests, development).
@@ -393,6 +458,8 @@ class ServiceConfig:
     # payment: how long each call to the simulated payment provider takes, in seconds
     # (PAYMENT_PROVIDER_LATENCY_MS, in milliseconds).
     payment_provider_latency: float = 0.0
+    # user: the built-in sign-in's token lifetimes and failure limits.
+    sign_in: SignInSettings = field(default_factory=SignInSettings)
     # Where the public keys that verify callers' tokens are (see services.common.auth).
     auth: AuthSettings = field(kw_only=True)
     # This process's certificate and the mesh CA (services.common.tls).
@@ -435,6 +502,7 @@ class ServiceConfig:
             order_attempt_timeout=read.number("ORDER_ATTEMPT_TIMEOUT", 20.0),
             reservation_retention=read.number("RESERVATION_RETENTION", 3600.0),
             payment_provider_latency=read.number("PAYMENT_PROVIDER_LATENCY_MS", 0.0) / 1000,
+            sign_in=SignInSettings.from_env(read),
             auth=AuthSettings.from_env(data_dir, read),
             tls=TlsSettings.from_env(name, SERVICE, data_dir, read),
         )

@@ -8,6 +8,7 @@ rather than parse the message.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -137,6 +138,20 @@ class FailedPrecondition(DomainError):
             ]
         )
         return [failure, *super().details()] if self.subjects else super().details()
+
+
+class ResourceExhausted(DomainError):
+    """Too many of something: retry after `retry_after` seconds (``google.rpc.RetryInfo``;
+    HTTP 429 at the gateway)."""
+
+    def __init__(self, message: str, reason: str, retry_after: float, **metadata: str) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(message, reason, metadata, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    def details(self) -> list[message.Message]:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromSeconds(self.retry_after)
+        return [retry, *super().details()]
 
 
 class Unavailable(DomainError):

@@ -18,8 +18,25 @@ UPDATABLE = ("display_name", "email", "active")
 ADMIN_ONLY = frozenset({"active"})
 
 
-def _email_taken(email: str) -> AlreadyExists:
+def email_taken(email: str) -> AlreadyExists:
     return AlreadyExists(f"email {email} is already taken", "EMAIL_TAKEN", email=email)
+
+
+def normalised_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def new_user(email: str, display_name: str) -> UserRow:
+    """A new, active user (not stored yet), its email and name normalised."""
+    now = utcnow()
+    return UserRow(
+        id=new_id("usr"),
+        email=normalised_email(email),
+        display_name=display_name.strip(),
+        active=True,
+        create_time=now,
+        update_time=now,
+    )
 
 
 class Users:
@@ -28,19 +45,11 @@ class Users:
         self._tokens = page_tokens
 
     async def create(self, email: str, display_name: str) -> UserRow:
-        now = utcnow()
-        user = UserRow(
-            id=new_id("usr"),
-            email=email.strip().lower(),
-            display_name=display_name.strip(),
-            active=True,
-            create_time=now,
-            update_time=now,
-        )
+        user = new_user(email, display_name)
         try:
             await self._repository.add(user)
         except EmailTaken:
-            raise _email_taken(user.email) from None
+            raise email_taken(user.email) from None
         return user
 
     async def get(self, user_id: str) -> UserRow:
@@ -65,14 +74,14 @@ class Users:
             raise PermissionDenied(f"only an administrator may change {fields}", "ADMIN_ONLY")
         values = dict(changes)
         if "email" in values:
-            values["email"] = str(values["email"]).strip().lower()
+            values["email"] = normalised_email(str(values["email"]))
         if "display_name" in values:
             values["display_name"] = str(values["display_name"]).strip()
         values["update_time"] = utcnow()
         try:
             user = await self._repository.update(user_id, values)
         except EmailTaken:
-            raise _email_taken(values["email"]) from None
+            raise email_taken(values["email"]) from None
         if user is None:
             raise NotFound("user", user_id)
         return user

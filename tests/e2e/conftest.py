@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests import tokens
-from tests.mesh import WITH_PAYMENT, Mesh, running_mesh
+from tests.mesh import Mesh, running_mesh
 from tests.processes import service_process
 
 
@@ -40,7 +40,7 @@ def gateway_env(mesh: Mesh) -> dict[str, str]:
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     async with (
         # Every service the gateway serves a public API of, so none of its routes is a 503.
-        running_mesh(tmp_path, services=WITH_PAYMENT) as mesh,
+        running_mesh(tmp_path) as mesh,
         service_process("gateway", gateway_env(mesh), module="gateway") as gateway,
     ):
         yield Stack(mesh, f"http://{gateway.address}", gateway.stderr_lines)

@@ -14,6 +14,7 @@ from shop.common.v1 import access_pb2
 SERVICES = {
     "shop.user.v1.UserService",
     "shop.user.v1.UserInternalService",
+    "shop.user.v1.AuthService",
     "shop.product.v1.ProductService",
     "shop.product.v1.ProductInternalService",
     "shop.order.v1.OrderService",
@@ -24,6 +25,10 @@ SERVICES = {
 }
 PUBLIC = {
     "/shop.user.v1.UserService/CreateUser",
+    "/shop.user.v1.AuthService/SignUp",
+    "/shop.user.v1.AuthService/SignIn",
+    "/shop.user.v1.AuthService/Refresh",
+    "/shop.user.v1.AuthService/SignOut",
     "/shop.product.v1.ProductService/GetProduct",
     "/shop.product.v1.ProductService/ListProducts",
     "/shop.product.v1.ProductService/BatchGetProducts",
@@ -52,7 +57,7 @@ def with_level(level: int) -> set[str]:
 def test_every_rpc_of_every_service_declares_its_access() -> None:
     table = access.declared_by_procedure()
     assert {p.split("/")[1] for p in table} == SERVICES
-    assert len(table) == 26
+    assert len(table) == 30
     assert with_level(access_pb2.ACCESS_UNSPECIFIED) == set()
 
 
