@@ -27,7 +27,7 @@ from scripts.procs import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 # In start order: a process starts after the ones it calls.
-SERVICES = ("user", "product", "order", "notification")
+SERVICES = ("user", "product", "payment", "order", "notification")
 GATEWAY = "gateway"
 PRODUCT_PATH = "/shop.product.v1.ProductService/GetProduct"
 

@@ -1,6 +1,6 @@
-"""The whole mesh in the test process: four real gRPC servers on 127.0.0.1 (and the
-payment service, for tests that ask for it), each with its own SQLite file (or
-PostgreSQL database), events over the embedded feed or NATS."""
+"""The whole mesh in the test process: the five services as real gRPC servers on
+127.0.0.1, each with its own SQLite file (or PostgreSQL database), events over the
+embedded feed or NATS."""
 
 from __future__ import annotations
 
@@ -40,10 +40,9 @@ SPECS = {
     "notification": NOTIFICATION,
     "payment": PAYMENT,
 }
-# What running_mesh starts unless told otherwise, in start order (the order service does
-# not call the payment service yet: tests that want it pass `services=WITH_PAYMENT`).
-MESH = ("user", "product", "order", "notification")
-WITH_PAYMENT = ("user", "product", "payment", "order", "notification")
+# What running_mesh starts unless told otherwise, in start order (callees first: the
+# order service calls user, product and payment).
+MESH = ("user", "product", "payment", "order", "notification")
 
 
 @dataclass
@@ -151,12 +150,13 @@ class Mesh:
         return [p.stock for p in reply.products]
 
     def order_request(
-        self, user_id: str, items: dict[str, int], key: str | None = None
+        self, user_id: str, items: dict[str, int], key: str | None = None, payment_method: str = ""
     ) -> order_pb2.CreateOrderRequest:
         return order_pb2.CreateOrderRequest(
             user_id=user_id,
             idempotency_key=uuid.uuid4().hex if key is None else key,
             items=[order_pb2.CreateOrderItem(product_id=p, quantity=q) for p, q in items.items()],
+            payment_method=payment_method,
         )
 
     async def sql(self, service: str, statement: str) -> Any:
@@ -164,6 +164,11 @@ class Mesh:
         async with self.services[service].platform.db.engine.begin() as connection:
             result = await connection.execute(text(statement))
             return result.scalar() if result.returns_rows else None
+
+    async def rows(self, service: str, statement: str) -> list[Any]:
+        """Every row a query on a service's own database returns (named tuples)."""
+        async with self.services[service].platform.db.engine.begin() as connection:
+            return list((await connection.execute(text(statement))).all())
 
 
 def product_request(
@@ -186,7 +191,7 @@ async def running_mesh(
     keep_stream: bool = False,
     services: tuple[str, ...] = MESH,
 ) -> AsyncIterator[Mesh]:
-    """The four services (`services` names others, in start order: WITH_PAYMENT);
+    """The five services (`services` names others, in start order);
     `database="postgres"` gives each a fresh PostgreSQL database.
     The event stream on `broker_url` is deleted afterwards, unless `keep_stream` (a
     broker of the test's own, gone with it: a list of nodes is no URL to connect to)."""

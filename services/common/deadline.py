@@ -50,3 +50,16 @@ def detached() -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+@contextmanager
+def at_most(seconds: float) -> Iterator[None]:
+    """Outgoing calls made inside carry at most `seconds` from now (less when the
+    incoming call has less left): a step bounded by a timeout of its own (an order
+    attempt) leaves nothing running at its peers once that time is up."""
+    left = remaining()
+    token = set_deadline(seconds if left is None else min(left, seconds))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)

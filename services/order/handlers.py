@@ -22,7 +22,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     ) -> order_pb2.CreateOrderResponse:
         require_owner(request.user_id)
         lines = [Line(item.product_id, item.quantity) for item in request.items]
-        order = await self._orders.create(request.user_id, lines, request.idempotency_key)
+        order = await self._orders.create(
+            request.user_id, lines, request.idempotency_key, request.payment_method
+        )
         return order_pb2.CreateOrderResponse(order=order_to_proto(order))
 
     async def GetOrder(

@@ -22,6 +22,25 @@ FAILED = "FAILED"
 # What clients may see of an order; the other states are an attempt's inner workings.
 VISIBLE = (PLACED, CANCELLED)
 
+# An order's payment as the order service must still act on it (the payment service
+# holds the payment itself, one per order id). NONE: nothing to do (an attempt before it
+# authorized, or one whose payment was declined; an order placed before payments).
+# VOIDING: a FAILED attempt whose authorization (if any) is still to be voided: the
+# attempt's own compensation asks it, or the sweeper (a stale attempt may have
+# authorized, so the sweeper voids it). AUTHORIZED: PLACED with the money held; the
+# capture follows at once, and the sweeper repeats it if it failed. CAPTURED: paid.
+# REFUNDING: CANCELLED, its payment still to be given back (the sweeper retries);
+# REFUNDED: given back (refunded, or voided if it was never captured).
+PAYMENT_NONE = "NONE"
+PAYMENT_VOIDING = "VOIDING"
+PAYMENT_AUTHORIZED = "AUTHORIZED"
+PAYMENT_CAPTURED = "CAPTURED"
+PAYMENT_REFUNDING = "REFUNDING"
+PAYMENT_REFUNDED = "REFUNDED"
+# What the order service uses when the request names no payment method (the simulated
+# provider's method that approves).
+DEFAULT_PAYMENT_METHOD = "card_approve"
+
 
 class OrderBase(Base):
     __abstract__ = True
@@ -44,6 +63,9 @@ class OrderRow(OrderBase):
     cancel_reason: Mapped[str] = mapped_column(String(500))
     # False while the reservation of a cancelled or failed order still has to be released.
     stock_released: Mapped[bool]
+    # PAYMENT_*: what is still to be done about the order's payment (migration 0002).
+    # Indexed: the sweeper looks up the few orders AUTHORIZED (capture failed) or REFUNDING.
+    payment_state: Mapped[str] = mapped_column(String(16), server_default=PAYMENT_NONE, index=True)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     items: Mapped[list[OrderItemRow]] = relationship(

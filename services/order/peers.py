@@ -1,5 +1,5 @@
-"""The order service's gRPC clients of user and product (the use cases' `Peers`), with
-their failures as domain errors.
+"""The order service's gRPC clients of user, product and payment (the use cases'
+`Peers`), with their failures as domain errors.
 
 Every call goes through `services.common.clients`, so it carries what remains of
 the incoming deadline. A peer's expected failures (NOT_FOUND, FAILED_PRECONDITION,
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import grpc
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from services.common import clients, deadline
 from services.common.config import BreakerSettings
@@ -20,6 +20,8 @@ from services.common.errors import DETAILS_KEY, DomainError, status_of
 from services.common.tls import TlsSettings
 from services.order.convert import product_from_proto
 from services.order.models import PricedProduct
+from shop.common.v1 import money_pb2
+from shop.payment.v1 import payment_internal_pb2, payment_internal_pb2_grpc, payment_pb2
 from shop.product.v1 import (
     product_internal_pb2,
     product_internal_pb2_grpc,
@@ -38,6 +40,9 @@ PASSED_THROUGH = {
 }
 # Compensation must run even when the caller's deadline is spent.
 RELEASE_TIMEOUT = 5.0
+# The payment service's reasons for "the payment is in another state" (its ErrorInfo
+# carries that state as metadata "state"): an answer about the payment, not a failure.
+WRONG_PAYMENT_STATE = {"PAYMENT_NOT_AUTHORIZED", "PAYMENT_NOT_CAPTURED"}
 
 
 class PeerError(DomainError):
@@ -71,6 +76,7 @@ class GrpcPeers:
         self,
         user_addresses: str,
         product_addresses: str,
+        payment_addresses: str,
         breaker: BreakerSettings,
         tls: TlsSettings | None = None,
     ) -> None:
@@ -78,13 +84,18 @@ class GrpcPeers:
         self._product_channel = clients.channel(
             product_addresses, peer="product", breaker=breaker, tls=tls
         )
+        self._payment_channel = clients.channel(
+            payment_addresses, peer="payment", breaker=breaker, tls=tls
+        )
         self._users = user_internal_pb2_grpc.UserInternalServiceStub(self._user_channel)
         self._products = product_pb2_grpc.ProductServiceStub(self._product_channel)
         self._stock = product_internal_pb2_grpc.ProductInternalServiceStub(self._product_channel)
+        self._payments = payment_internal_pb2_grpc.PaymentInternalServiceStub(self._payment_channel)
 
     async def close(self) -> None:
         await self._user_channel.close()
         await self._product_channel.close()
+        await self._payment_channel.close()
 
     async def active_user(self, user_id: str) -> None:
         try:
@@ -124,3 +135,76 @@ class GrpcPeers:
                 )
         except grpc.aio.AioRpcError as error:
             raise PeerError("product", error) from None
+
+    # -- payment: every call is idempotent on the order id (gRPC's retry policy repeats
+    # it on UNAVAILABLE, and the payment service then finds the earlier charge) -------
+
+    async def authorize(
+        self,
+        order_id: str,
+        user_id: str,
+        currency_code: str,
+        amount_minor: int,
+        payment_method: str,
+    ) -> None:
+        request = payment_internal_pb2.AuthorizeRequest(
+            order_id=order_id,
+            user_id=user_id,
+            amount=money_pb2.Money(currency_code=currency_code, amount_minor=amount_minor),
+            payment_method=payment_method,
+        )
+        try:
+            await self._payments.Authorize(request)
+        except grpc.aio.AioRpcError as error:
+            raise PeerError("payment", error) from None
+
+    async def capture(self, order_id: str) -> str | None:
+        """Runs with a timeout of its own: the order is placed, the caller may be gone."""
+        request = payment_internal_pb2.CaptureRequest(order_id=order_id)
+        try:
+            with deadline.detached():
+                reply = await self._payments.Capture(request, timeout=RELEASE_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            return _payment_state_of(error)
+        return _state_name(reply.payment.state)
+
+    async def void(self, order_id: str) -> str | None:
+        """Compensation: runs after the caller's deadline too."""
+        request = payment_internal_pb2.VoidRequest(order_id=order_id)
+        try:
+            with deadline.detached():
+                reply = await self._payments.Void(request, timeout=RELEASE_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            return _payment_state_of(error)
+        return _state_name(reply.payment.state)
+
+    async def refund(self, order_id: str, request_id: str, reason: str) -> str | None:
+        request = payment_internal_pb2.RefundRequest(
+            order_id=order_id, request_id=request_id, reason=reason
+        )
+        try:
+            with deadline.detached():
+                reply = await self._payments.Refund(request, timeout=RELEASE_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            return _payment_state_of(error)
+        return _state_name(reply.payment.state)
+
+
+def _state_name(state: int) -> str:
+    """PAYMENT_STATE_CAPTURED -> "CAPTURED", as the payment service names its states."""
+    return payment_pb2.PaymentState.Name(state).removeprefix("PAYMENT_STATE_")
+
+
+def _payment_state_of(error: grpc.aio.AioRpcError) -> str | None:
+    """A Capture, Void or Refund the payment's state did not allow: that state (None when
+    the order has no payment). Any other failure is raised as a PeerError."""
+    if error.code() == grpc.StatusCode.NOT_FOUND:
+        return None
+    if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        for packed in status_of(error).details:
+            info = error_details_pb2.ErrorInfo()
+            if packed.Unpack(info) and info.reason in WRONG_PAYMENT_STATE:
+                state = str(info.metadata.get("state", ""))
+                if state:
+                    return state
+    raise PeerError("payment", error)

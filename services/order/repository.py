@@ -5,6 +5,7 @@ The use cases see `OrderRepository`, so their tests can hand them an in-memory o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -19,6 +20,11 @@ from services.common.times import utcnow
 from services.order.models import (
     CANCELLED,
     FAILED,
+    PAYMENT_AUTHORIZED,
+    PAYMENT_CAPTURED,
+    PAYMENT_REFUNDED,
+    PAYMENT_REFUNDING,
+    PAYMENT_VOIDING,
     PENDING,
     PLACED,
     VISIBLE,
@@ -30,6 +36,15 @@ from services.order.models import (
 
 # Makes the event of an order just changed, inside the transaction that changed it.
 Announce = Callable[[OrderRow], Event]
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """What undoing a FAILED attempt takes: its reservation to release, and whether its
+    payment's authorization (if it made one) is to be voided."""
+
+    reservation_id: str
+    void: bool
 
 
 class OrderRepository(Protocol):
@@ -44,20 +59,23 @@ class OrderRepository(Protocol):
         ...
 
     async def place(self, order: OrderRow, at: datetime, announce: Announce) -> OrderRow | None:
-        """The claimed `order` (as this attempt holds it), PENDING -> PLACED, with the event
-        `announce` makes of it; None (and nothing written) when it is no longer PENDING."""
+        """The claimed `order` (as this attempt holds it), PENDING -> PLACED with its
+        payment_state, and the event `announce` makes of it; None (and nothing written)
+        when it is no longer PENDING."""
         ...
 
     async def cancel(
         self, order_id: str, reason: str, at: datetime, announce: Announce
     ) -> OrderRow | None:
-        """PLACED -> CANCELLED, with the event `announce` makes of it; None (and nothing
-        written) when the order is not PLACED any more."""
+        """PLACED -> CANCELLED (a payment authorized or captured becomes REFUNDING), with
+        the event `announce` makes of it; None (and nothing written) when the order is
+        not PLACED any more."""
         ...
 
-    async def fail(self, order_id: str, at: datetime) -> str | None:
-        """PENDING or FAILED -> FAILED; the reservation to release, or None when the
-        order is in neither state (placed meanwhile, or already removed)."""
+    async def fail(self, order_id: str, at: datetime, void: bool) -> Abandoned | None:
+        """PENDING or FAILED -> FAILED, its payment VOIDING if `void` (and kept VOIDING if
+        it was); what undoing it takes, or None when the order is in neither state
+        (placed meanwhile, or already removed)."""
         ...
 
     async def remove_failed(self, order_id: str) -> None:
@@ -65,7 +83,8 @@ class OrderRepository(Protocol):
         ...
 
     async def fail_stale(self, created_before: datetime, at: datetime) -> Sequence[str]:
-        """Every PENDING order created before `created_before` becomes FAILED; their ids."""
+        """Every PENDING order created before `created_before` becomes FAILED with its
+        payment VOIDING (its attempt may have authorized one); their ids."""
         ...
 
     async def failed(self) -> Sequence[str]:
@@ -77,6 +96,23 @@ class OrderRepository(Protocol):
         ...
 
     async def mark_released(self, order_id: str) -> None: ...
+
+    async def uncaptured(self, placed_before: datetime) -> Sequence[str]:
+        """The ids of the PLACED orders whose payment is AUTHORIZED (the capture failed
+        or its process died) and that were placed before `placed_before`."""
+        ...
+
+    async def mark_captured(self, order_id: str) -> None:
+        """An AUTHORIZED payment -> CAPTURED (nothing changes in any other state)."""
+        ...
+
+    async def unrefunded(self) -> Sequence[str]:
+        """The ids of the CANCELLED orders whose payment is REFUNDING."""
+        ...
+
+    async def mark_refunded(self, order_id: str) -> None:
+        """A REFUNDING payment -> REFUNDED."""
+        ...
 
     async def page(self, user_id: str, before_id: str | None, limit: int) -> Sequence[OrderRow]:
         """Up to `limit` of the user's PLACED and CANCELLED orders before `before_id`,
@@ -117,7 +153,7 @@ class SqlOrderRepository:
             moved = await session.execute(
                 update(OrderRow)
                 .where(OrderRow.id == order.id, OrderRow.status == PENDING)
-                .values(status=PLACED, update_time=at)
+                .values(status=PLACED, payment_state=order.payment_state, update_time=at)
                 .execution_options(synchronize_session=False)
             )
             assert isinstance(moved, CursorResult)
@@ -137,18 +173,22 @@ class SqlOrderRepository:
             order.status = CANCELLED
             order.cancel_reason = reason
             order.update_time = at
+            if order.payment_state in (PAYMENT_AUTHORIZED, PAYMENT_CAPTURED):
+                order.payment_state = PAYMENT_REFUNDING
             await session.flush()
             session.add(_outbox_row(announce(order)))
         return order
 
-    async def fail(self, order_id: str, at: datetime) -> str | None:
+    async def fail(self, order_id: str, at: datetime, void: bool) -> Abandoned | None:
         async with self._db.write() as session:
             order = await session.get(OrderRow, order_id, with_for_update=True)
             if order is None or order.status not in (PENDING, FAILED):
                 return None
             order.status = FAILED
             order.update_time = at
-            return order.reservation_id
+            if void:
+                order.payment_state = PAYMENT_VOIDING
+            return Abandoned(order.reservation_id, order.payment_state == PAYMENT_VOIDING)
 
     async def remove_failed(self, order_id: str) -> None:
         async with self._db.write() as session:
@@ -164,7 +204,7 @@ class SqlOrderRepository:
                     await session.execute(
                         update(OrderRow)
                         .where(OrderRow.status == PENDING, OrderRow.create_time < created_before)
-                        .values(status=FAILED, update_time=at)
+                        .values(status=FAILED, payment_state=PAYMENT_VOIDING, update_time=at)
                         .returning(OrderRow.id)
                     )
                 )
@@ -192,6 +232,43 @@ class SqlOrderRepository:
         async with self._db.write() as session:
             await session.execute(
                 update(OrderRow).where(OrderRow.id == order_id).values(stock_released=True)
+            )
+
+    async def uncaptured(self, placed_before: datetime) -> Sequence[str]:
+        async with self._db.read() as session:
+            return (
+                await session.scalars(
+                    select(OrderRow.id).where(
+                        OrderRow.status == PLACED,
+                        OrderRow.payment_state == PAYMENT_AUTHORIZED,
+                        OrderRow.update_time < placed_before,
+                    )
+                )
+            ).all()
+
+    async def mark_captured(self, order_id: str) -> None:
+        await self._move_payment(order_id, PAYMENT_AUTHORIZED, PAYMENT_CAPTURED)
+
+    async def unrefunded(self) -> Sequence[str]:
+        async with self._db.read() as session:
+            return (
+                await session.scalars(
+                    select(OrderRow.id).where(
+                        OrderRow.status == CANCELLED, OrderRow.payment_state == PAYMENT_REFUNDING
+                    )
+                )
+            ).all()
+
+    async def mark_refunded(self, order_id: str) -> None:
+        await self._move_payment(order_id, PAYMENT_REFUNDING, PAYMENT_REFUNDED)
+
+    async def _move_payment(self, order_id: str, source: str, target: str) -> None:
+        async with self._db.write() as session:
+            await session.execute(
+                update(OrderRow)
+                .where(OrderRow.id == order_id, OrderRow.payment_state == source)
+                .values(payment_state=target)
+                .execution_options(synchronize_session=False)
             )
 
     async def page(self, user_id: str, before_id: str | None, limit: int) -> Sequence[OrderRow]:

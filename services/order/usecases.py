@@ -1,12 +1,47 @@
-"""Order use cases: placing an order across user and product, all or nothing;
-cancelling it; reading orders and the event feed; cleaning up after attempts that failed.
+"""Order use cases: placing an order across user, product and payment, all or nothing;
+cancelling it (money and stock back); reading orders and the event feed; cleaning up
+after attempts that failed.
 
 Placing an order, in order: return the stored order if the idempotency key was
 used for the same request before; check the user and price every item (reads, so
 bad input writes nothing); claim the key with a PENDING row; reserve the stock
-under a reservation id of this order; then store the order and its OrderCreated
-event in one transaction. If anything fails after the claim, the reservation is
-released and the claim removed; if the process dies instead, the sweeper does it.
+under a reservation id of this order; authorize the payment (the total, on the
+request's payment method, under the order id, which is the payment's idempotency
+key); then store the order PLACED, its payment AUTHORIZED, and its OrderCreated event
+in one transaction; then capture the payment.
+
+Why capture after placing: an order is placed only when its money is held, and money
+is taken only for an order that is stored. Capturing first would take money for an
+order that may yet fail to be stored (then it must be refunded, real money moving
+twice); placing first leaves at worst a placed order whose capture is still to be
+done, which is safe to repeat: Capture is idempotent, so a capture that failed (or
+whose process died) is repeated by the sweeper until it succeeds.
+
+Failures. If anything fails after the claim, the attempt is undone: its payment is
+voided if it may have been authorized (Void is idempotent; no payment means nothing
+was authorized, and a declined one holds nothing), its reservation released, and the
+claim removed, so the key is free again; the caller gets the error (a decline is the
+payment service's FAILED_PRECONDITION PAYMENT_DECLINED, with its details). A payment
+provider that does not answer is UNAVAILABLE from Authorize; the channel's retry
+policy repeats Authorize (it is IDEMPOTENT) under the same order id, and the payment
+service then finds the charge the lost call made instead of charging again; if it
+still fails, the attempt is undone like any other (its hold voided) and a retry with
+the same key is a new attempt. If the process dies mid-way, the sweeper does the
+undoing: a PENDING attempt older than the attempt timeout (plus a margin) becomes
+FAILED with its payment to void, and since PLACED is only ever set on a PENDING
+order, an attempt is either placed or voided, never both. Outgoing calls of an
+attempt carry at most the attempt's time, so nothing of it still runs at a peer when
+the sweeper takes it over.
+
+Cancelling: the order becomes CANCELLED (with its event), its payment is refunded
+under a request id derived from the order id (so a repeated cancel is the same
+refund, and the payment service refunds an order at most once; a payment whose
+capture was still to come is voided instead), then its stock is released. A refund or
+release that fails is left to the sweeper, which repeats it until it succeeds.
+
+The sweeper, every few seconds: fails stale attempts; undoes FAILED attempts (void,
+release, free the key); captures placed orders whose capture failed; refunds and
+releases cancelled orders whose refund or release failed.
 """
 
 from __future__ import annotations
@@ -19,6 +54,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Protocol
 
+from services.common import deadline
 from services.common.errors import (
     AlreadyExists,
     DomainError,
@@ -33,6 +69,12 @@ from services.common.pagination import PageTokens, page_size
 from services.common.times import utcnow
 from services.order.convert import order_cancelled, order_created
 from services.order.models import (
+    DEFAULT_PAYMENT_METHOD,
+    PAYMENT_AUTHORIZED,
+    PAYMENT_CAPTURED,
+    PAYMENT_NONE,
+    PAYMENT_REFUNDED,
+    PAYMENT_REFUNDING,
     PENDING,
     PLACED,
     VISIBLE,
@@ -52,11 +94,24 @@ INT64_MAX = 2**63 - 1
 # sweep interval.
 ATTEMPT_TIMEOUT = 20.0
 CLOCK_MARGIN = 5.0
+# A placed order whose payment is still AUTHORIZED this long after it was placed had
+# its capture fail (or its process die): the sweeper captures it.
+CAPTURE_RETRY_AFTER = CLOCK_MARGIN
+
+# A payment's states as the payment service names them (shop.payment.v1.PaymentState).
+AUTHORIZED, CAPTURED, VOIDED, REFUNDED = "AUTHORIZED", "CAPTURED", "VOIDED", "REFUNDED"
+# A payment in these states (or none at all) holds no money of the customer.
+HOLDS_NOTHING = {None, VOIDED, REFUNDED, "DECLINED", "FAILED"}
+# What an Authorize answers when it refused and therefore holds nothing: a decline, an
+# unknown payment method.
+REFUSED = {"FAILED_PRECONDITION", "INVALID_ARGUMENT"}
+# The reason of a call the payment service's open circuit breaker refused: never sent.
+NOT_SENT = "PAYMENT_CIRCUIT_OPEN"
 
 
 class Peers(Protocol):
-    """The user and product services as the use cases need them; their failures are
-    DomainErrors (the peer's own reason, or UNAVAILABLE)."""
+    """The user, product and payment services as the use cases need them; their
+    failures are DomainErrors (the peer's own reason and details, or UNAVAILABLE)."""
 
     async def active_user(self, user_id: str) -> None:
         """Raises unless the user exists and is active."""
@@ -74,10 +129,48 @@ class Peers(Protocol):
         """Gives a reservation's stock back, once; runs after the caller's deadline too."""
         ...
 
+    async def authorize(
+        self,
+        order_id: str,
+        user_id: str,
+        currency_code: str,
+        amount_minor: int,
+        payment_method: str,
+    ) -> None:
+        """Holds the amount on the payment method, once per order id (a repeat finds the
+        earlier charge). A refusal raises FAILED_PRECONDITION PAYMENT_DECLINED; a
+        provider that does not answer, UNAVAILABLE (whether it charged is not known)."""
+        ...
 
-def fingerprint(user_id: str, lines: Sequence[Line]) -> str:
-    body = json.dumps([user_id, [(line.product_id, line.quantity) for line in lines]])
-    return hashlib.sha256(body.encode()).hexdigest()
+    async def capture(self, order_id: str) -> str | None:
+        """Takes the held amount (again: a no-op). The payment's state after: CAPTURED, or
+        the state that does not allow it; None when the order has no payment."""
+        ...
+
+    async def void(self, order_id: str) -> str | None:
+        """Gives the hold back (again: a no-op). The payment's state after: VOIDED, or the
+        state that does not allow it (DECLINED, CAPTURED, ...); None when the order has no
+        payment. Runs after the caller's deadline too."""
+        ...
+
+    async def refund(self, order_id: str, request_id: str, reason: str) -> str | None:
+        """Gives the captured amount back, at most once per order. The payment's state
+        after: REFUNDED, or the state that does not allow it (AUTHORIZED when never
+        captured, ...); None when the order has no payment."""
+        ...
+
+
+def fingerprint(user_id: str, lines: Sequence[Line], payment_method: str) -> str:
+    parts: list[object] = [user_id, [(line.product_id, line.quantity) for line in lines]]
+    if payment_method != DEFAULT_PAYMENT_METHOD:
+        # Orders stored before payments (all on the default method) keep their print.
+        parts.append(payment_method)
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def refund_request_id(order_id: str) -> str:
+    """The one refund of a cancelled order: every cancel (and the sweeper) asks this one."""
+    return f"cancel-{order_id}"
 
 
 class Orders:
@@ -105,8 +198,11 @@ class Orders:
 
     # -- placing -------------------------------------------------------------
 
-    async def create(self, user_id: str, lines: Sequence[Line], key: str) -> OrderRow:
-        request = fingerprint(user_id, lines)
+    async def create(
+        self, user_id: str, lines: Sequence[Line], key: str, payment_method: str = ""
+    ) -> OrderRow:
+        method = payment_method or DEFAULT_PAYMENT_METHOD
+        request = fingerprint(user_id, lines, method)
         while True:
             existing = await self._repository.by_key(key)
             if existing is not None:
@@ -128,41 +224,66 @@ class Orders:
             except KeyTaken:
                 continue  # a concurrent attempt claimed the key first: look again
             break
+        # Whether a payment may be held when the attempt fails, so undoing it voids it.
+        may_hold = False
         try:
             async with asyncio.timeout(self._attempt_timeout):
-                await self._peers.reserve(
-                    order.reservation_id, {line.product_id: line.quantity for line in lines}
-                )
+                with deadline.at_most(self._attempt_timeout):
+                    await self._peers.reserve(
+                        order.reservation_id, {line.product_id: line.quantity for line in lines}
+                    )
+                    may_hold = True
+                    try:
+                        await self._peers.authorize(
+                            order.id,
+                            user_id,
+                            order.currency_code,
+                            order.total_amount_minor,
+                            method,
+                        )
+                    except DomainError as refused:
+                        may_hold = refused.code.name not in REFUSED and refused.reason != NOT_SENT
+                        raise
+                order.payment_state = PAYMENT_AUTHORIZED
                 placed = await self._repository.place(order, utcnow(), order_created)
                 if placed is None:
                     raise Unavailable("the order attempt expired; retry with the same key")
         except TimeoutError:
-            await asyncio.shield(self._spawn_cleanup(order.id))
+            await asyncio.shield(self._spawn_cleanup(order.id, may_hold))
             raise Unavailable("the order attempt took too long; retry with the same key") from None
         except BaseException:
             # Shielded: it goes on even if this call is cancelled at its deadline.
-            cleanup = self._spawn_cleanup(order.id)
+            cleanup = self._spawn_cleanup(order.id, may_hold)
             await asyncio.shield(cleanup)
             raise
         self._events_committed()
+        # The order stands whatever the capture does: one that fails is the sweeper's.
+        await self._capture(placed)
         return placed
 
     # -- undoing -------------------------------------------------------------
 
-    def _spawn_cleanup(self, order_id: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._abandon(order_id))
+    def _spawn_cleanup(self, order_id: str, void: bool) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._abandon(order_id, void))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
         return task
 
-    async def _abandon(self, order_id: str) -> None:
-        """Releases a failed attempt's reservation, then frees its key. Never raises:
-        what fails here is retried by the sweeper."""
+    async def _abandon(self, order_id: str, void: bool = False) -> None:
+        """Undoes a failed attempt: voids its payment if it may hold one (`void`, or as
+        the row says), releases its reservation, then frees its key. Never raises: what
+        fails here is retried by the sweeper."""
         try:
-            reservation_id = await self._repository.fail(order_id, utcnow())
-            if reservation_id is None:
+            abandoned = await self._repository.fail(order_id, utcnow(), void)
+            if abandoned is None:
+                if void and await self._repository.get(order_id) is None:
+                    # The sweeper undid this attempt while it was authorizing, and its void
+                    # may have come before the authorization: void again (idempotent).
+                    await self._void(order_id)
                 return
-            await self._peers.release(reservation_id)
+            if abandoned.void:
+                await self._void(order_id)
+            await self._peers.release(abandoned.reservation_id)
             await self._repository.remove_failed(order_id)
         except Exception as error:
             log.warning(
@@ -170,22 +291,65 @@ class Orders:
                 extra={"order_id": order_id, "error": type(error).__name__},
             )
 
+    async def _void(self, order_id: str) -> None:
+        """Gives back whatever a failed attempt's payment holds; raises if it can't."""
+        state = await self._peers.void(order_id)
+        if state not in HOLDS_NOTHING:
+            # CAPTURED: never for an attempt that was not placed (the capture follows the
+            # placing); said loudly rather than left unnoticed.
+            log.error(
+                "the payment of an order attempt that failed is not voidable",
+                extra={"order_id": order_id, "state": state},
+            )
+
+    async def _capture(self, order: OrderRow) -> None:
+        """Takes the payment of a placed order. Never raises (the order stands): what
+        fails is left to the sweeper."""
+        try:
+            state = await self._peers.capture(order.id)
+            if state == CAPTURED:
+                await self._repository.mark_captured(order.id)
+                order.payment_state = PAYMENT_CAPTURED
+                return
+        except Exception as error:
+            log.warning(
+                "payment capture deferred to the sweeper",
+                extra={"order_id": order.id, "error": type(error).__name__},
+            )
+            return
+        # The payment of a placed order is AUTHORIZED until captured: anything else is a
+        # fault to look into; the sweeper keeps trying meanwhile.
+        log.error(
+            "the payment of a placed order could not be captured",
+            extra={"order_id": order.id, "state": state},
+        )
+
     async def sweep(self) -> int:
-        """One pass: undoes attempts that died mid-way and releases cancelled orders'
-        stock; returns how many orders it took up."""
+        """One pass: undoes attempts that failed or died mid-way (void, release, free the
+        key), captures placed orders whose capture failed, and refunds and releases
+        cancelled orders whose refund or release failed; returns how many orders it
+        took up."""
         now = utcnow()
         stale = await self._repository.fail_stale(
             now - timedelta(seconds=self._pending_timeout), now
         )
         failed = await self._repository.failed()
+        uncaptured = await self._repository.uncaptured(now - timedelta(seconds=CAPTURE_RETRY_AFTER))
+        unrefunded = await self._repository.unrefunded()
         unreleased = await self._repository.unreleased_cancelled()
         for order_id in failed:
             await self._abandon(order_id)
+        for order_id in uncaptured:
+            order = await self._repository.get(order_id)
+            if order is not None and order.status == PLACED:
+                await self._capture(order)
+        for order_id in unrefunded:
+            await self._refund_cancelled(order_id)
         for order_id in unreleased:
             await self._release_cancelled(order_id)
         if stale:
             log.warning("abandoned stale order attempts", extra={"count": len(stale)})
-        return len(failed) + len(unreleased)
+        return len({*failed, *uncaptured, *unrefunded, *unreleased})
 
     async def run_sweeper(self, interval: float = 2.0) -> None:
         while True:
@@ -195,16 +359,49 @@ class Orders:
     # -- cancelling ----------------------------------------------------------
 
     async def cancel(self, order_id: str, reason: str) -> OrderRow:
-        """Cancels a placed order and gives its stock back; a cancelled one stays as it is."""
+        """Cancels a placed order, refunds its payment and gives its stock back; a
+        cancelled one stays as it is (its refund, if it failed before, is tried again)."""
         order = await self.get(order_id)
         if order.status == PLACED:
             cancelled = await self._repository.cancel(order_id, reason, utcnow(), order_cancelled)
             # None: another call cancelled it first; it is as that call left it.
             order = cancelled if cancelled is not None else await self.get(order_id)
         self._events_committed()
+        if order.payment_state == PAYMENT_REFUNDING and await self._refund_cancelled(order_id):
+            order.payment_state = PAYMENT_REFUNDED
         if not order.stock_released:
             order.stock_released = await self._release_cancelled(order_id)
         return order
+
+    async def _refund_cancelled(self, order_id: str) -> bool:
+        """Gives a cancelled order's money back; False when that is left to the sweeper.
+        Every call asks for the same refund (refund_request_id), so it happens once."""
+        order = await self._repository.get(order_id)
+        if order is None or order.payment_state != PAYMENT_REFUNDING:
+            return True
+        request_id = refund_request_id(order_id)
+        reason = order.cancel_reason or "order cancelled"
+        try:
+            state = await self._peers.refund(order_id, request_id, reason)
+            if state == AUTHORIZED:
+                # Never captured (its capture was still to come): the hold is given back.
+                state = await self._peers.void(order_id)
+                if state == CAPTURED:  # captured meanwhile: refunded after all
+                    state = await self._peers.refund(order_id, request_id, reason)
+        except DomainError as error:
+            log.warning(
+                "refund deferred to the sweeper",
+                extra={"order_id": order_id, "error": error.message},
+            )
+            return False
+        if state not in HOLDS_NOTHING:
+            log.warning(
+                "refund deferred to the sweeper",
+                extra={"order_id": order_id, "state": state},
+            )
+            return False
+        await self._repository.mark_refunded(order_id)
+        return True
 
     async def _release_cancelled(self, order_id: str) -> bool:
         """Gives a cancelled order's stock back; False when that is left to the sweeper."""
@@ -269,6 +466,7 @@ def _pending_order(
         total_amount_minor=0,
         cancel_reason="",
         stock_released=False,
+        payment_state=PAYMENT_NONE,
         create_time=now,
         update_time=now,
         items=[],

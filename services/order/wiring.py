@@ -29,7 +29,13 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
     config = platform.config
     closers: list[Callable[[], object]] = []
     repository = SqlOrderRepository(platform.db)
-    peers = GrpcPeers(config.peer("user"), config.peer("product"), config.breaker, config.tls)
+    peers = GrpcPeers(
+        config.peer("user"),
+        config.peer("product"),
+        config.peer("payment"),
+        config.breaker,
+        config.tls,
+    )
     closers.append(peers.close)
     # Without a broker the outbox itself is the log consumers read (the embedded feed).
     sink: Sink = NoSink()

@@ -62,8 +62,8 @@ CALLERS = {
     "product": {"gateway", "order"},
     "order": {"gateway", "notification"},
     "notification": {"gateway"},
-    # The gateway reads payments; the order service's saga will authorize, capture, void
-    # and refund them.
+    # The gateway reads payments; the order service's saga authorizes, captures, voids
+    # and refunds them.
     "payment": {"gateway", "order"},
 }
 MONITORING = "ns:shop.example.com/metrics-scraper=true"

@@ -2,7 +2,8 @@
 shoppers place orders (retrying with the same idempotency key, as a client should),
 one replica of each service in turn is SIGKILLed and started again. Nothing is lost
 or doubled: every order a shopper asked for is placed exactly once, stock plus what
-placed orders hold equals the start, no reservation is orphaned, each order has one
+placed orders hold equals the start, no reservation is orphaned, every placed order
+has one captured payment and no other payment holds money, each order has one
 notification, and live streams that lose their replica resume from their cursor with
 nothing missing."""
 
@@ -34,7 +35,7 @@ from tests.mesh import delete_stream
 from tests.processes import ServiceProcess, service_process
 
 NATS = "nats://127.0.0.1:4222"
-SERVICES = ("user", "product", "order", "notification")
+SERVICES = ("user", "product", "payment", "order", "notification")
 SHOPPERS = 6
 ORDERS_PER_SHOPPER = 25
 STOCK = 1000
@@ -223,7 +224,7 @@ async def test_killing_a_replica_of_each_service_loses_and_doubles_nothing(
                 if task.done():
                     task.result()  # a shopper that gave up: its error, not a hang
             assert half_way.is_set(), f"only {len(attempts)} orders placed in 60 s"
-            for name in ("product", "user", "order", "notification"):
+            for name in ("product", "user", "payment", "order", "notification"):
                 await mesh.kill_and_restart(name, 0)
             await asyncio.wait_for(asyncio.gather(*shoppers), 120)
 
@@ -253,6 +254,28 @@ async def test_killing_a_replica_of_each_service_loses_and_doubles_nothing(
             )
             assert stock[0][0] + held[0][1] == STOCK, "stock + reserved == the start"
             assert held[0][0] == total, "one reservation per placed order, none orphaned"
+            # Money: captures that died with a replica are the sweepers' (after a few
+            # seconds); holds of attempts that died are voided.
+            for _ in range(200):
+                payments = await sql(urls["payment"], "SELECT order_id, state FROM payments")
+                settled = await sql(
+                    urls["order"],
+                    "SELECT count(*) FROM orders WHERE payment_state <> 'CAPTURED'",
+                )
+                if settled[0][0] == 0 and all(p["state"] != "AUTHORIZED" for p in payments):
+                    break
+                await asyncio.sleep(0.2)
+            captured = sorted(p["order_id"] for p in payments if p["state"] == "CAPTURED")
+            assert captured == sorted(every_order), "one captured payment per placed order"
+            assert {p["state"] for p in payments if p["state"] != "CAPTURED"} <= {
+                "VOIDED",
+                "FAILED",
+            }
+            charges = await sql(
+                urls["payment"], "SELECT state, count(*) AS n FROM provider_charges GROUP BY state"
+            )
+            charged = {c["state"]: c["n"] for c in charges}
+            assert charged.get("CAPTURED") == total and not charged.get("AUTHORIZED"), charged
 
             async def notified() -> list[Any]:
                 return list(await sql(urls["notification"], "SELECT order_id FROM notifications"))

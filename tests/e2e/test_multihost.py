@@ -1,6 +1,6 @@
 """Separate hosts and a partition: every process on a network namespace of its own (a
 private PostgreSQL, a private nats-server, user, two product replicas on one product
-database, order, notification and the load client), joined by a bridge. Mid-load one
+database, payment, order, notification and the load client), joined by a bridge. Mid-load one
 product replica's link goes down for OUTAGE seconds, then comes back.
 
 What must hold: orders keep succeeding through the other replica while one is cut off
@@ -29,12 +29,13 @@ from tests.netns import Host, Network, Postgres, network, postgres_on
 
 pytestmark = [pytest.mark.timeout(90)]
 
-PORTS = {"user": 50051, "product": 50052, "order": 50053, "notification": 50054}
+PORTS = {"user": 50051, "product": 50052, "order": 50053, "notification": 50054, "payment": 50055}
 DATABASES = {
     "user": "shop_users",
     "product": "shop_products",
     "order": "shop_orders",
     "notification": "shop_notifications",
+    "payment": "shop_payments",
 }
 STOCK = 5000
 RATE = 20.0  # orders started a second
@@ -121,7 +122,10 @@ async def test_orders_go_on_while_a_product_replica_is_cut_off(tmp_path: Path) -
 
 
 async def partition_under_load(net: Network, tmp_path: Path) -> Run:
-    names = ("db", "nats", "user", "product-a", "product-b", "order", "notification", "client")
+    names = (
+        *("db", "nats", "user", "product-a", "product-b", "payment", "order", "notification"),
+        "client",
+    )
     hosts = {name: net.add_host(name) for name in names}
     a, b, client_host = hosts["product-a"], hosts["product-b"], hosts["client"]
     async with postgres_on(hosts["db"], net.subnet, list(DATABASES.values())) as db:
@@ -147,6 +151,7 @@ async def partition_under_load(net: Network, tmp_path: Path) -> Run:
             f"{address('product', 'product-b')}",
             "ORDER_SERVICE_ADDR": address("order"),
             "NOTIFICATION_SERVICE_ADDR": address("notification"),
+            "PAYMENT_SERVICE_ADDR": address("payment"),
             **{
                 f"{name.upper()}_DATABASE_URL": db.url(database)
                 for name, database in DATABASES.items()
@@ -158,7 +163,7 @@ async def partition_under_load(net: Network, tmp_path: Path) -> Run:
         await asyncio.gather(
             *(
                 hosts[name].start_service(name, env, port=PORTS[name], within=40)
-                for name in ("user", "order", "notification")
+                for name in ("user", "payment", "order", "notification")
             ),
             a.start_service("product", replica_env, port=PORTS["product"], within=40),
             b.start_service("product", replica_env, port=PORTS["product"], within=40),

@@ -31,7 +31,7 @@ async def test_orders_go_on_when_one_of_two_product_replicas_is_killed(tmp_path:
         survivor_channel = tokens.admin_channel(survivor.address)
         products = product_pb2_grpc.ProductServiceStub(survivor_channel)
         try:
-            for name in ("user", "order", "notification"):
+            for name in ("user", "payment", "order", "notification"):
                 await mesh.start(name)
             user = await mesh.user()
             product = (await products.CreateProduct(product_request(1000, price=500))).product

@@ -1,5 +1,5 @@
-"""In-memory fakes of the order service's repository and of its peers (user, product):
-the order use cases' tests run against them, no database and no network."""
+"""In-memory fakes of the order service's repository and of its peers (user, product,
+payment): the order use cases' tests run against them, no database and no network."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ from datetime import datetime
 
 from sqlalchemy import inspect
 
-from services.common.errors import FailedPrecondition, NotFound, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events.envelope import Event
 from services.order.models import (
     CANCELLED,
     FAILED,
+    PAYMENT_AUTHORIZED,
+    PAYMENT_CAPTURED,
+    PAYMENT_REFUNDED,
+    PAYMENT_REFUNDING,
+    PAYMENT_VOIDING,
     PENDING,
     PLACED,
     VISIBLE,
@@ -23,7 +28,7 @@ from services.order.models import (
     OrderRow,
     PricedProduct,
 )
-from services.order.repository import Announce
+from services.order.repository import Abandoned, Announce
 
 _ORDER_COLUMNS = [attribute.key for attribute in inspect(OrderRow).column_attrs]
 _ITEM_COLUMNS = [attribute.key for attribute in inspect(OrderItemRow).column_attrs]
@@ -71,6 +76,7 @@ class InMemoryOrders:
             raise error
         changed = clone(row)
         changed.status = PLACED
+        changed.payment_state = order.payment_state
         changed.update_time = at
         self._commit(changed, announce(changed))
         return clone(changed)
@@ -85,6 +91,8 @@ class InMemoryOrders:
         changed.status = CANCELLED
         changed.cancel_reason = reason
         changed.update_time = at
+        if changed.payment_state in (PAYMENT_AUTHORIZED, PAYMENT_CAPTURED):
+            changed.payment_state = PAYMENT_REFUNDING
         self._commit(changed, announce(changed))
         return clone(changed)
 
@@ -95,13 +103,15 @@ class InMemoryOrders:
             Event(event.event_id, event.subject, event.payload, sequence=len(self.events) + 1)
         )
 
-    async def fail(self, order_id: str, at: datetime) -> str | None:
+    async def fail(self, order_id: str, at: datetime, void: bool) -> Abandoned | None:
         row = self.rows.get(order_id)
         if row is None or row.status not in (PENDING, FAILED):
             return None
         row.status = FAILED
         row.update_time = at
-        return row.reservation_id
+        if void:
+            row.payment_state = PAYMENT_VOIDING
+        return Abandoned(row.reservation_id, row.payment_state == PAYMENT_VOIDING)
 
     async def remove_failed(self, order_id: str) -> None:
         row = self.rows.get(order_id)
@@ -116,6 +126,7 @@ class InMemoryOrders:
         ]
         for row in stale:
             row.status = FAILED
+            row.payment_state = PAYMENT_VOIDING
             row.update_time = at
         return [row.id for row in stale]
 
@@ -131,6 +142,32 @@ class InMemoryOrders:
 
     async def mark_released(self, order_id: str) -> None:
         self.rows[order_id].stock_released = True
+
+    async def uncaptured(self, placed_before: datetime) -> Sequence[str]:
+        return [
+            row.id
+            for row in self.rows.values()
+            if row.status == PLACED
+            and row.payment_state == PAYMENT_AUTHORIZED
+            and row.update_time < placed_before
+        ]
+
+    async def mark_captured(self, order_id: str) -> None:
+        row = self.rows[order_id]
+        if row.payment_state == PAYMENT_AUTHORIZED:
+            row.payment_state = PAYMENT_CAPTURED
+
+    async def unrefunded(self) -> Sequence[str]:
+        return [
+            row.id
+            for row in self.rows.values()
+            if row.status == CANCELLED and row.payment_state == PAYMENT_REFUNDING
+        ]
+
+    async def mark_refunded(self, order_id: str) -> None:
+        row = self.rows[order_id]
+        if row.payment_state == PAYMENT_REFUNDING:
+            row.payment_state = PAYMENT_REFUNDED
 
     async def page(self, user_id: str, before_id: str | None, limit: int) -> Sequence[OrderRow]:
         ids = sorted(
@@ -149,10 +186,32 @@ class InMemoryOrders:
         return [event for event in self.events if event.sequence > position][:limit]
 
 
+# The test payment methods the fake payment service knows (the simulated provider's).
+DECLINING = {"card_decline": "card_declined", "card_insufficient_funds": "insufficient_funds"}
+KNOWN_METHODS = {"card_approve", "card_timeout", "card_error", *DECLINING}
+
+
+@dataclass
+class FakePayment:
+    """One order's payment as the payment service keeps it; `charged` when the provider
+    holds (or took) the money, which a payment FAILED by a lost answer may be too."""
+
+    order_id: str
+    user_id: str
+    currency_code: str
+    amount_minor: int
+    payment_method: str
+    state: str
+    charged: bool = False
+    refund_request_id: str = ""
+
+
 @dataclass
 class FakePeers:
-    """The user and product services: users with their active flag, products with a price
-    and stock, reservations that take stock all or nothing and give it back once."""
+    """The user, product and payment services: users with their active flag, products
+    with a price and stock, reservations that take stock all or nothing and give it back
+    once, and one payment per order id, every step idempotent on it as the payment
+    service's are (a repeat of an Authorize whose answer was lost finds its charge)."""
 
     users: dict[str, bool] = field(default_factory=dict)
     products_by_id: dict[str, PricedProduct] = field(default_factory=dict)
@@ -166,6 +225,24 @@ class FakePeers:
     reserving: asyncio.Event = field(default_factory=asyncio.Event)
     # How many of the next release() calls fail as an unreachable product service.
     failing_releases: int = 0
+    # Order id -> its payment; `authorize_calls` counts the Authorize calls.
+    payments: dict[str, FakePayment] = field(default_factory=dict)
+    authorize_calls: int = 0
+    # When set, authorize() waits for it (a payment service that has not answered yet).
+    hold_authorize: asyncio.Event | None = None
+    authorizing: asyncio.Event = field(default_factory=asyncio.Event)
+    # How many of the next authorize() calls charge, then lose their answer (a provider
+    # timeout: UNAVAILABLE, the charge made); card_timeout does it on an order's first.
+    timeouts_after_charge: int = 0
+    # How many of the next capture() / void() / refund() calls fail as an unreachable
+    # payment service (before doing anything).
+    failing_captures: int = 0
+    failing_voids: int = 0
+    failing_refunds: int = 0
+    # Calls of each payment step, in order: ("void", order_id), ...
+    payment_calls: list[tuple[str, str]] = field(default_factory=list)
+    # While set, the order service's breaker refuses payment calls: they are not made.
+    payment_circuit_open: bool = False
 
     def add_user(self, user_id: str, *, active: bool = True) -> str:
         self.users[user_id] = active
@@ -234,3 +311,101 @@ class FakePeers:
         self.released.add(reservation_id)
         for product_id, quantity in self.reservations.get(reservation_id, {}).items():
             self.stock[product_id] += quantity
+
+    # -- payment --------------------------------------------------------------------
+
+    def charges(self, *states: str) -> list[FakePayment]:
+        """The payments that charged (the provider held or took money), in those states."""
+        return [
+            p for p in self.payments.values() if p.charged and (not states or p.state in states)
+        ]
+
+    async def authorize(
+        self,
+        order_id: str,
+        user_id: str,
+        currency_code: str,
+        amount_minor: int,
+        payment_method: str,
+    ) -> None:
+        self._circuit()
+        self.authorize_calls += 1
+        self.payment_calls.append(("authorize", order_id))
+        self.authorizing.set()
+        if self.hold_authorize is not None:
+            await self.hold_authorize.wait()
+        if payment_method not in KNOWN_METHODS:
+            raise InvalidArgument.of("payment_method", f"unknown payment method {payment_method!r}")
+        payment = self.payments.get(order_id)
+        if payment is None:
+            payment = FakePayment(
+                order_id, user_id, currency_code, amount_minor, payment_method, "FAILED"
+            )
+            self.payments[order_id] = payment
+            if payment_method == "card_error":
+                raise Unavailable("the payment provider did not answer", "PAYMENT_UNAVAILABLE")
+            if payment_method in DECLINING:
+                payment.state = "DECLINED"
+            else:
+                payment.charged = True
+                if self.timeouts_after_charge or payment_method == "card_timeout":
+                    self.timeouts_after_charge = max(0, self.timeouts_after_charge - 1)
+                    raise Unavailable("the payment provider did not answer", "PAYMENT_UNAVAILABLE")
+                payment.state = "AUTHORIZED"
+        elif payment.state == "FAILED":
+            if payment.payment_method == "card_error":
+                raise Unavailable("the payment provider did not answer", "PAYMENT_UNAVAILABLE")
+            if self.timeouts_after_charge:
+                self.timeouts_after_charge -= 1
+                raise Unavailable("the payment provider did not answer", "PAYMENT_UNAVAILABLE")
+            payment.state = "AUTHORIZED" if payment.charged else "FAILED"
+        if payment.state == "DECLINED":
+            raise FailedPrecondition(
+                f"payment of {order_id} was declined ({DECLINING[payment.payment_method]})",
+                "PAYMENT_DECLINED",
+                [f"payment:{order_id}"],
+                decline_code=DECLINING[payment.payment_method],
+            )
+
+    async def capture(self, order_id: str) -> str | None:
+        self._circuit()
+        self.payment_calls.append(("capture", order_id))
+        if self.failing_captures:
+            self.failing_captures -= 1
+            raise Unavailable("payment service is unavailable", "PAYMENT_UNAVAILABLE")
+        return self._move(order_id, "AUTHORIZED", "CAPTURED")
+
+    async def void(self, order_id: str) -> str | None:
+        self._circuit()
+        self.payment_calls.append(("void", order_id))
+        if self.failing_voids:
+            self.failing_voids -= 1
+            raise Unavailable("payment service is unavailable", "PAYMENT_UNAVAILABLE")
+        return self._move(order_id, "AUTHORIZED", "VOIDED")
+
+    async def refund(self, order_id: str, request_id: str, reason: str) -> str | None:
+        self._circuit()
+        self.payment_calls.append(("refund", order_id))
+        if self.failing_refunds:
+            self.failing_refunds -= 1
+            raise Unavailable("payment service is unavailable", "PAYMENT_UNAVAILABLE")
+        state = self._move(order_id, "CAPTURED", "REFUNDED")
+        payment = self.payments.get(order_id)
+        if payment is not None and state == "REFUNDED" and not payment.refund_request_id:
+            payment.refund_request_id = request_id
+        return state
+
+    def _circuit(self) -> None:
+        if self.payment_circuit_open:
+            raise Unavailable("payment service is unavailable", "PAYMENT_CIRCUIT_OPEN")
+
+    def _move(self, order_id: str, source: str, target: str) -> str | None:
+        """source -> target; the payment's state after (the one that kept it from moving)."""
+        payment = self.payments.get(order_id)
+        if payment is None:
+            return None
+        if payment.state == "FAILED" and payment.charged:
+            payment.state = "AUTHORIZED"  # the lost answer's charge, looked up first
+        if payment.state == source:
+            payment.state = target
+        return payment.state

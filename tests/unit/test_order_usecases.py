@@ -1,5 +1,6 @@
 """The order use cases against an in-memory repository and fake peers: placing (all or
-nothing, idempotent), compensation, the sweeper, cancelling, paging and the feed."""
+nothing, idempotent), paying (authorize, place, capture; declines, lost answers),
+compensation, the sweeper, cancelling (refund once), paging and the feed."""
 
 from __future__ import annotations
 
@@ -21,7 +22,19 @@ from services.common.events.envelope import Event
 from services.common.pagination import PageTokens
 from services.common.times import to_timestamp, utcnow
 from services.order.convert import order_to_proto, to_feed_message
-from services.order.models import CANCELLED, FAILED, PENDING, PLACED, Line, OrderRow
+from services.order.models import (
+    CANCELLED,
+    FAILED,
+    PAYMENT_AUTHORIZED,
+    PAYMENT_CAPTURED,
+    PAYMENT_REFUNDED,
+    PAYMENT_REFUNDING,
+    PAYMENT_VOIDING,
+    PENDING,
+    PLACED,
+    Line,
+    OrderRow,
+)
 from services.order.usecases import Feed, Orders
 from shop.order.v1 import events_pb2
 from tests.fakes.order import FakePeers, InMemoryOrders
@@ -76,6 +89,7 @@ def pending_row(order_id: str, user_id: str, key: str, *, age: timedelta) -> Ord
         total_amount_minor=1000,
         cancel_reason="",
         stock_released=False,
+        payment_state="NONE",
         create_time=created,
         update_time=created,
         items=[],
@@ -333,6 +347,209 @@ async def test_an_attempt_the_sweeper_undid_meanwhile_is_not_placed(shop: Shop) 
     assert (await orders.create(user, lines({mug: 2}), "k")).status == PLACED
 
 
+# -- paying -----------------------------------------------------------------------
+
+
+async def test_an_order_is_authorized_placed_then_captured(shop: Shop, orders: Orders) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=10, price=250)
+
+    order = await orders.create(user, lines({mug: 3}), "k")
+
+    # The payment's key is the order id; the money is held before the order is stored,
+    # and taken after.
+    assert shop.peers.payment_calls == [("authorize", order.id), ("capture", order.id)]
+    payment = shop.peers.payments[order.id]
+    assert (payment.user_id, payment.currency_code, payment.amount_minor) == (user, "EUR", 750)
+    assert payment.payment_method == "card_approve", "the default method"
+    assert payment.state == "CAPTURED"
+    assert shop.repository.rows[order.id].payment_state == PAYMENT_CAPTURED
+    assert await orders.sweep() == 0
+
+
+async def test_a_declined_payment_releases_the_stock_frees_the_key_and_places_nothing(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    with pytest.raises(FailedPrecondition) as raised:
+        await orders.create(user, lines({mug: 2}), "k", "card_decline")
+    assert raised.value.reason == "PAYMENT_DECLINED"
+    assert raised.value.metadata["decline_code"] == "card_declined"
+    assert shop.peers.stock[mug] == 5 and shop.peers.held() == {}
+    assert shop.nothing_written()
+    # A declined payment holds nothing: no void is asked for.
+    assert [step for step, _ in shop.peers.payment_calls] == ["authorize"]
+    assert shop.peers.charges() == []
+
+    placed = await orders.create(user, lines({mug: 2}), "k", "card_approve")
+    assert placed.status == PLACED and shop.peers.stock[mug] == 3
+
+
+async def test_an_unknown_payment_method_is_refused_and_holds_nothing(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    with pytest.raises(InvalidArgument):
+        await orders.create(user, lines({mug: 2}), "k", "card_bogus")
+    assert shop.peers.stock[mug] == 5 and shop.nothing_written()
+    assert [step for step, _ in shop.peers.payment_calls] == ["authorize"]
+
+
+async def test_a_provider_timeout_voids_the_charge_and_releases_the_stock(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    with pytest.raises(Unavailable):
+        await orders.create(user, lines({mug: 2}), "k", "card_timeout")
+    # The provider charged before its answer was lost: the compensation found and voided it.
+    [payment] = shop.peers.payments.values()
+    assert payment.charged and payment.state == "VOIDED"
+    assert shop.peers.stock[mug] == 5 and shop.peers.held() == {}
+    assert shop.nothing_written()
+
+
+async def test_a_retry_after_a_timeout_leaves_exactly_one_charge_taken(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    shop.peers.timeouts_after_charge = 1  # the provider's answer is lost once
+    with pytest.raises(Unavailable):
+        await orders.create(user, lines({mug: 2}), "k")
+    placed = await orders.create(user, lines({mug: 2}), "k")
+
+    assert placed.status == PLACED
+    [taken] = shop.peers.charges("CAPTURED")
+    assert taken.order_id == placed.id
+    # The lost attempt's hold was given back; nothing else holds money.
+    assert [p.state for p in shop.peers.charges() if p is not taken] == ["VOIDED"]
+    assert shop.peers.stock[mug] == 3
+    again = await orders.create(user, lines({mug: 2}), "k")
+    assert again.id == placed.id and len(shop.peers.charges()) == 2
+
+
+async def test_a_void_that_fails_is_retried_by_the_sweeper(shop: Shop, orders: Orders) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    shop.peers.failing_voids = 1
+    with pytest.raises(Unavailable):
+        await orders.create(user, lines({mug: 2}), "k", "card_timeout")
+    [row] = shop.repository.rows.values()
+    assert (row.status, row.payment_state) == (FAILED, PAYMENT_VOIDING)
+    assert shop.peers.payments[row.id].state == "FAILED" and shop.peers.stock[mug] == 3
+
+    assert await orders.sweep() == 1
+    assert shop.peers.payments[row.id].state == "VOIDED"
+    assert shop.peers.stock[mug] == 5 and not shop.repository.rows
+
+
+async def test_an_authorize_the_breaker_refused_voids_nothing(shop: Shop, orders: Orders) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=4)
+
+    shop.peers.payment_circuit_open = True  # a void would be refused too
+    with pytest.raises(Unavailable) as raised:
+        await orders.create(user, lines({mug: 1}), "k")
+    assert raised.value.reason == "PAYMENT_CIRCUIT_OPEN"
+    # Never sent, so nothing can be held: undone at once, without the payment service.
+    assert shop.peers.payment_calls == []
+    assert shop.peers.stock[mug] == 4 and shop.nothing_written()
+
+
+async def test_an_attempt_timing_out_while_authorizing_voids_and_releases(shop: Shop) -> None:
+    orders = shop.orders(attempt_timeout=0.05)
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=4)
+    shop.peers.hold_authorize = asyncio.Event()  # the payment service never answers
+    with pytest.raises(Unavailable) as raised:
+        await orders.create(user, lines({mug: 1}), "slow")
+    assert "retry with the same key" in raised.value.message
+    # Whether it authorized is not known: the void is asked for (there was none).
+    assert [step for step, _ in shop.peers.payment_calls] == ["authorize", "void"]
+    assert shop.peers.stock[mug] == 4 and shop.nothing_written()
+
+
+async def test_a_capture_that_fails_after_placing_is_retried_by_the_sweeper(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    shop.peers.failing_captures = 1
+
+    placed = await orders.create(user, lines({mug: 2}), "k")
+
+    # The order stands: its money is held, and taking it is the sweeper's now.
+    assert placed.status == PLACED
+    assert shop.peers.payments[placed.id].state == "AUTHORIZED"
+    assert shop.repository.rows[placed.id].payment_state == PAYMENT_AUTHORIZED
+    assert await orders.sweep() == 0, "not while the attempt's own capture may be under way"
+    shop.repository.rows[placed.id].update_time -= timedelta(seconds=30)
+    assert await orders.sweep() == 1
+    assert shop.peers.payments[placed.id].state == "CAPTURED"
+    assert shop.repository.rows[placed.id].payment_state == PAYMENT_CAPTURED
+    assert await orders.sweep() == 0
+    assert shop.peers.stock[mug] == 3
+
+
+async def test_the_sweeper_voids_and_releases_an_attempt_that_died_after_authorizing(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    dead = pending_row("ord_dead", user, "dead-key", age=timedelta(seconds=30))
+    await shop.repository.claim(dead)
+    await shop.peers.reserve("res_ord_dead", {mug: 2})
+    await shop.peers.authorize("ord_dead", user, "EUR", 1000, "card_approve")
+    # Another died before it authorized anything; a third is under way right now.
+    await shop.repository.claim(pending_row("ord_early", user, "early", age=timedelta(minutes=1)))
+    await shop.repository.claim(pending_row("ord_live", user, "live-key", age=timedelta()))
+
+    assert await orders.sweep() == 2
+    assert shop.peers.payments["ord_dead"].state == "VOIDED"
+    assert "ord_early" not in shop.peers.payments
+    assert shop.peers.stock[mug] == 5
+    assert set(shop.repository.rows) == {"ord_live"}
+    assert not shop.repository.events, "nothing was placed"
+    placed = await orders.create(user, lines({mug: 2}), "dead-key")
+    assert placed.status == PLACED and shop.peers.payments[placed.id].state == "CAPTURED"
+
+
+async def test_an_attempt_the_sweeper_undid_while_it_authorized_is_voided_not_placed(
+    shop: Shop, orders: Orders
+) -> None:
+    """The sweeper took an attempt for dead while its Authorize was under way, and its void
+    came before the authorization: the attempt can't be placed any more and voids it."""
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    shop.peers.hold_authorize = asyncio.Event()
+    attempt = asyncio.create_task(orders.create(user, lines({mug: 2}), "k"))
+    await shop.peers.authorizing.wait()
+    [row] = shop.repository.rows.values()
+    row.create_time -= timedelta(minutes=1)
+    assert await orders.sweep() == 1
+    assert not shop.repository.rows and shop.peers.stock[mug] == 5
+    shop.peers.hold_authorize.set()
+    with pytest.raises(DomainError):
+        await attempt
+    assert shop.peers.payments[row.id].state == "VOIDED"
+    assert shop.peers.charges("AUTHORIZED", "CAPTURED") == []
+    assert shop.peers.stock[mug] == 5 and shop.nothing_written()
+
+
+async def test_a_key_reused_with_another_payment_method_is_refused(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    placed = await orders.create(user, lines({mug: 1}), "k")
+    assert (await orders.create(user, lines({mug: 1}), "k", "card_approve")).id == placed.id
+    with pytest.raises(AlreadyExists):
+        await orders.create(user, lines({mug: 1}), "k", "card_decline")
+
+
 # -- cancelling ---------------------------------------------------------------
 
 
@@ -356,6 +573,65 @@ async def test_cancelling_gives_the_stock_back_and_announces_it_once(
     again = await orders.cancel(placed.id, "another reason")
     assert (again.status, again.cancel_reason) == (CANCELLED, "changed my mind")
     assert len(shop.repository.events) == 2 and shop.peers.stock[mug] == 5
+
+
+async def test_cancelling_refunds_the_payment_once(shop: Shop, orders: Orders) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    placed = await orders.create(user, lines({mug: 2}), "k")
+
+    first, second = await asyncio.gather(
+        orders.cancel(placed.id, "changed my mind"), orders.cancel(placed.id, "twice")
+    )
+    again = await orders.cancel(placed.id, "three times")
+
+    payment = shop.peers.payments[placed.id]
+    assert payment.state == "REFUNDED"
+    assert payment.refund_request_id == f"cancel-{placed.id}"
+    assert shop.repository.rows[placed.id].payment_state == PAYMENT_REFUNDED
+    refunds = [order_id for step, order_id in shop.peers.payment_calls if step == "refund"]
+    assert 1 <= len(refunds) <= 2, "concurrent cancels ask for the same refund"
+    assert {first.status, second.status, again.status} == {CANCELLED}
+    assert shop.peers.stock[mug] == 5
+    assert len(shop.peers.charges("REFUNDED")) == 1
+    calls = len(shop.peers.payment_calls)
+    await orders.cancel(placed.id, "")
+    assert len(shop.peers.payment_calls) == calls, "a refunded order asks nothing more"
+
+
+async def test_a_refund_that_fails_on_cancel_is_retried_by_the_sweeper(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    placed = await orders.create(user, lines({mug: 2}), "k")
+    shop.peers.failing_refunds = 1
+
+    cancelled = await orders.cancel(placed.id, "")
+    assert cancelled.status == CANCELLED and cancelled.payment_state == PAYMENT_REFUNDING
+    assert cancelled.stock_released and shop.peers.stock[mug] == 5
+    assert shop.peers.payments[placed.id].state == "CAPTURED"
+
+    assert await orders.sweep() == 1
+    assert shop.peers.payments[placed.id].state == "REFUNDED"
+    assert shop.repository.rows[placed.id].payment_state == PAYMENT_REFUNDED
+    assert await orders.sweep() == 0
+
+
+async def test_cancelling_an_order_whose_capture_failed_voids_its_hold(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    shop.peers.failing_captures = 1
+    placed = await orders.create(user, lines({mug: 2}), "k")
+
+    cancelled = await orders.cancel(placed.id, "")
+    assert cancelled.payment_state == PAYMENT_REFUNDED
+    assert shop.peers.payments[placed.id].state == "VOIDED"
+    shop.repository.rows[placed.id].update_time -= timedelta(seconds=30)
+    assert await orders.sweep() == 0, "a cancelled order is not captured"
+    assert shop.peers.stock[mug] == 5
 
 
 async def test_only_visible_orders_can_be_cancelled(shop: Shop, orders: Orders) -> None:

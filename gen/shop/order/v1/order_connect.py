@@ -44,8 +44,9 @@ class OrderService(Protocol):
     async def create_order(self, request: CreateOrderRequest, ctx: RequestContext[CreateOrderRequest, CreateOrderResponse], /) -> CreateOrderResponse:
         """
         Places an order: checks the user, prices every item from the catalogue,
-        reserves the stock and stores the order, all or nothing. Retrying with the
-        same idempotency_key and request returns the same order; the same key
+        reserves the stock, authorizes the payment and stores the order, all or
+        nothing; the payment is captured once the order is stored. Retrying with
+        the same idempotency_key and request returns the same order; the same key
         with a different request is ALREADY_EXISTS.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
@@ -64,8 +65,8 @@ class OrderService(Protocol):
 
     async def cancel_order(self, request: CancelOrderRequest, ctx: RequestContext[CancelOrderRequest, CancelOrderResponse], /) -> CancelOrderResponse:
         """
-        Cancels an order and releases its stock. Cancelling a cancelled order
-        returns it unchanged.
+        Cancels an order, refunds its payment and releases its stock. Cancelling a
+        cancelled order returns it unchanged (and refunds nothing more).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -177,8 +178,9 @@ class OrderServiceClient(ConnectClient):
     ) -> CreateOrderResponse:
         """
         Places an order: checks the user, prices every item from the catalogue,
-        reserves the stock and stores the order, all or nothing. Retrying with the
-        same idempotency_key and request returns the same order; the same key
+        reserves the stock, authorizes the payment and stores the order, all or
+        nothing; the payment is captured once the order is stored. Retrying with
+        the same idempotency_key and request returns the same order; the same key
         with a different request is ALREADY_EXISTS.
         """
         return await self.execute_unary(
@@ -252,8 +254,8 @@ class OrderServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> CancelOrderResponse:
         """
-        Cancels an order and releases its stock. Cancelling a cancelled order
-        returns it unchanged.
+        Cancels an order, refunds its payment and releases its stock. Cancelling a
+        cancelled order returns it unchanged (and refunds nothing more).
         """
         return await self.execute_unary(
             request=request,
@@ -276,8 +278,9 @@ class OrderServiceSync(Protocol):
     def create_order(self, request: CreateOrderRequest, ctx: RequestContext[CreateOrderRequest, CreateOrderResponse], /) -> CreateOrderResponse:
         """
         Places an order: checks the user, prices every item from the catalogue,
-        reserves the stock and stores the order, all or nothing. Retrying with the
-        same idempotency_key and request returns the same order; the same key
+        reserves the stock, authorizes the payment and stores the order, all or
+        nothing; the payment is captured once the order is stored. Retrying with
+        the same idempotency_key and request returns the same order; the same key
         with a different request is ALREADY_EXISTS.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
@@ -296,8 +299,8 @@ class OrderServiceSync(Protocol):
 
     def cancel_order(self, request: CancelOrderRequest, ctx: RequestContext[CancelOrderRequest, CancelOrderResponse], /) -> CancelOrderResponse:
         """
-        Cancels an order and releases its stock. Cancelling a cancelled order
-        returns it unchanged.
+        Cancels an order, refunds its payment and releases its stock. Cancelling a
+        cancelled order returns it unchanged (and refunds nothing more).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -407,8 +410,9 @@ class OrderServiceClientSync(ConnectClientSync):
     ) -> CreateOrderResponse:
         """
         Places an order: checks the user, prices every item from the catalogue,
-        reserves the stock and stores the order, all or nothing. Retrying with the
-        same idempotency_key and request returns the same order; the same key
+        reserves the stock, authorizes the payment and stores the order, all or
+        nothing; the payment is captured once the order is stored. Retrying with
+        the same idempotency_key and request returns the same order; the same key
         with a different request is ALREADY_EXISTS.
         """
         return self.execute_unary(
@@ -482,8 +486,8 @@ class OrderServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> CancelOrderResponse:
         """
-        Cancels an order and releases its stock. Cancelling a cancelled order
-        returns it unchanged.
+        Cancels an order, refunds its payment and releases its stock. Cancelling a
+        cancelled order returns it unchanged (and refunds nothing more).
         """
         return self.execute_unary(
             request=request,

@@ -30,7 +30,7 @@ from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
 from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/common/v1/money.proto\"\x9d\x01\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0cproduct_name\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12)\n\nunit_price\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12)\n\nline_total\x18\x05 \x01(\x0b\x32\x15.shop.common.v1.Money\"\xaa\x02\n\x05Order\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.order.v1.OrderItem\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.shop.order.v1.OrderStatus\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\rcancel_reason\x18\x08 \x01(\t\"N\n\x0f\x43reateOrderItem\x12\x1d\n\nproduct_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12\x1c\n\x08quantity\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"\x99\x02\n\x12\x43reateOrderRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12=\n\x05items\x18\x02 \x03(\x0b\x32\x1e.shop.order.v1.CreateOrderItemB\x0e\xe2\x41\x01\x02\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12\x37\n\x0fidempotency_key\x18\x03 \x01(\tB\x1e\xe2\x41\x01\x02\xbaH\x17r\x15\x10\x01\x18\x80\x01\x32\x0e^[\\x21-\\x7E]+$:k\xbaHh\x1a\x66\n\x17items.product_id.unique\x12!each product may appear only once\x1a(this.items.map(i, i.product_id).unique()\":\n\x13\x43reateOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.Order\",\n\x0fGetOrderRequest\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.Order\"\x83\x01\n\x11ListOrdersRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\"\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x42\x0c\n\n_page_size\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x12\x43\x61ncelOrderRequest\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xf4\x03\":\n\x13\x43\x61ncelOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.Order*`\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATUS_PLACED\x10\x01\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x02\x32\xf9\x03\n\x0cOrderService\x12o\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\".shop.order.v1.CreateOrderResponse\"\x19\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12k\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x1f.shop.order.v1.GetOrderResponse\"\x1e\x90\x02\x01\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/orders/{id}\x12\x8a\x01\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"7\x90\x02\x01\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02*\x12\x1a/v1/users/{user_id}/ordersZ\x0c\x12\n/v1/orders\x12~\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\".shop.order.v1.CancelOrderResponse\"(\x90\x02\x02\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/orders/{id}:cancel:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shop/order/v1/order.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/common/v1/money.proto\"\x9d\x01\n\tOrderItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x14\n\x0cproduct_name\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12)\n\nunit_price\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12)\n\nline_total\x18\x05 \x01(\x0b\x32\x15.shop.common.v1.Money\"\xaa\x02\n\x05Order\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\'\n\x05items\x18\x03 \x03(\x0b\x32\x18.shop.order.v1.OrderItem\x12$\n\x05total\x18\x04 \x01(\x0b\x32\x15.shop.common.v1.Money\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.shop.order.v1.OrderStatus\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\rcancel_reason\x18\x08 \x01(\t\"N\n\x0f\x43reateOrderItem\x12\x1d\n\nproduct_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12\x1c\n\x08quantity\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00\"\xd0\x02\n\x12\x43reateOrderRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12=\n\x05items\x18\x02 \x03(\x0b\x32\x1e.shop.order.v1.CreateOrderItemB\x0e\xe2\x41\x01\x02\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12\x37\n\x0fidempotency_key\x18\x03 \x01(\tB\x1e\xe2\x41\x01\x02\xbaH\x17r\x15\x10\x01\x18\x80\x01\x32\x0e^[\\x21-\\x7E]+$\x12\x35\n\x0epayment_method\x18\x04 \x01(\tB\x1d\xbaH\x1ar\x18\x18@2\x14^([a-z][a-z0-9_]*)?$:k\xbaHh\x1a\x66\n\x17items.product_id.unique\x12!each product may appear only once\x1a(this.items.map(i, i.product_id).unique()\":\n\x13\x43reateOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.Order\",\n\x0fGetOrderRequest\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\"7\n\x10GetOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.Order\"\x83\x01\n\x11ListOrdersRequest\x12\x1e\n\x07user_id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\"\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x01H\x00\x88\x01\x01\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x04\x42\x0c\n\n_page_size\"S\n\x12ListOrdersResponse\x12$\n\x06orders\x18\x01 \x03(\x0b\x32\x14.shop.order.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x12\x43\x61ncelOrderRequest\x12\x19\n\x02id\x18\x01 \x01(\tB\r\xe2\x41\x01\x02\xbaH\x06r\x04\x10\x01\x18@\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xf4\x03\":\n\x13\x43\x61ncelOrderResponse\x12#\n\x05order\x18\x01 \x01(\x0b\x32\x14.shop.order.v1.Order*`\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATUS_PLACED\x10\x01\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x02\x32\xf9\x03\n\x0cOrderService\x12o\n\x0b\x43reateOrder\x12!.shop.order.v1.CreateOrderRequest\x1a\".shop.order.v1.CreateOrderResponse\"\x19\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02\x0f\"\n/v1/orders:\x01*\x12k\n\x08GetOrder\x12\x1e.shop.order.v1.GetOrderRequest\x1a\x1f.shop.order.v1.GetOrderResponse\"\x1e\x90\x02\x01\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/orders/{id}\x12\x8a\x01\n\nListOrders\x12 .shop.order.v1.ListOrdersRequest\x1a!.shop.order.v1.ListOrdersResponse\"7\x90\x02\x01\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02*\x12\x1a/v1/users/{user_id}/ordersZ\x0c\x12\n/v1/orders\x12~\n\x0b\x43\x61ncelOrder\x12!.shop.order.v1.CancelOrderRequest\x1a\".shop.order.v1.CancelOrderResponse\"(\x90\x02\x02\xb0\xe1\x18\x02\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/orders/{id}:cancel:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,6 +53,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEORDERREQUEST'].fields_by_name['items']._serialized_options = b'\342A\001\002\272H\007\222\001\004\010\001\020d'
   _globals['_CREATEORDERREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
   _globals['_CREATEORDERREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\342A\001\002\272H\027r\025\020\001\030\200\0012\016^[\\x21-\\x7E]+$'
+  _globals['_CREATEORDERREQUEST'].fields_by_name['payment_method']._loaded_options = None
+  _globals['_CREATEORDERREQUEST'].fields_by_name['payment_method']._serialized_options = b'\272H\032r\030\030@2\024^([a-z][a-z0-9_]*)?$'
   _globals['_CREATEORDERREQUEST']._loaded_options = None
   _globals['_CREATEORDERREQUEST']._serialized_options = b'\272Hh\032f\n\027items.product_id.unique\022!each product may appear only once\032(this.items.map(i, i.product_id).unique()'
   _globals['_GETORDERREQUEST'].fields_by_name['id']._loaded_options = None
@@ -75,8 +77,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSERVICE'].methods_by_name['ListOrders']._serialized_options = b'\220\002\001\260\341\030\002\202\323\344\223\002*\022\032/v1/users/{user_id}/ordersZ\014\022\n/v1/orders'
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._loaded_options = None
   _globals['_ORDERSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\220\002\002\260\341\030\002\202\323\344\223\002\033\"\026/v1/orders/{id}:cancel:\001*'
-  _globals['_ORDERSTATUS']._serialized_start=1568
-  _globals['_ORDERSTATUS']._serialized_end=1664
+  _globals['_ORDERSTATUS']._serialized_start=1623
+  _globals['_ORDERSTATUS']._serialized_end=1719
   _globals['_ORDERITEM']._serialized_start=227
   _globals['_ORDERITEM']._serialized_end=384
   _globals['_ORDER']._serialized_start=387
@@ -84,21 +86,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEORDERITEM']._serialized_start=687
   _globals['_CREATEORDERITEM']._serialized_end=765
   _globals['_CREATEORDERREQUEST']._serialized_start=768
-  _globals['_CREATEORDERREQUEST']._serialized_end=1049
-  _globals['_CREATEORDERRESPONSE']._serialized_start=1051
-  _globals['_CREATEORDERRESPONSE']._serialized_end=1109
-  _globals['_GETORDERREQUEST']._serialized_start=1111
-  _globals['_GETORDERREQUEST']._serialized_end=1155
-  _globals['_GETORDERRESPONSE']._serialized_start=1157
-  _globals['_GETORDERRESPONSE']._serialized_end=1212
-  _globals['_LISTORDERSREQUEST']._serialized_start=1215
-  _globals['_LISTORDERSREQUEST']._serialized_end=1346
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1348
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1431
-  _globals['_CANCELORDERREQUEST']._serialized_start=1433
-  _globals['_CANCELORDERREQUEST']._serialized_end=1506
-  _globals['_CANCELORDERRESPONSE']._serialized_start=1508
-  _globals['_CANCELORDERRESPONSE']._serialized_end=1566
-  _globals['_ORDERSERVICE']._serialized_start=1667
-  _globals['_ORDERSERVICE']._serialized_end=2172
+  _globals['_CREATEORDERREQUEST']._serialized_end=1104
+  _globals['_CREATEORDERRESPONSE']._serialized_start=1106
+  _globals['_CREATEORDERRESPONSE']._serialized_end=1164
+  _globals['_GETORDERREQUEST']._serialized_start=1166
+  _globals['_GETORDERREQUEST']._serialized_end=1210
+  _globals['_GETORDERRESPONSE']._serialized_start=1212
+  _globals['_GETORDERRESPONSE']._serialized_end=1267
+  _globals['_LISTORDERSREQUEST']._serialized_start=1270
+  _globals['_LISTORDERSREQUEST']._serialized_end=1401
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1403
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1486
+  _globals['_CANCELORDERREQUEST']._serialized_start=1488
+  _globals['_CANCELORDERREQUEST']._serialized_end=1561
+  _globals['_CANCELORDERRESPONSE']._serialized_start=1563
+  _globals['_CANCELORDERRESPONSE']._serialized_end=1621
+  _globals['_ORDERSERVICE']._serialized_start=1722
+  _globals['_ORDERSERVICE']._serialized_end=2227
 # @@protoc_insertion_point(module_scope)

@@ -67,14 +67,16 @@ class CreateOrderItem(_message.Message):
     def __init__(self, product_id: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
 
 class CreateOrderRequest(_message.Message):
-    __slots__ = ("user_id", "items", "idempotency_key")
+    __slots__ = ("user_id", "items", "idempotency_key", "payment_method")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_METHOD_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     items: _containers.RepeatedCompositeFieldContainer[CreateOrderItem]
     idempotency_key: str
-    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[CreateOrderItem, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    payment_method: str
+    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[CreateOrderItem, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., payment_method: _Optional[str] = ...) -> None: ...
 
 class CreateOrderResponse(_message.Message):
     __slots__ = ("order",)

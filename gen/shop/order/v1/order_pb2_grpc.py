@@ -63,8 +63,9 @@ class OrderServiceServicer:
 
     def CreateOrder(self, request, context):
         """Places an order: checks the user, prices every item from the catalogue,
-        reserves the stock and stores the order, all or nothing. Retrying with the
-        same idempotency_key and request returns the same order; the same key
+        reserves the stock, authorizes the payment and stores the order, all or
+        nothing; the payment is captured once the order is stored. Retrying with
+        the same idempotency_key and request returns the same order; the same key
         with a different request is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -86,8 +87,8 @@ class OrderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelOrder(self, request, context):
-        """Cancels an order and releases its stock. Cancelling a cancelled order
-        returns it unchanged.
+        """Cancels an order, refunds its payment and releases its stock. Cancelling a
+        cancelled order returns it unchanged (and refunds nothing more).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

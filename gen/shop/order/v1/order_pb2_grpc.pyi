@@ -35,8 +35,9 @@ class OrderServiceStub:
     def __new__(cls, channel: _aio.Channel) -> OrderServiceAsyncStub: ...
     CreateOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.CreateOrderRequest, _order_pb2.CreateOrderResponse]
     """Places an order: checks the user, prices every item from the catalogue,
-    reserves the stock and stores the order, all or nothing. Retrying with the
-    same idempotency_key and request returns the same order; the same key
+    reserves the stock, authorizes the payment and stores the order, all or
+    nothing; the payment is captured once the order is stored. Retrying with
+    the same idempotency_key and request returns the same order; the same key
     with a different request is ALREADY_EXISTS.
     """
     GetOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.GetOrderRequest, _order_pb2.GetOrderResponse]
@@ -44,8 +45,8 @@ class OrderServiceStub:
     ListOrders: _grpc.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]
     """Lists one user's orders, newest first, one page at a time."""
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.CancelOrderResponse]
-    """Cancels an order and releases its stock. Cancelling a cancelled order
-    returns it unchanged.
+    """Cancels an order, refunds its payment and releases its stock. Cancelling a
+    cancelled order returns it unchanged (and refunds nothing more).
     """
 
 @_typing.type_check_only
@@ -55,8 +56,9 @@ class OrderServiceAsyncStub(OrderServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.CreateOrderRequest, _order_pb2.CreateOrderResponse]  # type: ignore[assignment]
     """Places an order: checks the user, prices every item from the catalogue,
-    reserves the stock and stores the order, all or nothing. Retrying with the
-    same idempotency_key and request returns the same order; the same key
+    reserves the stock, authorizes the payment and stores the order, all or
+    nothing; the payment is captured once the order is stored. Retrying with
+    the same idempotency_key and request returns the same order; the same key
     with a different request is ALREADY_EXISTS.
     """
     GetOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.GetOrderRequest, _order_pb2.GetOrderResponse]  # type: ignore[assignment]
@@ -64,8 +66,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
     ListOrders: _aio.UnaryUnaryMultiCallable[_order_pb2.ListOrdersRequest, _order_pb2.ListOrdersResponse]  # type: ignore[assignment]
     """Lists one user's orders, newest first, one page at a time."""
     CancelOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.CancelOrderRequest, _order_pb2.CancelOrderResponse]  # type: ignore[assignment]
-    """Cancels an order and releases its stock. Cancelling a cancelled order
-    returns it unchanged.
+    """Cancels an order, refunds its payment and releases its stock. Cancelling a
+    cancelled order returns it unchanged (and refunds nothing more).
     """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -78,8 +80,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_order_pb2.CreateOrderResponse, _abc.Awaitable[_order_pb2.CreateOrderResponse]]:
         """Places an order: checks the user, prices every item from the catalogue,
-        reserves the stock and stores the order, all or nothing. Retrying with the
-        same idempotency_key and request returns the same order; the same key
+        reserves the stock, authorizes the payment and stores the order, all or
+        nothing; the payment is captured once the order is stored. Retrying with
+        the same idempotency_key and request returns the same order; the same key
         with a different request is ALREADY_EXISTS.
         """
 
@@ -105,8 +108,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _order_pb2.CancelOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_order_pb2.CancelOrderResponse, _abc.Awaitable[_order_pb2.CancelOrderResponse]]:
-        """Cancels an order and releases its stock. Cancelling a cancelled order
-        returns it unchanged.
+        """Cancels an order, refunds its payment and releases its stock. Cancelling a
+        cancelled order returns it unchanged (and refunds nothing more).
         """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
