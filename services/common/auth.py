@@ -161,9 +161,10 @@ class Verifier:
     def _key(self, kid: Any) -> jwt.PyJWK:
         self._reload()
         if self._remote is not None and not self._keys:
+            # What went wrong (DNS, TLS, the provider's status) is in the log, not in the
+            # answer: an anonymous caller learns nothing about the mesh's network.
             raise Unauthenticated(
-                "the identity provider's keys (JWT_JWKS_URL) could not be fetched: "
-                + self._remote.problem,
+                "the identity provider's keys (JWT_JWKS_URL) could not be fetched",
                 "TOKEN_INVALID",
             )
         if kid is None and len(self._keys) == 1:  # a single PEM key needs no kid

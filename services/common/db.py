@@ -13,6 +13,7 @@ one prepared Core statement, on SQLite on a synchronous connection of its own.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -91,6 +92,12 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 # the file lock would wait inline, holding the event loop the other one needs.
 _writer_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
+)
+
+
+# The SQLite files this task is writing, to refuse a nested write (see write()).
+_writing: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "shop_sqlite_writing", default=frozenset()
 )
 
 
@@ -188,8 +195,14 @@ class Database:
         # SQLite has one writer at a time: the process's writers take turns here, in
         # order, instead of meeting the file lock (whose busy handler sleeps and polls,
         # up to 100 ms a try, and would hold the event loop while it does).
+        if self._sqlite_file in _writing.get():
+            raise RuntimeError(
+                "a write inside a write on the same SQLite file would wait for its own turn "
+                "for ever: use the session of the outer write"
+            )
         async with _writer_turn(self._sqlite_file):
             session = await self._sqlite_write_session()
+            writing = _writing.set(_writing.get() | {self._sqlite_file})
             try:
                 yield session
             except BaseException:
@@ -198,6 +211,7 @@ class Database:
             else:
                 await session.commit()
             finally:
+                _writing.reset(writing)
                 await session.close()
 
     async def _sqlite_write_session(self) -> AsyncSession:

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from services.common.db import Database
@@ -85,5 +86,19 @@ async def test_a_lock_held_by_another_process_is_waited_for_without_freezing_the
         assert ticks >= waited / 0.05 / 4, (ticks, waited)
         async with db.read() as session:
             assert (await session.execute(text("SELECT count(*) FROM t"))).scalar_one() == 1
+    finally:
+        await db.close()
+
+
+async def test_a_write_inside_a_write_is_refused_instead_of_waiting_for_ever(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'nested.db'}")
+    try:
+        with pytest.raises(RuntimeError, match="inside a write"):
+            async with db.write(), asyncio.timeout(5), db.write():
+                pass
+        async with db.write() as session:  # the turn was given back
+            await session.execute(text("CREATE TABLE ok (n INTEGER)"))
     finally:
         await db.close()
