@@ -15,12 +15,10 @@ and the notification service records each event id once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from services.common.events.consumer import Consumer
 from services.common.events.outbox import Relay
 from tests.mesh import Mesh, running_mesh
 from tests.nats_server import NatsCluster, own_nats_cluster
+from tests.waits import eventually
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(90)]
 
@@ -91,18 +90,6 @@ async def leader_of(cluster: NatsCluster, stream: str, *, without: str = "") -> 
         return info.cluster.leader or ""
 
 
-async def wait_for(condition: str, check: Callable[[], Awaitable[bool]], within: float) -> float:
-    """Polls the async `check` until it is true; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        with contextlib.suppress(Exception):  # the cluster may not answer mid-election
-            if await check():
-                return time.monotonic() - started
-        if time.monotonic() - started > within:
-            raise AssertionError(f"{condition}: not within {within} s")
-        await asyncio.sleep(0.1)
-
-
 async def test_no_event_is_lost_or_doubled_when_a_broker_node_dies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -151,7 +138,9 @@ async def test_no_event_is_lost_or_doubled_when_a_broker_node_dies(
                     new_leader[:] = [await leader_of(cluster, stream, without=victim)]
                     return new_leader[0] not in ("", victim)
 
-                reelected_in = await wait_for("a new stream leader", reelected, 20)
+                reelected_in = await eventually(
+                    reelected, "a new stream leader", within=20, interval=0.1, tolerate=True
+                )
                 await cluster.nodes[victim].start()  # back while orders still come in
                 restarted_at = time.monotonic()
 
@@ -162,7 +151,13 @@ async def test_no_event_is_lost_or_doubled_when_a_broker_node_dies(
                     replicas = info.cluster.replicas or []
                     return len(replicas) == 2 and all(r.current and not r.offline for r in replicas)
 
-                caught_up_in = await wait_for("the restarted node catching up", caught_up, 20)
+                caught_up_in = await eventually(
+                    caught_up,
+                    "the restarted node catching up",
+                    within=20,
+                    interval=0.1,
+                    tolerate=True,
+                )
                 await asyncio.sleep(LOAD_AFTER_RESTART)
                 load.stop.set()
                 await asyncio.wait_for(loader, 30)
@@ -171,7 +166,13 @@ async def test_no_event_is_lost_or_doubled_when_a_broker_node_dies(
                 async def all_notified() -> bool:
                     return await notifications() >= len(load.placed)
 
-                await wait_for("every notification", all_notified, DELIVERY_WITHIN)
+                await eventually(
+                    all_notified,
+                    "every notification",
+                    within=DELIVERY_WITHIN,
+                    interval=0.1,
+                    tolerate=True,
+                )
                 delivered_at = time.monotonic()
                 await asyncio.sleep(1.0)  # anything doubled would show up now
             finally:
