@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run run-cluster test gen lint check-gen buf-lint buf-breaking bench load token clean
+.PHONY: install web-deps lock run run-cluster test gen lint check-gen buf-lint buf-breaking bench load token clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -34,16 +34,24 @@ run-cluster: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## gen: regenerate gen/ (and the vendored third-party protos) from proto/
-gen: $(STAMP)
+## web-deps: the console's npm packages (web/node_modules, from web/package-lock.json)
+WEB_STAMP := web/node_modules/.installed
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $(WEB_STAMP)
+
+web-deps: $(WEB_STAMP)
+
+## gen: regenerate gen/, web/src/gen (and the vendored third-party protos) from proto/
+gen: $(STAMP) $(WEB_STAMP)
 	$(BIN)/python scripts/protogen.py vendor
 	$(BIN)/python scripts/protogen.py gen
 
-## check-gen: fail if gen/ or third_party/ differ from what `make gen` makes
+## check-gen: fail if gen/, web/src/gen or third_party/ differ from what `make gen` makes
 check-gen: gen
-	@git add -N gen third_party >/dev/null 2>&1 || true
-	@git diff --exit-code --stat -- gen third_party || \
-		(echo "generated code is stale: run 'make gen' and commit gen/" >&2; exit 1)
+	@git add -N gen web/src/gen third_party >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gen web/src/gen third_party || \
+		(echo "generated code is stale: run 'make gen' and commit gen/ and web/src/gen/" >&2; exit 1)
 
 ## lint: ruff, mypy and buf lint
 lint: $(STAMP) buf-lint

@@ -7,6 +7,7 @@ googleapis-common-protos (as .proto sources) and buf/validate from protovalidate
 
     python scripts/protogen.py vendor          # refresh third_party/
     python scripts/protogen.py gen             # regenerate gen/ (and gen/shop/comments.json)
+                                               # and the console's TypeScript in web/src/gen
     python scripts/protogen.py image OUT [DIR] # a Buf image of DIR (default proto/)
 """
 
@@ -32,6 +33,8 @@ THIRD_PARTY = ROOT / "third_party"
 VALIDATE_SET = THIRD_PARTY / "buf" / "validate" / "validate.binpb"
 GEN = ROOT / "gen"
 COMMENTS = GEN / "shop" / "comments.json"
+WEB_GEN = ROOT / "web" / "src" / "gen"
+PROTOC_GEN_ES = ROOT / "web" / "node_modules" / ".bin" / "protoc-gen-es"
 GOOGLE_API_FILES = ("annotations.proto", "http.proto", "field_behavior.proto")
 WELL_KNOWN = Path(grpc_tools.__file__).parent / "_proto"
 
@@ -106,6 +109,28 @@ def gen() -> None:
     for directory in (p for p in GEN.rglob("*") if p.is_dir()):
         if directory.name != "__pycache__":
             (directory / "__init__.py").touch()
+    gen_typescript()
+
+
+def gen_typescript() -> None:
+    """Regenerates web/src/gen with protoc-gen-es (installed by `npm ci` in web/): the
+    messages and service descriptors that connect-web clients call, with the imported
+    google/api and buf/validate files so every import resolves."""
+    if not PROTOC_GEN_ES.exists():
+        sys.exit(f"{PROTOC_GEN_ES.relative_to(ROOT)} is missing: run 'npm ci' in web/")
+    shutil.rmtree(WEB_GEN, ignore_errors=True)
+    WEB_GEN.mkdir(parents=True)
+    imported = [f"google/api/{name}" for name in GOOGLE_API_FILES] + ["buf/validate/validate.proto"]
+    run_protoc(
+        PROTO,
+        [
+            f"--plugin=protoc-gen-es={PROTOC_GEN_ES}",
+            f"--es_out={WEB_GEN}",
+            "--es_opt=target=ts,import_extension=none",
+            *contract_files(PROTO),
+            *imported,
+        ],
+    )
 
 
 # Field numbers in descriptor.proto, the steps of a SourceCodeInfo location path.
