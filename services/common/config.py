@@ -230,6 +230,9 @@ class SignInSettings:
     max_failures: int = 5
     max_failures_per_address: int = 20
     failure_window: int = 900
+    # Accounts whose access tokens carry the admin role (ADMIN_EMAILS, comma-separated,
+    # any case): how the built-in sign-in gets an administrator without a console step.
+    admin_emails: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, reader: EnvReader | None = None) -> SignInSettings:
@@ -248,10 +251,19 @@ class SignInSettings:
                 read, "SIGN_IN_MAX_FAILURES_PER_ADDRESS", cls.max_failures_per_address
             ),
             failure_window=_at_least_one(read, "SIGN_IN_FAILURE_WINDOW", cls.failure_window),
+            admin_emails=_emails(read, "ADMIN_EMAILS"),
         )
         if owned:
             read.check()
         return settings
+
+
+def _emails(read: EnvReader, name: str) -> frozenset[str]:
+    emails = {item.strip().lower() for item in read.text(name, "").split(",") if item.strip()}
+    for email in sorted(emails):
+        if email.count("@") != 1 or email.startswith("@") or email.endswith("@"):
+            read.problem(f"{name} lists {email!r}, which is not an email address")
+    return frozenset(emails)
 
 
 def _at_least_one(read: EnvReader, name: str, default: int) -> int:

@@ -9,7 +9,8 @@ rotating refresh tokens with reuse detection, and a throttle on failed attempts.
   checked against a dummy hash.
 - Access tokens are ES256 JWTs signed with the mesh's private key (the kid the JWKS
   names it by), living ACCESS_TOKEN_TTL (at most 15 minutes): every service verifies
-  them like any other token. They carry no roles.
+  them like any other token. They carry the admin role when the account's email is in
+  ADMIN_EMAILS, no role otherwise.
 - A refresh token is 32 random bytes (URL-safe text), stored as its sha256 in a
   family (one sign-in). Refresh uses it up and issues its successor in the family;
   presenting a used one again means it was copied: the whole family is revoked
@@ -93,11 +94,11 @@ class TokenSigner:
     audience: str
     ttl: int
 
-    def sign(self, user_id: str, now: datetime) -> str:
+    def sign(self, user_id: str, roles: tuple[str, ...], now: datetime) -> str:
         return mint(
             self.private_pem,
             user_id,
-            (),
+            roles,
             issuer=self.issuer,
             audience=self.audience,
             ttl=self.ttl,
@@ -150,7 +151,7 @@ class SignIns:
             await self._credentials.add_user(user, password_hash)
         except EmailTaken:
             raise email_taken(user.email) from None
-        return user, await self._issue(user.id, secrets.token_hex(16), self._clock())
+        return user, await self._issue(user, secrets.token_hex(16), self._clock())
 
     async def sign_in(self, email: str, password: str, client_address: str = "") -> IssuedTokens:
         self._require_signer()
@@ -175,7 +176,7 @@ class SignIns:
                 user.id, await self._passwords.hash(password), now
             )
         _require_active(user)
-        return await self._issue(user.id, secrets.token_hex(16), now)
+        return await self._issue(user, secrets.token_hex(16), now)
 
     async def refresh(self, refresh_token: str) -> IssuedTokens:
         self._require_signer()
@@ -192,7 +193,7 @@ class SignIns:
             # Another Refresh with the same token won the race: a copy, or a retry.
             await self._usable(refresh_token, now)  # says which (and revokes on reuse)
             raise Unauthenticated("the refresh token is not valid", "REFRESH_TOKEN_INVALID")
-        return self._tokens(token.user_id, text, now)
+        return self._tokens(user, text, now)
 
     async def sign_out(self, refresh_token: str) -> None:
         token = await self._credentials.refresh_token(digest(refresh_token))
@@ -248,16 +249,17 @@ class SignIns:
         )
         return text, row
 
-    async def _issue(self, user_id: str, family_id: str, now: datetime) -> IssuedTokens:
-        text, row = self._new_refresh(user_id, family_id, now)
+    async def _issue(self, user: UserRow, family_id: str, now: datetime) -> IssuedTokens:
+        text, row = self._new_refresh(user.id, family_id, now)
         await self._credentials.add_refresh(row)
-        return self._tokens(user_id, text, now)
+        return self._tokens(user, text, now)
 
-    def _tokens(self, user_id: str, refresh_text: str, now: datetime) -> IssuedTokens:
+    def _tokens(self, user: UserRow, refresh_text: str, now: datetime) -> IssuedTokens:
         signer = self._require_signer()
+        admin = normalised_email(user.email) in self._settings.admin_emails
         return IssuedTokens(
-            user_id=user_id,
-            access_token=signer.sign(user_id, now),
+            user_id=user.id,
+            access_token=signer.sign(user.id, ("admin",) if admin else (), now),
             expires_in=signer.ttl,
             refresh_token=refresh_text,
             refresh_expires_in=self._settings.refresh_token_ttl,

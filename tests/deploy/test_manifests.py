@@ -13,6 +13,7 @@ import base64
 import copy
 import dataclasses
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
+from cryptography.hazmat.primitives import serialization
+from jwt.algorithms import ECAlgorithm
 
 from gateway.config import GatewayConfig
 from services.common.config import DEFAULT_PORTS
@@ -634,6 +637,29 @@ def test_dev_is_one_replica_each_with_postgres_and_nats_inside() -> None:
             for value in secret["data"].values():
                 assert "dev-only" in base64.b64decode(value).decode()
     assert not dev.of("ServiceMonitor") and not dev.of("HTTPRoute")
+
+
+def test_dev_user_service_signs_with_the_key_the_jwks_publishes() -> None:
+    """Built-in sign-in on the dev cluster: only the user service gets the private key,
+    and its public half is the key every service verifies with."""
+    dev = Rendered("dev", render("dev"))
+    for deployment in dev.of("Deployment"):
+        container = main_container(deployment)
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        if deployment["metadata"]["name"] != "user":
+            assert "JWT_PRIVATE_KEY_FILE" not in env and "signing-key" not in volumes
+            continue
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert env["JWT_PRIVATE_KEY_FILE"] == f"{mounts['signing-key']}/private.pem"
+        secret_name = volumes["signing-key"]["secret"]["secretName"]
+    signing = dev.named("Secret", secret_name)
+    jwks = next(s for s in dev.of("Secret") if s["metadata"]["name"].startswith("shop-jwks"))
+    private_pem = base64.b64decode(signing["data"]["private.pem"])
+    published = yaml.safe_load(base64.b64decode(jwks["data"]["jwks.json"]))
+    public = serialization.load_pem_private_key(private_pem, None).public_key()
+    jwk = json.loads(ECAlgorithm.to_jwk(public))  # type: ignore[arg-type]
+    assert (jwk["x"], jwk["y"]) in {(k["x"], k["y"]) for k in published["keys"]}
 
 
 def test_production_is_redundant_autoscaled_and_reachable() -> None:

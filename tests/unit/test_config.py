@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import GatewayConfig
-from services.common.config import DEFAULT_PORTS, GATEWAY, SERVICE, ServiceConfig
+from services.common.config import DEFAULT_PORTS, GATEWAY, SERVICE, ServiceConfig, SignInSettings
 from services.common.devsetup import ensure_development_identities
 
 VARIABLES = (
@@ -78,6 +78,15 @@ def test_the_settings_read_by_services_are_in_the_config(
     config = ServiceConfig.from_env("order", 0)
     assert (config.max_streams, config.order_attempt_timeout) == (12, 0.5)
     assert config.reservation_retention == 60.0
+
+
+def test_admin_emails_are_read_normalised_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_EMAILS", " Boss@Example.com, ops@example.com ,,")
+    assert SignInSettings.from_env().admin_emails == {"boss@example.com", "ops@example.com"}
+    monkeypatch.setenv("ADMIN_EMAILS", "boss@example.com,not-an-email")
+    with pytest.raises(SystemExit) as stopped:
+        SignInSettings.from_env()
+    assert "ADMIN_EMAILS lists 'not-an-email'" in str(stopped.value.code)
 
 
 @pytest.mark.parametrize("read", ["service", "gateway"])

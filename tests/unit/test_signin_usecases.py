@@ -208,3 +208,21 @@ async def test_without_a_signing_key_sign_in_is_off(store: InMemoryCredentials) 
     assert await reason(sign_ins.sign_in("ann@example.com", PASSWORD), FailedPrecondition) == (
         "SIGN_IN_DISABLED"
     )
+
+
+async def test_accounts_listed_in_admin_emails_get_the_admin_role(
+    store: InMemoryCredentials, clock: Clock
+) -> None:
+    settings = SignInSettings(admin_emails=frozenset({"boss@example.com"}))
+    sign_ins = SignIns(store.users, store, PASSWORDS, signer(), settings, clock)
+    verifier = Verifier(tokens.SETTINGS)
+    boss, boss_tokens = await sign_ins.sign_up("Boss@Example.com", "Boss", PASSWORD)
+    ann, ann_tokens = await sign_ins.sign_up("ann@example.com", "Ann", PASSWORD)
+    signed_in = await sign_ins.sign_in("BOSS@example.com", PASSWORD)
+    refreshed = await sign_ins.refresh(signed_in.refresh_token)
+    for issued in (boss_tokens, signed_in, refreshed):
+        assert verifier.verify(issued.access_token).roles == frozenset({"admin"})
+    assert verifier.verify(ann_tokens.access_token).roles == frozenset()
+    assert verifier.verify(
+        (await sign_ins.refresh(ann_tokens.refresh_token)).access_token
+    ).roles == (frozenset())
