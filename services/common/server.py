@@ -24,7 +24,6 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.common import eventloop, logs, migrate, telemetry
 from services.common.auth import Verifier
@@ -37,6 +36,7 @@ from services.common.interceptors import (
     ServerDeadline,
     ServerErrors,
     ServerPipeline,
+    ServerTracing,
     ServerValidation,
 )
 from services.common.metrics import Metrics
@@ -196,10 +196,10 @@ LIVENESS = "liveness"
 
 
 def pipeline(metrics: Metrics, verifier: Verifier, mutual_tls: bool) -> ServerPipeline:
-    """What every RPC of a service goes through (tracing, the one grpc interceptor,
-    comes first)."""
+    """What every RPC of a service goes through, outermost first."""
     return ServerPipeline(
         [
+            ServerTracing(),
             ServerAccessLog(metrics),
             ServerErrors(),
             ServerDeadline(),
@@ -228,10 +228,7 @@ async def start(spec: ServiceSpec, config: ServiceConfig) -> RunningService[Any]
     )
     wired = await spec.wire(platform)
     closers = list(wired.closers)
-    server = grpc.aio.server(
-        interceptors=[aio_server_interceptor()],  # type: ignore[no-untyped-call]
-        options=SERVER_OPTIONS,
-    )
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     concerns = pipeline(platform.metrics, Verifier(config.auth), config.tls.enabled)
     for servicer in wired.servicers:
         servicer.add_to_server(

@@ -76,8 +76,7 @@ class SqlProductRepository:
     async def get(self, product_id: str) -> ProductRow | None:
         # The hottest read of the mesh (every GetProduct, every order's pricing): a point
         # read without the ORM session.
-        row = await self._db.read_one(PRODUCT_BY_ID, {"id": product_id})
-        return None if row is None else ProductRow(**row)
+        return await self._db.read_model(ProductRow, PRODUCT_BY_ID, {"id": product_id})
 
     async def get_many(self, ids: Collection[str]) -> dict[str, ProductRow]:
         async with self._db.read() as session:

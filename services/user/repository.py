@@ -46,8 +46,7 @@ class SqlUserRepository:
 
     async def get(self, user_id: str) -> UserRow | None:
         # Every GetUser and every order's ValidateUser: a point read without the ORM session.
-        row = await self._db.read_one(USER_BY_ID, {"id": user_id})
-        return None if row is None else UserRow(**row)
+        return await self._db.read_model(UserRow, USER_BY_ID, {"id": user_id})
 
     async def page(self, after_id: str | None, limit: int) -> Sequence[UserRow]:
         query = select(UserRow).order_by(UserRow.id).limit(limit)

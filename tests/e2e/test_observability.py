@@ -141,7 +141,21 @@ async def test_one_create_order_through_the_gateway_is_one_connected_trace(
     ):
         assert (SpanKind.CLIENT, method) in names, method
         assert (SpanKind.SERVER, method) in names, method
-    database = [s for s in ours if _scope(s).endswith("sqlalchemy") and s.kind == SpanKind.CLIENT]
+    (order_server,) = [
+        s
+        for s in ours
+        if s.kind == SpanKind.SERVER and s.name == "/shop.order.v1.OrderService/CreateOrder"
+    ]
+    described = dict(order_server.attributes or {})
+    assert (described["rpc.system"], described["rpc.service"], described["rpc.method"]) == (
+        "grpc",
+        "shop.order.v1.OrderService",
+        "CreateOrder",
+    )
+    assert described["rpc.grpc.status_code"] == 0 and described["net.peer.ip"] == "127.0.0.1"
+    database = [
+        s for s in ours if "db.system" in (s.attributes or {}) and s.kind == SpanKind.CLIENT
+    ]
     assert len(database) >= 6  # reads and writes in user, product, order, notification
     publish = [s for s in ours if s.kind == SpanKind.PRODUCER and s.name.endswith(" publish")]
     process = [s for s in ours if s.kind == SpanKind.CONSUMER and s.name.endswith(" process")]
