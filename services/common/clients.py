@@ -26,7 +26,9 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Setter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
@@ -51,28 +53,96 @@ SAFE_TO_RETRY = (
 )
 
 
-class _Deadline:
-    """Gives every outgoing call the time left on the incoming call, at most."""
+class _MetadataSetter(Setter[grpc.aio.Metadata]):
+    def set(self, carrier: grpc.aio.Metadata, key: str, value: str) -> None:
+        carrier[key] = value
 
-    def __init__(self, default_timeout: float | None) -> None:
+
+_metadata_setter = _MetadataSetter()
+
+
+class _Outgoing:
+    """The deadline and the trace of every outgoing call, in one interceptor (each
+    grpc.aio interceptor is a layer of calls and objects per call: OpenTelemetry's,
+    the deadline and the breaker were three).
+
+    - Deadline: the time left on the incoming call, at most (deadline.outgoing_timeout),
+      or the call's own timeout if shorter.
+    - Trace: a CLIENT span named by the method, child of the current span, whose
+      context travels in the metadata (W3C traceparent, or OTEL_PROPAGATORS);
+      attributes and status only when the span is recorded."""
+
+    def __init__(self, default_timeout: float | None, tracer: trace.Tracer | None = None) -> None:
         self._default = default_timeout
+        self._tracer = tracer or trace.get_tracer("shop.clients")
 
-    def _with_deadline(self, details: Any) -> Any:
+    def _start(self, details: Any) -> tuple[Any, Span]:
+        method = details.method
+        if isinstance(method, bytes):  # grpc passes bytes (grpc/grpc#31092)
+            method = method.decode()
+        span = self._tracer.start_span(method, kind=SpanKind.CLIENT)
+        if span.is_recording():
+            service, _, name = method.lstrip("/").partition("/")
+            span.set_attribute("rpc.system", "grpc")
+            span.set_attribute("rpc.service", service)
+            span.set_attribute("rpc.method", name)
+        metadata = grpc.aio.Metadata(*tuple(details.metadata or ()))
+        propagate.inject(metadata, trace.set_span_in_context(span), _metadata_setter)
         timeout = deadline.outgoing_timeout(self._default)
-        if timeout is not None and (details.timeout is None or timeout < details.timeout):
-            details = details._replace(timeout=timeout)
-        return details
+        if timeout is None or (details.timeout is not None and details.timeout < timeout):
+            timeout = details.timeout
+        return details._replace(timeout=timeout, metadata=metadata), span
+
+
+def _end(span: Span, code: grpc.StatusCode) -> None:
+    if span.is_recording():
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code != grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+    span.end()
 
 
 # grpc.aio files an interceptor under the first kind it implements: one class per kind.
-class OutgoingDeadline(_Deadline, grpc.aio.UnaryUnaryClientInterceptor):
+class OutgoingUnary(_Outgoing, grpc.aio.UnaryUnaryClientInterceptor):
+    """Deadline, trace and (when given) the peer's circuit breaker for unary calls."""
+
+    def __init__(
+        self,
+        default_timeout: float | None,
+        breaker: PeerBreaker | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        super().__init__(default_timeout, tracer)
+        self._breaker = breaker
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_deadline(details), request)
+        details, span = self._start(details)
+        try:
+            if self._breaker is not None:
+                call = await self._breaker.call(continuation, details, request)
+            else:
+                call = await continuation(details, request)
+                await call  # the span ends with the outcome
+        except grpc.aio.AioRpcError as error:
+            _end(span, error.code())
+            raise
+        except BaseException:
+            _end(span, grpc.StatusCode.CANCELLED)
+            raise
+        _end(span, grpc.StatusCode.OK)
+        return call
 
 
-class OutgoingStreamDeadline(_Deadline, grpc.aio.UnaryStreamClientInterceptor):
+class OutgoingStream(_Outgoing, grpc.aio.UnaryStreamClientInterceptor):
+    """Deadline and trace for server-streaming calls (the span covers the call's start;
+    a stream lives as long as its reader wants)."""
+
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_deadline(details), request)
+        details, span = self._start(details)
+        try:
+            return await continuation(details, request)
+        finally:
+            span.end()
 
 
 CIRCUIT_OPEN = "(circuit open)"
@@ -89,7 +159,7 @@ def _not_a_peer_failure(error: BaseException) -> bool:
     return not isinstance(error, grpc.aio.AioRpcError) or error.code() not in PEER_FAILURES
 
 
-class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+class PeerBreaker:
     """Fails fast with UNAVAILABLE while the peer's circuit is open."""
 
     def __init__(self, peer: str, settings: BreakerSettings) -> None:
@@ -104,7 +174,7 @@ class BreakerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             ],
         )
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+    async def call(self, continuation: Any, details: Any, request: Any) -> Any:
         try:
             async with await self._breakers.get_breaker(self.peer):
                 call = await continuation(details, request)
@@ -183,13 +253,11 @@ def channel(
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config()),
     ]
+    breaker_for_peer = None if breaker is None else PeerBreaker(peer or addresses, breaker)
     chain: list[grpc.aio.ClientInterceptor] = [
-        OutgoingDeadline(default_timeout),
-        OutgoingStreamDeadline(default_timeout),
+        OutgoingUnary(default_timeout, breaker_for_peer),
+        OutgoingStream(default_timeout),
     ]
-    chain += aio_client_interceptors()  # type: ignore[no-untyped-call]
-    if breaker is not None:
-        chain.append(BreakerInterceptor(peer or addresses, breaker))
     if tls is not None and tls.enabled:
         if "," in addresses:
             # An ipv4: list has no single authority: check certificates against the host

@@ -1,6 +1,6 @@
 """The incoming call's deadline, kept in a context variable for outgoing calls.
 
-The server deadline interceptor sets it for each RPC; `clients.OutgoingDeadline`
+The server deadline interceptor sets it for each RPC; `clients.OutgoingUnary`
 reads it so that every call a handler makes carries the time that remains,
 without the handler having to pass its context around.
 """

@@ -216,8 +216,8 @@ async def test_accounts_listed_in_admin_emails_get_the_admin_role(
     settings = SignInSettings(admin_emails=frozenset({"boss@example.com"}))
     sign_ins = SignIns(store.users, store, PASSWORDS, signer(), settings, clock)
     verifier = Verifier(tokens.SETTINGS)
-    boss, boss_tokens = await sign_ins.sign_up("Boss@Example.com", "Boss", PASSWORD)
-    ann, ann_tokens = await sign_ins.sign_up("ann@example.com", "Ann", PASSWORD)
+    _, boss_tokens = await sign_ins.sign_up("Boss@Example.com", "Boss", PASSWORD)
+    _, ann_tokens = await sign_ins.sign_up("ann@example.com", "Ann", PASSWORD)
     signed_in = await sign_ins.sign_in("BOSS@example.com", PASSWORD)
     refreshed = await sign_ins.refresh(signed_in.refresh_token)
     for issued in (boss_tokens, signed_in, refreshed):
