@@ -8,13 +8,16 @@ that start together apply the migrations one at a time.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import Connection, MetaData, text
+from sqlalchemy.exc import OperationalError
 
 from services.common.db import Database
 
@@ -32,12 +35,42 @@ async def upgrade(db: Database, script_location: Path, lock_name: str) -> None:
     def run(connection: Connection) -> None:
         command.upgrade(alembic_config(script_location, connection), "head")
 
+    if db.is_sqlite:
+        await _upgrade_sqlite(db, run)
+        return
     async with db.engine.connect() as connection:
-        if not db.is_sqlite:
-            lock_key = zlib.crc32(f"shop-migrations-{lock_name}".encode())
-            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+        lock_key = zlib.crc32(f"shop-migrations-{lock_name}".encode())
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
         await connection.run_sync(run)
         await connection.commit()
+
+
+# How long a starting process waits for another one migrating the same SQLite file.
+SQLITE_MIGRATION_WAIT = 60.0
+
+
+async def _upgrade_sqlite(db: Database, run: Callable[[Connection], None]) -> None:
+    """Every pending migration in one transaction begun IMMEDIATE: SQLite's DDL is
+    transactional, so a migration that fails half-way leaves the file as it was, and
+    processes starting together on one file take turns (the write lock is waited for
+    asynchronously; the one that comes second finds nothing left to do)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + SQLITE_MIGRATION_WAIT
+    pause = 0.01
+    while True:
+        try:
+            async with db.engine.connect() as connection:
+                await connection.execution_options(sqlite_begin="IMMEDIATE")
+                await connection.begin()
+                await connection.run_sync(run)
+                await connection.commit()
+            return
+        except OperationalError as error:
+            locked = getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not locked or loop.time() > give_up:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def _configure_and_run(connection: Connection, metadata: MetaData) -> None:
