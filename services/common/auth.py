@@ -282,6 +282,10 @@ def _now() -> float:
     return time.monotonic()
 
 
+# A JWKS fetch as a whole, connection and answer, in JWT_JWKS_TIMEOUTs (2 s: 10 s).
+FETCH_DEADLINE_TIMEOUTS = 5
+
+
 class RemoteKeys:
     """The signing keys published at JWT_JWKS_URL, fetched when needed.
 
@@ -382,10 +386,23 @@ class RemoteKeys:
     def _download(self) -> tuple[dict[str, jwt.PyJWK], str, float]:
         """The keys, a fingerprint of them (to tell whether they changed), and how long
         to use them."""
+        # The socket timeout bounds each wait for a byte, not the whole answer: a
+        # provider dripping a byte at a time would keep this fetch (and so every later
+        # one) running for ever. The whole fetch gets FETCH_DEADLINE_TIMEOUTS timeouts.
+        deadline = time.monotonic() + FETCH_DEADLINE_TIMEOUTS * self.timeout
         request = urllib.request.Request(self.url, headers={"Accept": "application/json"})
         with self._opener.open(request, timeout=self.timeout) as response:
-            body = response.read(MAX_JWKS_BYTES + 1)
             cache_control = response.headers.get("Cache-Control", "")
+            body = b""
+            while len(body) <= MAX_JWKS_BYTES:
+                chunk = response.read1(MAX_JWKS_BYTES + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the answer took longer than {FETCH_DEADLINE_TIMEOUTS * self.timeout:g} s"
+                    )
         if len(body) > MAX_JWKS_BYTES:
             raise ValueError(f"the answer is larger than {MAX_JWKS_BYTES} bytes")
         try:

@@ -42,12 +42,25 @@ class Provider:
         self.requests = 0
         self.hold = threading.Event()
         self.hold.set()
+        self.drip = False  # answer one byte every 50 ms, for ever
+        self.stopped = threading.Event()
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 provider.requests += 1
                 provider.hold.wait(10)
+                if provider.drip:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    while not provider.stopped.wait(0.05):
+                        try:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                    return
                 answer = provider.answer
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
@@ -71,6 +84,7 @@ class Provider:
         self.answer = Answer(200, json.dumps({"keys": list(keys)}).encode(), headers)
 
     def stop(self) -> None:
+        self.stopped.set()
         self.hold.set()
         self.server.shutdown()
         self.server.server_close()
@@ -290,6 +304,28 @@ def test_a_provider_that_does_not_answer_holds_a_verification_at_most_the_timeou
             fetch.join()
         caller = check.verify(token)
     assert caller.user_id == "usr_a"
+    assert provider.requests == 2
+
+
+def test_a_provider_dripping_its_answer_is_given_up_on_and_asked_again_later(
+    tmp_path: Path, provider: Provider, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    private, public = keys(tmp_path / "a")
+    provider.drip = True  # a byte every 50 ms: each read is in time, the whole never ends
+    check = verifier(provider.url, timeout=0.2)
+    started = time.monotonic()
+    refused(check, mint(private, "usr_a"), "could not be fetched")
+    for fetch in [t for t in threading.enumerate() if t.name == "jwks-fetch"]:
+        fetch.join(10)
+        assert not fetch.is_alive(), "the fetch never ends"
+    # Given up at 5 timeouts (1 s), with the reason.
+    assert time.monotonic() - started < 3
+    assert check._remote is not None and "took longer than 1 s" in check._remote.problem
+    # The next fetch, a cooldown later, is made (the stuck one no longer blocks it).
+    provider.drip = False
+    provider.publish(public)
+    clock.advance(COOLDOWN)
+    assert check.verify(mint(private, "usr_a")).user_id == "usr_a"
     assert provider.requests == 2
 
 
