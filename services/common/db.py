@@ -6,9 +6,9 @@ microseconds, the hop to aiosqlite's thread took longer), reads skip BEGIN
 (autocommit) and the process's writers take turns, each transaction starting with
 BEGIN IMMEDIATE. PostgreSQL (asyncpg) runs the same models and queries unchanged.
 
-Point reads on a hot path (`read_one`) skip the ORM session: one Core select, on
-SQLite compiled once and run on a plain `sqlite3` connection of its own
-(`services.common.sqlite_reads`).
+Point reads on a hot path (`read_one`) skip the ORM session and the engine: one Core
+select compiled once, run on a plain `sqlite3` connection or an asyncpg pool of their
+own (`services.common.point_reads`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 
 from services.common import inline_sqlite, telemetry
-from services.common.sqlite_reads import SqlitePointReader
+from services.common.point_reads import PostgresPointReader, SqlitePointReader
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -165,6 +165,9 @@ class Database:
             if self._sqlite_file is None
             else SqlitePointReader(self._sqlite_file, POINT_READ_BUSY_TIMEOUT_MS)
         )
+        self._pg_point_reader = (
+            PostgresPointReader(url) if self.engine.dialect.name == "postgresql" else None
+        )
 
     async def read_one(
         self, statement: Select[Any], params: Mapping[str, Any]
@@ -173,6 +176,8 @@ class Database:
         statement once, with bind parameters: it is then compiled once."""
         if self._point_reader is not None:
             return self._point_reader.read_one(statement, params)
+        if self._pg_point_reader is not None:
+            return await self._pg_point_reader.read_one(statement, params)
         async with self.engine.connect() as connection:
             row = (await connection.execute(statement, params)).mappings().first()
             return None if row is None else dict(row)
@@ -249,4 +254,6 @@ class Database:
     async def close(self) -> None:
         if self._point_reader is not None:
             self._point_reader.close()
+        if self._pg_point_reader is not None:
+            await self._pg_point_reader.close()
         await self.engine.dispose()

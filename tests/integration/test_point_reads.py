@@ -1,6 +1,6 @@
-"""Point reads on SQLite's plain cursor give exactly what the engine gives: the same
-values, converted the same way (datetimes, booleans, big integers,
-numerics, NULLs), for the same statement, and see every commit at once."""
+"""Point reads on the driver itself (SQLite's plain cursor, an asyncpg pool) give exactly
+what the engine gives: the same values, converted the same way (datetimes, booleans,
+big integers, numerics, NULLs), for the same statement, and see every commit at once."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ from sqlalchemy import (
     Table,
     bindparam,
     select,
+    text,
 )
 
 from services.common.db import Database
-from services.common.sqlite_reads import SqlitePointReader
+from services.common.point_reads import SqlitePointReader
 from services.common.times import as_utc
+from tests.conftest import postgres_database
 
 METADATA = MetaData()
 THINGS = Table(
@@ -67,8 +69,8 @@ ROWS = [
 ]
 
 
-async def test_point_reads_equal_the_engines_reads(tmp_path: Path) -> None:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'things.db'}")
+async def test_point_reads_equal_the_engines_reads(database_url: str) -> None:
+    db = Database(database_url)
     try:
         async with db.engine.begin() as connection:
             await connection.run_sync(METADATA.create_all)
@@ -87,7 +89,7 @@ async def test_point_reads_equal_the_engines_reads(tmp_path: Path) -> None:
             assert read == (None if expected is None else dict(expected)), params
         first = await db.read_one(BY_ID, {"id": "a"})
         assert first is not None
-        # SQLite keeps no zone: the engine reads naive UTC datetimes, and so does this.
+        # SQLite keeps no zone (the engine reads naive UTC datetimes, and so does this).
         assert as_utc(first["seen"]) == ROWS[0]["seen"]
         assert (first["size"], first["active"], first["weight"]) == (2**40, True, Decimal("1.250"))
         # A commit is seen by the next read: no snapshot is left open between reads.
@@ -163,3 +165,29 @@ async def test_a_loaded_model_reads_and_stores_like_one_made_by_hand(tmp_path: P
         assert copy is not None and (copy.name, copy.stock) == ("Mug", 7)
     finally:
         await db.close()
+
+
+async def test_a_postgres_connection_dropped_by_the_server_is_replaced() -> None:
+    async with postgres_database() as url:
+        db = Database(url)
+        try:
+            async with db.engine.begin() as connection:
+                await connection.run_sync(METADATA.create_all)
+            async with db.write() as session:
+                await session.execute(THINGS.insert(), ROWS)
+            assert await db.read_one(BY_ID, {"id": "a"}) is not None
+            # The server ends every other session on the database (as a restart does).
+            name = url.rsplit("/", 1)[1]
+            async with db.engine.connect() as connection:
+                ended = await connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+                assert ended.scalar_one() >= 1
+            read = await db.read_one(BY_ID, {"id": "a"})
+            assert read is not None and read["kind"] == "big"
+        finally:
+            await db.close()
