@@ -3,8 +3,9 @@
     python -m bench.loadgen --target http://127.0.0.1:8080 --rate 20 --duration 60
 
 Modelled on Online Boutique's load generator: weighted tasks (browse the
-catalogue 10, view a product 5, place an order 1, list one's orders 2, open a
-notification stream 1), started open-loop at `--rate` per second with Poisson
+catalogue 50, view a product 25, place an order 4, place an order on a card
+that is declined 1, list one's orders 10, read one's payments 5, open a
+notification stream 5), started open-loop at `--rate` per second with Poisson
 arrivals, so a slow mesh shows up as latency and a backlog, not as a quietly
 lower request rate. It talks Connect through the gateway with the generated
 clients, prints per-operation figures every `--report-every` seconds and a
@@ -12,7 +13,7 @@ summary at the end, and can write that summary as JSON.
 
 Written here rather than with Locust: the notification stream is a server
 stream that the generated asyncio clients hold open cheaply, and the whole
-generator is one process of ~250 lines with no gevent.
+generator is one process of a few hundred lines with no gevent.
 """
 
 from __future__ import annotations
@@ -32,15 +33,29 @@ from typing import Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from google.rpc import error_details_pb2
 
 from services.common.auth import mint
 from shop.common.v1 import money_pb2
 from shop.notification.v1 import notification_connect, notification_pb2
 from shop.order.v1 import order_connect, order_pb2
+from shop.payment.v1 import payment_connect, payment_pb2
 from shop.product.v1 import product_connect, product_pb2
 from shop.user.v1 import user_connect, user_pb2
 
-DEFAULT_MIX = {"browse": 10, "view": 5, "order": 1, "list": 2, "stream": 1}
+# Every fifth order is on a card that is declined (a payment failure: no order, a
+# notification); "payments" lists a user's payments and reads the newest one.
+DEFAULT_MIX = {
+    "browse": 50,
+    "view": 25,
+    "order": 4,
+    "decline": 1,
+    "list": 10,
+    "payments": 5,
+    "stream": 5,
+}
+# The simulated provider's payment method that is always declined.
+DECLINING_METHOD = "card_decline"
 CATALOGUE_SIZE = 20
 USERS = 20
 
@@ -105,6 +120,7 @@ class Shop:
         self.users = user_connect.UserServiceClient(target, timeout_ms=timeout_ms)
         self.products = product_connect.ProductServiceClient(target, timeout_ms=timeout_ms)
         self.orders = order_connect.OrderServiceClient(target, timeout_ms=timeout_ms)
+        self.payments = payment_connect.PaymentServiceClient(target, timeout_ms=timeout_ms)
         self.notifications = notification_connect.NotificationServiceClient(target)
         self.user_ids: list[str] = []
         self.product_ids: list[str] = []
@@ -117,7 +133,7 @@ class Shop:
         return self._tokens[user_id]
 
     async def close(self) -> None:
-        for client in (self.users, self.products, self.orders, self.notifications):
+        for client in (self.users, self.products, self.orders, self.payments, self.notifications):
             await client.close()
 
     async def prepare(self, users: int, catalogue: int) -> None:
@@ -145,7 +161,9 @@ class Shop:
             "browse": self.browse,
             "view": self.view,
             "order": self.place_order,
+            "decline": self.place_declined_order,
             "list": self.list_orders,
+            "payments": self.read_payments,
             "stream": self.open_stream,
         }
 
@@ -157,7 +175,7 @@ class Shop:
             product_pb2.GetProductRequest(id=random.choice(self.product_ids))
         )
 
-    async def place_order(self) -> None:
+    async def place_order(self, payment_method: str = "") -> None:
         items = [
             order_pb2.CreateOrderItem(product_id=product_id, quantity=random.randint(1, 3))
             for product_id in random.sample(
@@ -166,9 +184,37 @@ class Shop:
         ]
         user_id = random.choice(self.user_ids)
         request = order_pb2.CreateOrderRequest(
-            user_id=user_id, idempotency_key=uuid.uuid4().hex, items=items
+            user_id=user_id,
+            idempotency_key=uuid.uuid4().hex,
+            items=items,
+            payment_method=payment_method,
         )
         await self.orders.create_order(request, headers=self.as_user(user_id))
+
+    async def place_declined_order(self) -> None:
+        """An order on a card that is declined: the expected answer is FAILED_PRECONDITION
+        PAYMENT_DECLINED (the stock is given back, the user is notified); anything else,
+        an order placed included, is an error."""
+        try:
+            await self.place_order(DECLINING_METHOD)
+        except ConnectError as error:
+            if error.code == Code.FAILED_PRECONDITION and reason_of(error) == "PAYMENT_DECLINED":
+                return
+            raise
+        raise ConnectError(Code.INTERNAL, "an order on a declining card was placed")
+
+    async def read_payments(self) -> None:
+        """One page of a user's payments, then the newest of them by id (as a client
+        showing a payment's page would)."""
+        user_id = random.choice(self.user_ids)
+        headers = self.as_user(user_id)
+        listed = await self.payments.list_payments(
+            payment_pb2.ListPaymentsRequest(user_id=user_id, page_size=10), headers=headers
+        )
+        if listed.payments:
+            await self.payments.get_payment(
+                payment_pb2.GetPaymentRequest(id=listed.payments[0].id), headers=headers
+            )
 
     async def list_orders(self) -> None:
         user_id = random.choice(self.user_ids)
@@ -286,6 +332,14 @@ class LoadRun:
         }
 
 
+def reason_of(error: ConnectError) -> str:
+    """The google.rpc.ErrorInfo reason among a Connect error's details ("" if none)."""
+    for detail in error.details:
+        if detail.type_name == "google.rpc.ErrorInfo":
+            return str(error_details_pb2.ErrorInfo.FromString(detail.message_bytes).reason)
+    return ""
+
+
 def parse_mix(text: str) -> dict[str, int]:
     mix = {}
     for part in text.split(","):
@@ -330,7 +384,7 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("--target", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"))
     options.add_argument("--rate", type=float, default=20.0, help="operations started per second")
     options.add_argument("--duration", type=float, default=30.0, help="seconds")
-    options.add_argument("--mix", type=parse_mix, default=DEFAULT_MIX, help="browse=10,view=5,...")
+    options.add_argument("--mix", type=parse_mix, default=DEFAULT_MIX, help="browse=50,view=25,...")
     options.add_argument("--report-every", type=float, default=5.0, help="seconds")
     options.add_argument("--stream-hold", type=float, default=5.0, help="seconds open")
     options.add_argument("--timeout-ms", type=int, default=5000, help="deadline of unary calls")

@@ -17,6 +17,11 @@ from services.common.events.consumer import PositionMixin, ProcessedEventMixin
 
 ORDER_PLACED = "ORDER_PLACED"
 ORDER_CANCELLED = "ORDER_CANCELLED"
+PAYMENT_REFUNDED = "PAYMENT_REFUNDED"
+PAYMENT_FAILED = "PAYMENT_FAILED"
+# Why a payment failed (a PAYMENT_FAILED event's `failure`).
+DECLINED = "DECLINED"
+UNAVAILABLE = "UNAVAILABLE"
 
 
 class NotificationBase(Base):
@@ -72,18 +77,28 @@ class ConsumerPositionRow(NotificationBase, PositionMixin):
 
 @dataclass(frozen=True)
 class OrderEvent:
-    """An order event as the use cases need it (read from the order service's contract
-    by order_events.parse), whatever transport delivered it."""
+    """An event of the order service (about an order or its payment) as the use cases
+    need it (read from the order service's contract by order_events.parse), whatever
+    transport delivered it."""
 
     event_id: str
-    # The notification it makes: ORDER_PLACED or ORDER_CANCELLED.
+    # The notification it makes: ORDER_PLACED, ORDER_CANCELLED, PAYMENT_REFUNDED or
+    # PAYMENT_FAILED.
     kind: str
+    # For PAYMENT_FAILED, the id the failed attempt had.
     order_id: str
     user_id: str
     item_count: int
+    # The order's total; for a payment event, the amount refunded or not charged.
     total_minor: int
     currency: str
+    # Why the order was cancelled (ORDER_CANCELLED, PAYMENT_REFUNDED).
     cancel_reason: str = ""
+    # PAYMENT_REFUNDED: the hold was released (never captured) rather than refunded.
+    voided: bool = False
+    # PAYMENT_FAILED: DECLINED (with the provider's decline code) or UNAVAILABLE.
+    failure: str = ""
+    decline_code: str = ""
 
 
 class UnknownNotifications(Exception):

@@ -1,5 +1,6 @@
-"""The order service's events as this service consumes them: their subjects (derived
-from the order contract), their payloads read by subject, the consumer's handler, and
+"""The order service's events (about orders and their payments) as this service
+consumes them: their subjects (derived from the order contract), their payloads read by
+subject, the consumer's handler, and
 FeedSource, which follows the order service's outbox over gRPC (embedded transport)."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from services.common.events.consumer import Consumer, Handler
 from services.common.events.envelope import Event
 from services.common.tls import TlsSettings
 from services.notification import models
-from services.notification.convert import order_event
+from services.notification.convert import failure_event, order_event, refund_event
 from services.notification.models import OrderEvent
 from services.notification.repository import NotificationStore
 from services.notification.usecases import Notifications
@@ -40,24 +41,34 @@ def _field(number: int) -> str:
 
 ORDER_CREATED = subject_of(_field(_FEED_MESSAGE.ORDER_CREATED_FIELD_NUMBER))
 ORDER_CANCELLED = subject_of(_field(_FEED_MESSAGE.ORDER_CANCELLED_FIELD_NUMBER))
+PAYMENT_REFUNDED = subject_of(_field(_FEED_MESSAGE.PAYMENT_REFUNDED_FIELD_NUMBER))
+PAYMENT_FAILED = subject_of(_field(_FEED_MESSAGE.PAYMENT_FAILED_FIELD_NUMBER))
 # What an event this build does not know is applied as: recorded, and nothing done.
 UNKNOWN_SUBJECT = "unknown"
 
-_Payload = type[events_pb2.OrderCreated] | type[events_pb2.OrderCancelled]
-# Subject -> the payload's message and the kind of notification it makes.
-_PAYLOADS: dict[str, tuple[_Payload, str]] = {
-    ORDER_CREATED: (events_pb2.OrderCreated, models.ORDER_PLACED),
-    ORDER_CANCELLED: (events_pb2.OrderCancelled, models.ORDER_CANCELLED),
+# Subject -> how its payload (event id, serialized message) becomes an OrderEvent.
+_PARSERS: dict[str, Callable[[str, bytes], OrderEvent]] = {
+    ORDER_CREATED: lambda event_id, payload: order_event(
+        event_id, models.ORDER_PLACED, events_pb2.OrderCreated.FromString(payload).order
+    ),
+    ORDER_CANCELLED: lambda event_id, payload: order_event(
+        event_id, models.ORDER_CANCELLED, events_pb2.OrderCancelled.FromString(payload).order
+    ),
+    PAYMENT_REFUNDED: lambda event_id, payload: refund_event(
+        event_id, events_pb2.PaymentRefunded.FromString(payload)
+    ),
+    PAYMENT_FAILED: lambda event_id, payload: failure_event(
+        event_id, events_pb2.PaymentFailed.FromString(payload)
+    ),
 }
 
 
 def parse(event: Event) -> OrderEvent | None:
-    """The order event in `event`'s payload; None for a subject this service ignores."""
-    known = _PAYLOADS.get(event.subject)
-    if known is None:
+    """The event in `event`'s payload; None for a subject this service ignores."""
+    parser = _PARSERS.get(event.subject)
+    if parser is None:
         return None
-    message_type, kind = known
-    return order_event(event.event_id, kind, message_type.FromString(event.payload).order)
+    return parser(event.event_id, event.payload)
 
 
 def handler(

@@ -1,4 +1,4 @@
-"""Notification use cases: turning order events into notifications, reading them,
+"""Notification use cases: turning order and payment events into notifications, reading them,
 marking them read, and streaming them live from a cursor."""
 
 from __future__ import annotations
@@ -66,8 +66,32 @@ def format_money(amount_minor: int, currency: str) -> str:
 
 
 def describe(event: OrderEvent) -> tuple[str, str]:
-    """(title, body) of the notification for an order event."""
+    """(title, body) of the notification for an order or payment event."""
     total = format_money(event.total_minor, event.currency)
+    if event.kind == models.PAYMENT_REFUNDED:
+        if event.voided:
+            return (
+                "Payment released",
+                f"The {total} held for your cancelled order {event.order_id} has been"
+                " released; nothing was charged.",
+            )
+        return (
+            "Payment refunded",
+            f"Your payment of {total} for order {event.order_id} has been refunded.",
+        )
+    if event.kind == models.PAYMENT_FAILED:
+        if event.failure == models.DECLINED:
+            why = f" ({event.decline_code.replace('_', ' ')})" if event.decline_code else ""
+            return (
+                "Payment declined",
+                f"Your payment of {total} was declined{why}. No order was placed and"
+                " nothing was charged.",
+            )
+        return (
+            "Payment failed",
+            f"Your payment of {total} could not be completed. No order was placed and"
+            " nothing was charged; please try again.",
+        )
     if event.kind == models.ORDER_PLACED:
         noun = "item" if event.item_count == 1 else "items"
         return (

@@ -1,12 +1,19 @@
-"""The order service's one place where orders become protos (replies, event snapshots, the
-feed's messages) and where a peer's product becomes what an order needs of it."""
+"""The order service's one place where orders become protos (replies, the events of
+orders and of their payments, the feed's messages) and where a peer's product becomes
+what an order needs of it."""
 
 from __future__ import annotations
 
 from services.common.events.envelope import Event
 from services.common.ids import new_id
-from services.common.times import to_timestamp
-from services.order.models import CANCELLED, OrderRow, PricedProduct
+from services.common.times import to_timestamp, utcnow
+from services.order.models import (
+    CANCELLED,
+    PAYMENT_DECLINED,
+    OrderRow,
+    PaymentFailure,
+    PricedProduct,
+)
 from shop.common.v1 import money_pb2
 from shop.order.v1 import events_pb2, order_internal_pb2, order_pb2
 from shop.product.v1 import product_pb2
@@ -73,7 +80,57 @@ def order_cancelled(order: OrderRow) -> Event:
     )
 
 
-def _event(message: events_pb2.OrderCreated | events_pb2.OrderCancelled) -> Event:
+def payment_refunded(order: OrderRow, request_id: str, *, voided: bool) -> Event:
+    """The PaymentRefunded event of a cancelled order whose payment was just given back
+    (refunded under `request_id`, or its hold released when `voided`)."""
+    return _event(
+        events_pb2.PaymentRefunded(
+            event_id=new_id("evt"),
+            occurred_at=to_timestamp(utcnow()),
+            order_id=order.id,
+            user_id=order.user_id,
+            amount=_total(order),
+            refund_request_id=request_id,
+            reason=order.cancel_reason,
+            voided=voided,
+        )
+    )
+
+
+def payment_failed(order: OrderRow, failure: PaymentFailure) -> Event:
+    """The PaymentFailed event of an order attempt given up because its payment failed."""
+    return _event(
+        events_pb2.PaymentFailed(
+            event_id=new_id("evt"),
+            occurred_at=to_timestamp(utcnow()),
+            order_id=order.id,
+            user_id=order.user_id,
+            idempotency_key=order.idempotency_key,
+            amount=_total(order),
+            payment_method=failure.payment_method,
+            failure=(
+                events_pb2.PAYMENT_FAILURE_DECLINED
+                if failure.kind == PAYMENT_DECLINED
+                else events_pb2.PAYMENT_FAILURE_UNAVAILABLE
+            ),
+            decline_code=failure.decline_code,
+        )
+    )
+
+
+def _total(order: OrderRow) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=order.currency_code, amount_minor=order.total_amount_minor)
+
+
+_EventMessage = (
+    events_pb2.OrderCreated
+    | events_pb2.OrderCancelled
+    | events_pb2.PaymentRefunded
+    | events_pb2.PaymentFailed
+)
+
+
+def _event(message: _EventMessage) -> Event:
     return Event(
         event_id=message.event_id,
         subject=SUBJECTS[message.DESCRIPTOR.full_name],

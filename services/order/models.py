@@ -108,6 +108,21 @@ class PricedProduct:
     amount_minor: int
 
 
+# Why an attempt's payment failed, as its PaymentFailed event says.
+PAYMENT_DECLINED = "DECLINED"
+PAYMENT_UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class PaymentFailure:
+    """Why an order attempt was given up at its payment: PAYMENT_DECLINED (with the
+    provider's decline code) or PAYMENT_UNAVAILABLE; the method it tried."""
+
+    kind: str
+    payment_method: str
+    decline_code: str = ""
+
+
 class KeyTaken(Exception):
     """Another attempt claimed the idempotency key first (the unique constraint said so)."""
 

@@ -51,18 +51,31 @@ class PeerError(DomainError):
     def __init__(self, peer: str, error: grpc.aio.AioRpcError) -> None:
         code = error.code()
         self.status: status_pb2.Status | None = None
+        sent = any(key == DETAILS_KEY for key, _ in error.trailing_metadata() or ())
+        info = _error_info(status_of(error)) if sent else None
+        metadata = {"peer": peer}
         if code in PASSED_THROUGH:
             message_text = error.details() or code.name.lower()
-            if any(key == DETAILS_KEY for key, _ in error.trailing_metadata() or ()):
+            if sent:
                 self.status = status_of(error)
         else:
             code = grpc.StatusCode.UNAVAILABLE
             message_text = f"{peer} service is unavailable"
+            if info is not None and info.reason:
+                # What the peer said of its failure (PAYMENT_PROVIDER_UNAVAILABLE: the
+                # provider did not answer), told apart from a peer that did not answer.
+                metadata["peer_reason"] = info.reason
+                info = None
         reason = f"{peer.upper()}_{code.name}"
         if clients.refused_by_breaker(error):
             # Not even tried: the peer failed too often just before.
             reason = f"{peer.upper()}_CIRCUIT_OPEN"
-        super().__init__(message_text, reason, {"peer": peer}, code=code)
+        if info is not None:
+            # The peer's own reason and metadata (PAYMENT_DECLINED, its decline_code, ...),
+            # for the use cases; what the client gets is the peer's status as it came.
+            reason = info.reason or reason
+            metadata = {**info.metadata, **metadata}
+        super().__init__(message_text, reason, metadata, code=code)
         self.peer = peer
 
     def to_status(self) -> status_pb2.Status:
@@ -188,6 +201,15 @@ class GrpcPeers:
         except grpc.aio.AioRpcError as error:
             return _payment_state_of(error)
         return _state_name(reply.payment.state)
+
+
+def _error_info(status: status_pb2.Status | None) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo among a peer's status details, if it sent one."""
+    for packed in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if packed.Unpack(info):
+            return info
+    return None
 
 
 def _state_name(state: int) -> str:

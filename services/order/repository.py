@@ -72,10 +72,14 @@ class OrderRepository(Protocol):
         not PLACED any more."""
         ...
 
-    async def fail(self, order_id: str, at: datetime, void: bool) -> Abandoned | None:
+    async def fail(
+        self, order_id: str, at: datetime, void: bool, announce: Announce | None = None
+    ) -> Abandoned | None:
         """PENDING or FAILED -> FAILED, its payment VOIDING if `void` (and kept VOIDING if
         it was); what undoing it takes, or None when the order is in neither state
-        (placed meanwhile, or already removed)."""
+        (placed meanwhile, or already removed). The event `announce` makes of it is
+        written with the change only when the order was PENDING (the attempt giving up
+        itself), so an attempt is announced failed at most once."""
         ...
 
     async def remove_failed(self, order_id: str) -> None:
@@ -110,8 +114,10 @@ class OrderRepository(Protocol):
         """The ids of the CANCELLED orders whose payment is REFUNDING."""
         ...
 
-    async def mark_refunded(self, order_id: str) -> None:
-        """A REFUNDING payment -> REFUNDED."""
+    async def mark_refunded(self, order_id: str, announce: Announce | None = None) -> bool:
+        """A REFUNDING payment -> REFUNDED, with the event `announce` makes of the order;
+        False (and nothing written) when it was not REFUNDING, so the refund is
+        announced once however many calls record it."""
         ...
 
     async def page(self, user_id: str, before_id: str | None, limit: int) -> Sequence[OrderRow]:
@@ -179,11 +185,15 @@ class SqlOrderRepository:
             session.add(_outbox_row(announce(order)))
         return order
 
-    async def fail(self, order_id: str, at: datetime, void: bool) -> Abandoned | None:
+    async def fail(
+        self, order_id: str, at: datetime, void: bool, announce: Announce | None = None
+    ) -> Abandoned | None:
         async with self._db.write() as session:
             order = await session.get(OrderRow, order_id, with_for_update=True)
             if order is None or order.status not in (PENDING, FAILED):
                 return None
+            if announce is not None and order.status == PENDING:
+                session.add(_outbox_row(announce(order)))
             order.status = FAILED
             order.update_time = at
             if void:
@@ -259,17 +269,29 @@ class SqlOrderRepository:
                 )
             ).all()
 
-    async def mark_refunded(self, order_id: str) -> None:
-        await self._move_payment(order_id, PAYMENT_REFUNDING, PAYMENT_REFUNDED)
+    async def mark_refunded(self, order_id: str, announce: Announce | None = None) -> bool:
+        return await self._move_payment(order_id, PAYMENT_REFUNDING, PAYMENT_REFUNDED, announce)
 
-    async def _move_payment(self, order_id: str, source: str, target: str) -> None:
+    async def _move_payment(
+        self, order_id: str, source: str, target: str, announce: Announce | None = None
+    ) -> bool:
+        # The conditional UPDATE takes the row lock (PostgreSQL) or the writer's lock
+        # (SQLite): of two concurrent moves, one changes the row and announces it.
         async with self._db.write() as session:
-            await session.execute(
+            moved = await session.execute(
                 update(OrderRow)
                 .where(OrderRow.id == order_id, OrderRow.payment_state == source)
                 .values(payment_state=target)
                 .execution_options(synchronize_session=False)
             )
+            assert isinstance(moved, CursorResult)
+            if moved.rowcount != 1:
+                return False
+            if announce is not None:
+                order = await session.get(OrderRow, order_id)
+                assert order is not None
+                session.add(_outbox_row(announce(order)))
+        return True
 
     async def page(self, user_id: str, before_id: str | None, limit: int) -> Sequence[OrderRow]:
         query = (

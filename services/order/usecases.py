@@ -21,7 +21,13 @@ Failures. If anything fails after the claim, the attempt is undone: its payment 
 voided if it may have been authorized (Void is idempotent; no payment means nothing
 was authorized, and a declined one holds nothing), its reservation released, and the
 claim removed, so the key is free again; the caller gets the error (a decline is the
-payment service's FAILED_PRECONDITION PAYMENT_DECLINED, with its details). A payment
+payment service's FAILED_PRECONDITION PAYMENT_DECLINED, with its details). An attempt
+given up at its payment (declined, or the provider not answering even to the retries)
+is announced with a PaymentFailed event, written in the transaction that marks it
+FAILED (the first step of its undoing), so the user's live stream hears of it: at most
+one per attempt, and none for an attempt the sweeper undoes (its process died, so why
+is not known) or one the payment service itself did not answer (the mesh's failure, not
+the payment's: the client retries with the same key). A payment
 provider that does not answer is UNAVAILABLE from Authorize; the channel's retry
 policy repeats Authorize (it is IDEMPOTENT) under the same order id, and the payment
 service then finds the charge the lost call made instead of charging again; if it
@@ -37,7 +43,9 @@ Cancelling: the order becomes CANCELLED (with its event), its payment is refunde
 under a request id derived from the order id (so a repeated cancel is the same
 refund, and the payment service refunds an order at most once; a payment whose
 capture was still to come is voided instead), then its stock is released. A refund or
-release that fails is left to the sweeper, which repeats it until it succeeds.
+release that fails is left to the sweeper, which repeats it until it succeeds. The call
+that records the refund (REFUNDING -> REFUNDED, which happens once) writes the
+PaymentRefunded event in the same transaction: one event per refunded order.
 
 The sweeper, every few seconds: fails stale attempts; undoes FAILED attempts (void,
 release, free the key); captures placed orders whose capture failed; refunds and
@@ -52,6 +60,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Protocol
 
 from services.common import deadline
@@ -67,14 +76,21 @@ from services.common.events.outbox import Signal
 from services.common.ids import new_id
 from services.common.pagination import PageTokens, page_size
 from services.common.times import utcnow
-from services.order.convert import order_cancelled, order_created
+from services.order.convert import (
+    order_cancelled,
+    order_created,
+    payment_failed,
+    payment_refunded,
+)
 from services.order.models import (
     DEFAULT_PAYMENT_METHOD,
     PAYMENT_AUTHORIZED,
     PAYMENT_CAPTURED,
+    PAYMENT_DECLINED,
     PAYMENT_NONE,
     PAYMENT_REFUNDED,
     PAYMENT_REFUNDING,
+    PAYMENT_UNAVAILABLE,
     PENDING,
     PLACED,
     VISIBLE,
@@ -82,9 +98,10 @@ from services.order.models import (
     Line,
     OrderItemRow,
     OrderRow,
+    PaymentFailure,
     PricedProduct,
 )
-from services.order.repository import OrderRepository
+from services.order.repository import Announce, OrderRepository
 
 log = logging.getLogger("shop.order")
 
@@ -107,6 +124,14 @@ HOLDS_NOTHING = {None, VOIDED, REFUNDED, "DECLINED", "FAILED"}
 REFUSED = {"FAILED_PRECONDITION", "INVALID_ARGUMENT"}
 # The reason of a call the payment service's open circuit breaker refused: never sent.
 NOT_SENT = "PAYMENT_CIRCUIT_OPEN"
+# The payment service's reason for a refusal by the provider (ErrorInfo metadata
+# "decline_code" says why).
+DECLINED_REASON = "PAYMENT_DECLINED"
+# The payment service's reason for "the provider did not answer, after the retries"; the
+# order service's UNAVAILABLE carries it as metadata "peer_reason". A payment service
+# that does not answer itself (a replica gone, the breaker open, the attempt's time spent)
+# is the mesh's failure, not the payment's: the client retries with the same key.
+PROVIDER_UNAVAILABLE = "PAYMENT_PROVIDER_UNAVAILABLE"
 
 
 class Peers(Protocol):
@@ -158,6 +183,17 @@ class Peers(Protocol):
         after: REFUNDED, or the state that does not allow it (AUTHORIZED when never
         captured, ...); None when the order has no payment."""
         ...
+
+
+def payment_failure(error: DomainError, method: str) -> PaymentFailure | None:
+    """What an Authorize that failed means for the user: declined by the provider, or not
+    completed by it; None for any other failure (an unknown payment method, a payment
+    service that did not answer: nothing to tell the user beyond the call's error)."""
+    if error.reason == DECLINED_REASON:
+        return PaymentFailure(PAYMENT_DECLINED, method, error.metadata.get("decline_code", ""))
+    if PROVIDER_UNAVAILABLE in (error.reason, error.metadata.get("peer_reason")):
+        return PaymentFailure(PAYMENT_UNAVAILABLE, method)
+    return None
 
 
 def fingerprint(user_id: str, lines: Sequence[Line], payment_method: str) -> str:
@@ -226,6 +262,9 @@ class Orders:
             break
         # Whether a payment may be held when the attempt fails, so undoing it voids it.
         may_hold = False
+        # Why the payment failed, when it is what the attempt gives up at (announced as
+        # PaymentFailed with the undoing).
+        failure: PaymentFailure | None = None
         try:
             async with asyncio.timeout(self._attempt_timeout):
                 with deadline.at_most(self._attempt_timeout):
@@ -243,17 +282,18 @@ class Orders:
                         )
                     except DomainError as refused:
                         may_hold = refused.code.name not in REFUSED and refused.reason != NOT_SENT
+                        failure = payment_failure(refused, method)
                         raise
                 order.payment_state = PAYMENT_AUTHORIZED
                 placed = await self._repository.place(order, utcnow(), order_created)
                 if placed is None:
                     raise Unavailable("the order attempt expired; retry with the same key")
         except TimeoutError:
-            await asyncio.shield(self._spawn_cleanup(order.id, may_hold))
+            await asyncio.shield(self._spawn_cleanup(order.id, may_hold, failure))
             raise Unavailable("the order attempt took too long; retry with the same key") from None
         except BaseException:
             # Shielded: it goes on even if this call is cancelled at its deadline.
-            cleanup = self._spawn_cleanup(order.id, may_hold)
+            cleanup = self._spawn_cleanup(order.id, may_hold, failure)
             await asyncio.shield(cleanup)
             raise
         self._events_committed()
@@ -263,18 +303,28 @@ class Orders:
 
     # -- undoing -------------------------------------------------------------
 
-    def _spawn_cleanup(self, order_id: str, void: bool) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._abandon(order_id, void))
+    def _spawn_cleanup(
+        self, order_id: str, void: bool, failure: PaymentFailure | None = None
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._abandon(order_id, void, failure))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
         return task
 
-    async def _abandon(self, order_id: str, void: bool = False) -> None:
+    async def _abandon(
+        self, order_id: str, void: bool = False, failure: PaymentFailure | None = None
+    ) -> None:
         """Undoes a failed attempt: voids its payment if it may hold one (`void`, or as
-        the row says), releases its reservation, then frees its key. Never raises: what
-        fails here is retried by the sweeper."""
+        the row says), releases its reservation, then frees its key. An attempt given up
+        at its payment (`failure`) is announced PaymentFailed in the transaction that
+        marks it FAILED, once. Never raises: what fails here is retried by the sweeper."""
+        announce: Announce | None = None
+        if failure is not None:
+            announce = partial(payment_failed, failure=failure)
         try:
-            abandoned = await self._repository.fail(order_id, utcnow(), void)
+            abandoned = await self._repository.fail(order_id, utcnow(), void, announce)
+            if announce is not None and abandoned is not None:
+                self._events_committed()
             if abandoned is None:
                 if void and await self._repository.get(order_id) is None:
                     # The sweeper undid this attempt while it was authorizing, and its void
@@ -400,7 +450,14 @@ class Orders:
                 extra={"order_id": order_id, "state": state},
             )
             return False
-        await self._repository.mark_refunded(order_id)
+        # Announced by the one call that records the refund (PaymentRefunded, once), and
+        # only when money was given back (a payment that holds nothing for another
+        # reason, such as none found, is recorded without an event).
+        announce: Announce | None = None
+        if state in (REFUNDED, VOIDED):
+            announce = partial(payment_refunded, request_id=request_id, voided=state == VOIDED)
+        if await self._repository.mark_refunded(order_id, announce) and announce is not None:
+            self._events_committed()
         return True
 
     async def _release_cancelled(self, order_id: str) -> bool:

@@ -39,7 +39,7 @@ async def test_traffic_mix_runs_every_operation_without_errors(
         "--catalogue",
         "4",
         "--mix",
-        "browse=10,view=5,order=3,list=2,stream=2",
+        "browse=10,view=5,order=3,decline=1,list=2,payments=2,stream=2",
         "--json",
         str(out),
         stdout=asyncio.subprocess.PIPE,
@@ -51,7 +51,15 @@ async def test_traffic_mix_runs_every_operation_without_errors(
     assert child.returncode == 0, stderr
     summary = json.loads(out.read_text())
     operations = summary["operations"]
-    assert set(operations) == {"browse", "view", "order", "list", "stream"}
+    assert set(operations) == {
+        "browse",
+        "view",
+        "order",
+        "decline",
+        "list",
+        "payments",
+        "stream",
+    }
     for name, figures in operations.items():
         assert figures["errors"] == {}, (name, figures)
         assert figures["ok"] + figures["unmeasured"] > 0, name
@@ -61,6 +69,12 @@ async def test_traffic_mix_runs_every_operation_without_errors(
     # Every order the generator counted as placed is in the order service, and no other.
     placed = await stack.mesh.sql("order", "SELECT count(*) FROM orders WHERE status = 'PLACED'")
     assert placed == operations["order"]["ok"]
+    # Each declined order is a declined payment, and no order; each placed one is paid.
+    payments = dict(
+        await stack.mesh.rows("payment", "SELECT state, count(*) FROM payments GROUP BY state")
+    )
+    assert payments.get("DECLINED", 0) == operations["decline"]["ok"]
+    assert payments.get("CAPTURED", 0) + payments.get("AUTHORIZED", 0) == placed
     assert await stack.mesh.sql("product", "SELECT count(*) FROM products") == 4
 
 

@@ -292,11 +292,16 @@ async def test_cancel_releases_stock_once_and_notifies(mesh: Mesh) -> None:
         assert cancelled.cancel_reason == "changed my mind"
         assert await mesh.stock_of(mug.id) == [5]
     events = await feed_events(mesh)
-    assert [e.WhichOneof("event") for e in events] == ["order_created", "order_cancelled"]
-    notes = await wait_for_notifications(mesh, user.id, 2)
+    assert [e.WhichOneof("event") for e in events] == [
+        "order_created",
+        "order_cancelled",
+        "payment_refunded",
+    ]
+    notes = await wait_for_notifications(mesh, user.id, 3)
     assert sorted(n.kind for n in notes) == [
         notification_pb2.NOTIFICATION_KIND_ORDER_PLACED,
         notification_pb2.NOTIFICATION_KIND_ORDER_CANCELLED,
+        notification_pb2.NOTIFICATION_KIND_PAYMENT_REFUNDED,
     ]
 
 

@@ -95,7 +95,10 @@ async def test_a_declined_payment_places_nothing_and_takes_nothing(
     # Nothing placed, nothing held, nothing taken; the reservation was released.
     assert await mesh.stock_of(mug.id) == [10]
     assert await mesh.sql("order", "SELECT count(*) FROM orders") == 0
-    assert await mesh.sql("order", "SELECT count(*) FROM outbox") == 0
+    # Only the attempt's PaymentFailed event (tests/e2e/test_payment_notifications.py).
+    assert [row.subject for row in await mesh.rows("order", "SELECT subject FROM outbox")] == [
+        "payment.failed"
+    ]
     assert payment.state == "DECLINED"
     assert [c.state for c in await charges_of(mesh)] == ["DECLINED"]
     assert (

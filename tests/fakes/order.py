@@ -103,15 +103,22 @@ class InMemoryOrders:
             Event(event.event_id, event.subject, event.payload, sequence=len(self.events) + 1)
         )
 
-    async def fail(self, order_id: str, at: datetime, void: bool) -> Abandoned | None:
+    async def fail(
+        self, order_id: str, at: datetime, void: bool, announce: Announce | None = None
+    ) -> Abandoned | None:
         row = self.rows.get(order_id)
         if row is None or row.status not in (PENDING, FAILED):
             return None
-        row.status = FAILED
-        row.update_time = at
+        changed = clone(row)
+        changed.status = FAILED
+        changed.update_time = at
         if void:
-            row.payment_state = PAYMENT_VOIDING
-        return Abandoned(row.reservation_id, row.payment_state == PAYMENT_VOIDING)
+            changed.payment_state = PAYMENT_VOIDING
+        if announce is not None and row.status == PENDING:
+            self._commit(changed, announce(changed))
+        else:
+            self.rows[order_id] = changed
+        return Abandoned(changed.reservation_id, changed.payment_state == PAYMENT_VOIDING)
 
     async def remove_failed(self, order_id: str) -> None:
         row = self.rows.get(order_id)
@@ -164,10 +171,17 @@ class InMemoryOrders:
             if row.status == CANCELLED and row.payment_state == PAYMENT_REFUNDING
         ]
 
-    async def mark_refunded(self, order_id: str) -> None:
+    async def mark_refunded(self, order_id: str, announce: Announce | None = None) -> bool:
         row = self.rows[order_id]
-        if row.payment_state == PAYMENT_REFUNDING:
-            row.payment_state = PAYMENT_REFUNDED
+        if row.payment_state != PAYMENT_REFUNDING:
+            return False
+        changed = clone(row)
+        changed.payment_state = PAYMENT_REFUNDED
+        if announce is not None:
+            self._commit(changed, announce(changed))
+        else:
+            self.rows[order_id] = changed
+        return True
 
     async def page(self, user_id: str, before_id: str | None, limit: int) -> Sequence[OrderRow]:
         ids = sorted(
@@ -343,21 +357,21 @@ class FakePeers:
             )
             self.payments[order_id] = payment
             if payment_method == "card_error":
-                raise Unavailable("the payment provider did not answer", "PAYMENT_UNAVAILABLE")
+                raise _provider_unavailable()
             if payment_method in DECLINING:
                 payment.state = "DECLINED"
             else:
                 payment.charged = True
                 if self.timeouts_after_charge or payment_method == "card_timeout":
                     self.timeouts_after_charge = max(0, self.timeouts_after_charge - 1)
-                    raise Unavailable("the payment provider did not answer", "PAYMENT_UNAVAILABLE")
+                    raise _provider_unavailable()
                 payment.state = "AUTHORIZED"
         elif payment.state == "FAILED":
             if payment.payment_method == "card_error":
-                raise Unavailable("the payment provider did not answer", "PAYMENT_UNAVAILABLE")
+                raise _provider_unavailable()
             if self.timeouts_after_charge:
                 self.timeouts_after_charge -= 1
-                raise Unavailable("the payment provider did not answer", "PAYMENT_UNAVAILABLE")
+                raise _provider_unavailable()
             payment.state = "AUTHORIZED" if payment.charged else "FAILED"
         if payment.state == "DECLINED":
             raise FailedPrecondition(
@@ -409,3 +423,14 @@ class FakePeers:
         if payment.state == source:
             payment.state = target
         return payment.state
+
+
+def _provider_unavailable() -> Unavailable:
+    """What the order service's client makes of the payment service's UNAVAILABLE
+    PAYMENT_PROVIDER_UNAVAILABLE (services.order.peers.PeerError)."""
+    return Unavailable(
+        "payment service is unavailable",
+        "PAYMENT_UNAVAILABLE",
+        peer="payment",
+        peer_reason="PAYMENT_PROVIDER_UNAVAILABLE",
+    )

@@ -60,6 +60,14 @@ class Shop:
     def nothing_written(self) -> bool:
         return not self.repository.rows and not self.repository.events and not self.commits
 
+    def only_payment_failed(self) -> events_pb2.PaymentFailed:
+        """An attempt given up at its payment leaves no order, only its PaymentFailed
+        event (announced to the relay once): that event."""
+        assert not self.repository.rows and len(self.commits) == 1
+        [event] = self.repository.events
+        assert event.subject == "payment.failed"
+        return events_pb2.PaymentFailed.FromString(event.payload)
+
 
 @pytest.fixture
 def shop() -> Shop:
@@ -377,7 +385,11 @@ async def test_a_declined_payment_releases_the_stock_frees_the_key_and_places_no
     assert raised.value.reason == "PAYMENT_DECLINED"
     assert raised.value.metadata["decline_code"] == "card_declined"
     assert shop.peers.stock[mug] == 5 and shop.peers.held() == {}
-    assert shop.nothing_written()
+    failed = shop.only_payment_failed()
+    assert (failed.failure, failed.decline_code) == (
+        events_pb2.PAYMENT_FAILURE_DECLINED,
+        "card_declined",
+    )
     # A declined payment holds nothing: no void is asked for.
     assert [step for step, _ in shop.peers.payment_calls] == ["authorize"]
     assert shop.peers.charges() == []
@@ -408,7 +420,7 @@ async def test_a_provider_timeout_voids_the_charge_and_releases_the_stock(
     [payment] = shop.peers.payments.values()
     assert payment.charged and payment.state == "VOIDED"
     assert shop.peers.stock[mug] == 5 and shop.peers.held() == {}
-    assert shop.nothing_written()
+    assert shop.only_payment_failed().failure == events_pb2.PAYMENT_FAILURE_UNAVAILABLE
 
 
 async def test_a_retry_after_a_timeout_leaves_exactly_one_charge_taken(
@@ -564,15 +576,15 @@ async def test_cancelling_gives_the_stock_back_and_announces_it_once(
     assert (cancelled.status, cancelled.cancel_reason) == (CANCELLED, "changed my mind")
     assert cancelled.stock_released and shop.peers.stock[mug] == 5
     assert cancelled.update_time >= placed.update_time
-    _, announced = shop.repository.events
-    assert announced.subject == "order.cancelled"
+    _, announced, refunded = shop.repository.events
+    assert (announced.subject, refunded.subject) == ("order.cancelled", "payment.refunded")
     message = to_feed_message(announced)
     assert message.WhichOneof("event") == "order_cancelled"
     assert message.order_cancelled.order == order_to_proto(cancelled)
 
     again = await orders.cancel(placed.id, "another reason")
     assert (again.status, again.cancel_reason) == (CANCELLED, "changed my mind")
-    assert len(shop.repository.events) == 2 and shop.peers.stock[mug] == 5
+    assert len(shop.repository.events) == 3 and shop.peers.stock[mug] == 5
 
 
 async def test_cancelling_refunds_the_payment_once(shop: Shop, orders: Orders) -> None:

@@ -39,7 +39,8 @@ _GZIP_COMPRESSION = GzipCompression()
 
 class NotificationService(Protocol):
     """
-    Per-user notifications made from order events, listed or streamed live.
+    Per-user notifications made from order and payment events, listed or
+    streamed live.
     """
     async def list_notifications(self, request: ListNotificationsRequest, ctx: RequestContext[ListNotificationsRequest, ListNotificationsResponse], /) -> ListNotificationsResponse:
         """
@@ -123,7 +124,8 @@ class NotificationServiceASGIApplication(ConnectASGIApplication[NotificationServ
 
 class NotificationServiceClient(ConnectClient):
     """
-    Per-user notifications made from order events, listed or streamed live.
+    Per-user notifications made from order and payment events, listed or
+    streamed live.
     """
     def __init__(
         self,
@@ -225,7 +227,8 @@ class NotificationServiceClient(ConnectClient):
 
 class NotificationServiceSync(Protocol):
     """
-    Per-user notifications made from order events, listed or streamed live.
+    Per-user notifications made from order and payment events, listed or
+    streamed live.
     """
     def list_notifications(self, request: ListNotificationsRequest, ctx: RequestContext[ListNotificationsRequest, ListNotificationsResponse], /) -> ListNotificationsResponse:
         """
@@ -307,7 +310,8 @@ class NotificationServiceWSGIApplication(ConnectWSGIApplication):
 
 class NotificationServiceClientSync(ConnectClientSync):
     """
-    Per-user notifications made from order events, listed or streamed live.
+    Per-user notifications made from order and payment events, listed or
+    streamed live.
     """
     def __init__(
         self,

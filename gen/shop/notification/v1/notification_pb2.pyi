@@ -19,9 +19,13 @@ class NotificationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOTIFICATION_KIND_UNSPECIFIED: _ClassVar[NotificationKind]
     NOTIFICATION_KIND_ORDER_PLACED: _ClassVar[NotificationKind]
     NOTIFICATION_KIND_ORDER_CANCELLED: _ClassVar[NotificationKind]
+    NOTIFICATION_KIND_PAYMENT_REFUNDED: _ClassVar[NotificationKind]
+    NOTIFICATION_KIND_PAYMENT_FAILED: _ClassVar[NotificationKind]
 NOTIFICATION_KIND_UNSPECIFIED: NotificationKind
 NOTIFICATION_KIND_ORDER_PLACED: NotificationKind
 NOTIFICATION_KIND_ORDER_CANCELLED: NotificationKind
+NOTIFICATION_KIND_PAYMENT_REFUNDED: NotificationKind
+NOTIFICATION_KIND_PAYMENT_FAILED: NotificationKind
 
 class Notification(_message.Message):
     __slots__ = ("id", "user_id", "kind", "title", "body", "order_id", "event_id", "read", "create_time", "read_time")

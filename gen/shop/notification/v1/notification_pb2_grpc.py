@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class NotificationServiceStub:
-    """Per-user notifications made from order events, listed or streamed live.
+    """Per-user notifications made from order and payment events, listed or
+    streamed live.
     """
 
     def __init__(self, channel):
@@ -53,7 +54,8 @@ class NotificationServiceStub:
 
 
 class NotificationServiceServicer:
-    """Per-user notifications made from order events, listed or streamed live.
+    """Per-user notifications made from order and payment events, listed or
+    streamed live.
     """
 
     def ListNotifications(self, request, context):
@@ -106,7 +108,8 @@ def add_NotificationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NotificationService:
-    """Per-user notifications made from order events, listed or streamed live.
+    """Per-user notifications made from order and payment events, listed or
+    streamed live.
     """
 
     @staticmethod

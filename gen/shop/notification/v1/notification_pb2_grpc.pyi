@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class NotificationServiceStub:
-    """Per-user notifications made from order events, listed or streamed live."""
+    """Per-user notifications made from order and payment events, listed or
+    streamed live.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -45,7 +47,9 @@ class NotificationServiceStub:
 
 @_typing.type_check_only
 class NotificationServiceAsyncStub(NotificationServiceStub):
-    """Per-user notifications made from order events, listed or streamed live."""
+    """Per-user notifications made from order and payment events, listed or
+    streamed live.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListNotifications: _aio.UnaryUnaryMultiCallable[_notification_pb2.ListNotificationsRequest, _notification_pb2.ListNotificationsResponse]  # type: ignore[assignment]
@@ -59,7 +63,9 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     """
 
 class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Per-user notifications made from order events, listed or streamed live."""
+    """Per-user notifications made from order and payment events, listed or
+    streamed live.
+    """
 
     @_abc_1.abstractmethod
     def ListNotifications(

@@ -23,18 +23,25 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 from shop.order.v1 import order_pb2 as shop_dot_order_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/order/v1/events.proto\x12\rshop.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19shop/order/v1/order.proto\"v\n\x0cOrderCreated\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05order\x18\x03 \x01(\x0b\x32\x14.shop.order.v1.Order\"x\n\x0eOrderCancelled\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05order\x18\x03 \x01(\x0b\x32\x14.shop.order.v1.Orderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ashop/order/v1/events.proto\x12\rshop.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ashop/common/v1/money.proto\x1a\x19shop/order/v1/order.proto\"v\n\x0cOrderCreated\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05order\x18\x03 \x01(\x0b\x32\x14.shop.order.v1.Order\"x\n\x0eOrderCancelled\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05order\x18\x03 \x01(\x0b\x32\x14.shop.order.v1.Order\"\xd9\x01\n\x0fPaymentRefunded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12%\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x19\n\x11refund_request_id\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06voided\x18\x08 \x01(\x08\"\x93\x02\n\rPaymentFailed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12%\n\x06\x61mount\x18\x06 \x01(\x0b\x32\x15.shop.common.v1.Money\x12\x16\n\x0epayment_method\x18\x07 \x01(\t\x12.\n\x07\x66\x61ilure\x18\x08 \x01(\x0e\x32\x1d.shop.order.v1.PaymentFailure\x12\x14\n\x0c\x64\x65\x63line_code\x18\t \x01(\t*p\n\x0ePaymentFailure\x12\x1f\n\x1bPAYMENT_FAILURE_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_FAILURE_DECLINED\x10\x01\x12\x1f\n\x1bPAYMENT_FAILURE_UNAVAILABLE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shop.order.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERCREATED']._serialized_start=105
-  _globals['_ORDERCREATED']._serialized_end=223
-  _globals['_ORDERCANCELLED']._serialized_start=225
-  _globals['_ORDERCANCELLED']._serialized_end=345
+  _globals['_PAYMENTFAILURE']._serialized_start=873
+  _globals['_PAYMENTFAILURE']._serialized_end=985
+  _globals['_ORDERCREATED']._serialized_start=133
+  _globals['_ORDERCREATED']._serialized_end=251
+  _globals['_ORDERCANCELLED']._serialized_start=253
+  _globals['_ORDERCANCELLED']._serialized_end=373
+  _globals['_PAYMENTREFUNDED']._serialized_start=376
+  _globals['_PAYMENTREFUNDED']._serialized_end=593
+  _globals['_PAYMENTFAILED']._serialized_start=596
+  _globals['_PAYMENTFAILED']._serialized_end=871
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
 from shop.order.v1 import events_pb2 as shop_dot_order_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shop/order/v1/order_internal.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/order/v1/events.proto\";\n\x18StreamOrderEventsRequest\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"\x9e\x02\n\x19StreamOrderEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x46\n\x07headers\x18\x02 \x03(\x0b\x32\x35.shop.order.v1.StreamOrderEventsResponse.HeadersEntry\x12\x34\n\rorder_created\x18\x03 \x01(\x0b\x32\x1b.shop.order.v1.OrderCreatedH\x00\x12\x38\n\x0forder_cancelled\x18\x04 \x01(\x0b\x32\x1d.shop.order.v1.OrderCancelledH\x00\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05\x65vent2\x89\x01\n\x14OrderInternalService\x12q\n\x11StreamOrderEvents\x12\'.shop.order.v1.StreamOrderEventsRequest\x1a(.shop.order.v1.StreamOrderEventsResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shop/order/v1/order_internal.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/order/v1/events.proto\";\n\x18StreamOrderEventsRequest\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"\x92\x03\n\x19StreamOrderEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x46\n\x07headers\x18\x02 \x03(\x0b\x32\x35.shop.order.v1.StreamOrderEventsResponse.HeadersEntry\x12\x34\n\rorder_created\x18\x03 \x01(\x0b\x32\x1b.shop.order.v1.OrderCreatedH\x00\x12\x38\n\x0forder_cancelled\x18\x04 \x01(\x0b\x32\x1d.shop.order.v1.OrderCancelledH\x00\x12:\n\x10payment_refunded\x18\x05 \x01(\x0b\x32\x1e.shop.order.v1.PaymentRefundedH\x00\x12\x36\n\x0epayment_failed\x18\x06 \x01(\x0b\x32\x1c.shop.order.v1.PaymentFailedH\x00\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05\x65vent2\x89\x01\n\x14OrderInternalService\x12q\n\x11StreamOrderEvents\x12\'.shop.order.v1.StreamOrderEventsRequest\x1a(.shop.order.v1.StreamOrderEventsResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,9 +43,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMORDEREVENTSREQUEST']._serialized_start=139
   _globals['_STREAMORDEREVENTSREQUEST']._serialized_end=198
   _globals['_STREAMORDEREVENTSRESPONSE']._serialized_start=201
-  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_end=487
-  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_start=432
-  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_end=478
-  _globals['_ORDERINTERNALSERVICE']._serialized_start=490
-  _globals['_ORDERINTERNALSERVICE']._serialized_end=627
+  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_end=603
+  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_start=548
+  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_end=594
+  _globals['_ORDERINTERNALSERVICE']._serialized_start=606
+  _globals['_ORDERINTERNALSERVICE']._serialized_end=743
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,7 @@ class StreamOrderEventsRequest(_message.Message):
     def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
 
 class StreamOrderEventsResponse(_message.Message):
-    __slots__ = ("sequence", "headers", "order_created", "order_cancelled")
+    __slots__ = ("sequence", "headers", "order_created", "order_cancelled", "payment_refunded", "payment_failed")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,8 +28,12 @@ class StreamOrderEventsResponse(_message.Message):
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     ORDER_CREATED_FIELD_NUMBER: _ClassVar[int]
     ORDER_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_REFUNDED_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_FAILED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     headers: _containers.ScalarMap[str, str]
     order_created: _events_pb2.OrderCreated
     order_cancelled: _events_pb2.OrderCancelled
-    def __init__(self, sequence: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., order_created: _Optional[_Union[_events_pb2.OrderCreated, _Mapping]] = ..., order_cancelled: _Optional[_Union[_events_pb2.OrderCancelled, _Mapping]] = ...) -> None: ...
+    payment_refunded: _events_pb2.PaymentRefunded
+    payment_failed: _events_pb2.PaymentFailed
+    def __init__(self, sequence: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., order_created: _Optional[_Union[_events_pb2.OrderCreated, _Mapping]] = ..., order_cancelled: _Optional[_Union[_events_pb2.OrderCancelled, _Mapping]] = ..., payment_refunded: _Optional[_Union[_events_pb2.PaymentRefunded, _Mapping]] = ..., payment_failed: _Optional[_Union[_events_pb2.PaymentFailed, _Mapping]] = ...) -> None: ...
