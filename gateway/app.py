@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from gateway import docs, edge, openapi, reflection
+from gateway import console, docs, edge, openapi, reflection
 from gateway.auth import Authentication
 from gateway.config import GatewayConfig
 from gateway.connect import connect_apps
@@ -86,6 +86,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
     routes += [
         Route(f"/{prefix}/{{rest:path}}", rest.handle, methods=methods) for prefix in prefixes
     ]
+    routes += console.routes()  # the browser console: `/` and its `/assets/`
 
     @asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:

@@ -36,12 +36,16 @@ COMMENTS = GEN / "shop" / "comments.json"
 WEB_GEN = ROOT / "web" / "src" / "gen"
 PROTOC_GEN_ES = ROOT / "web" / "node_modules" / ".bin" / "protoc-gen-es"
 GOOGLE_API_FILES = ("annotations.proto", "http.proto", "field_behavior.proto")
+# The error details the services send (BadRequest, ErrorInfo, RetryInfo): the console
+# decodes them, so its TypeScript needs their messages (Python has them in google.rpc).
+GOOGLE_RPC_FILES = ("error_details.proto",)
 WELL_KNOWN = Path(grpc_tools.__file__).parent / "_proto"
 
 
 def vendor() -> None:
-    """Copies google/api sources and writes buf/validate as a descriptor set."""
+    """Copies google/api and google/rpc sources and writes buf/validate as a descriptor set."""
     import google.api
+    import google.rpc
     import protovalidate._gen.buf.validate.validate_pb as validate_pb
 
     api_dir = THIRD_PARTY / "google" / "api"
@@ -49,6 +53,11 @@ def vendor() -> None:
     source_dir = Path(next(iter(google.api.__path__)))
     for name in GOOGLE_API_FILES:
         shutil.copyfile(source_dir / name, api_dir / name)
+    rpc_dir = THIRD_PARTY / "google" / "rpc"
+    rpc_dir.mkdir(parents=True, exist_ok=True)
+    rpc_source = Path(next(iter(google.rpc.__path__)))
+    for name in GOOGLE_RPC_FILES:
+        shutil.copyfile(rpc_source / name, rpc_dir / name)
 
     # protovalidate builds its module from one bytes literal: `file_desc(b'...', [...])`.
     source = inspect.getsource(validate_pb)
@@ -115,12 +124,17 @@ def gen() -> None:
 def gen_typescript() -> None:
     """Regenerates web/src/gen with protoc-gen-es (installed by `npm ci` in web/): the
     messages and service descriptors that connect-web clients call, with the imported
-    google/api and buf/validate files so every import resolves."""
+    google/api and buf/validate files so every import resolves, and the google/rpc error
+    details that the console decodes from errors."""
     if not PROTOC_GEN_ES.exists():
         sys.exit(f"{PROTOC_GEN_ES.relative_to(ROOT)} is missing: run 'npm ci' in web/")
     shutil.rmtree(WEB_GEN, ignore_errors=True)
     WEB_GEN.mkdir(parents=True)
-    imported = [f"google/api/{name}" for name in GOOGLE_API_FILES] + ["buf/validate/validate.proto"]
+    imported = [
+        *(f"google/api/{name}" for name in GOOGLE_API_FILES),
+        *(f"google/rpc/{name}" for name in GOOGLE_RPC_FILES),
+        "buf/validate/validate.proto",
+    ]
     run_protoc(
         PROTO,
         [

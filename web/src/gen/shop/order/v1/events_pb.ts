@@ -2,10 +2,12 @@
 // @generated from file shop/order/v1/events.proto (package shop.order.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Money } from "../../common/v1/money_pb";
+import { file_shop_common_v1_money } from "../../common/v1/money_pb";
 import type { Order } from "./order_pb";
 import { file_shop_order_v1_order } from "./order_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/order/v1/events.proto.
  */
 export const file_shop_order_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChpzaG9wL29yZGVyL3YxL2V2ZW50cy5wcm90bxINc2hvcC5vcmRlci52MSJ2CgxPcmRlckNyZWF0ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBW9yZGVyGAMgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlciJ4Cg5PcmRlckNhbmNlbGxlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoFb3JkZXIYAyABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyYgZwcm90bzM", [file_google_protobuf_timestamp, file_shop_order_v1_order]);
+  fileDesc("ChpzaG9wL29yZGVyL3YxL2V2ZW50cy5wcm90bxINc2hvcC5vcmRlci52MSJ2CgxPcmRlckNyZWF0ZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKBW9yZGVyGAMgASgLMhQuc2hvcC5vcmRlci52MS5PcmRlciJ4Cg5PcmRlckNhbmNlbGxlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoFb3JkZXIYAyABKAsyFC5zaG9wLm9yZGVyLnYxLk9yZGVyItkBCg9QYXltZW50UmVmdW5kZWQSEAoIZXZlbnRfaWQYASABKAkSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCG9yZGVyX2lkGAMgASgJEg8KB3VzZXJfaWQYBCABKAkSJQoGYW1vdW50GAUgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkSGQoRcmVmdW5kX3JlcXVlc3RfaWQYBiABKAkSDgoGcmVhc29uGAcgASgJEg4KBnZvaWRlZBgIIAEoCCKTAgoNUGF5bWVudEZhaWxlZBIQCghldmVudF9pZBgBIAEoCRIvCgtvY2N1cnJlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIb3JkZXJfaWQYAyABKAkSDwoHdXNlcl9pZBgEIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSJQoGYW1vdW50GAYgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkSFgoOcGF5bWVudF9tZXRob2QYByABKAkSLgoHZmFpbHVyZRgIIAEoDjIdLnNob3Aub3JkZXIudjEuUGF5bWVudEZhaWx1cmUSFAoMZGVjbGluZV9jb2RlGAkgASgJKnAKDlBheW1lbnRGYWlsdXJlEh8KG1BBWU1FTlRfRkFJTFVSRV9VTlNQRUNJRklFRBAAEhwKGFBBWU1FTlRfRkFJTFVSRV9ERUNMSU5FRBABEh8KG1BBWU1FTlRfRkFJTFVSRV9VTkFWQUlMQUJMRRACYgZwcm90bzM", [file_google_protobuf_timestamp, file_shop_common_v1_money, file_shop_order_v1_order]);
 
 /**
  * Published once an order is stored (subject "shop.order.created").
@@ -85,4 +87,198 @@ export type OrderCancelled = Message<"shop.order.v1.OrderCancelled"> & {
  */
 export const OrderCancelledSchema: GenMessage<OrderCancelled> = /*@__PURE__*/
   messageDesc(file_shop_order_v1_events, 1);
+
+/**
+ * Published once the payment of a cancelled order has been given back
+ * (subject "payment.refunded"): refunded when it had been captured, its hold
+ * released (voided) when it had not been captured yet. At most one per order,
+ * however often the order is cancelled.
+ *
+ * @generated from message shop.order.v1.PaymentRefunded
+ */
+export type PaymentRefunded = Message<"shop.order.v1.PaymentRefunded"> & {
+  /**
+   * Unique per event; consumers deduplicate on it.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * When the order service recorded the refund.
+   *
+   * @generated from field: google.protobuf.Timestamp occurred_at = 2;
+   */
+  occurredAt?: Timestamp | undefined;
+
+  /**
+   * The cancelled order whose payment was given back.
+   *
+   * @generated from field: string order_id = 3;
+   */
+  orderId: string;
+
+  /**
+   * The user who paid: the owner of the order.
+   *
+   * @generated from field: string user_id = 4;
+   */
+  userId: string;
+
+  /**
+   * The amount given back: the order's total.
+   *
+   * @generated from field: shop.common.v1.Money amount = 5;
+   */
+  amount?: Money | undefined;
+
+  /**
+   * The request id of the refund at the payment service ("cancel-" followed
+   * by the order id), as the payment's refund_request_id says.
+   *
+   * @generated from field: string refund_request_id = 6;
+   */
+  refundRequestId: string;
+
+  /**
+   * Why the order was cancelled (its cancel_reason).
+   *
+   * @generated from field: string reason = 7;
+   */
+  reason: string;
+
+  /**
+   * True when the payment had not been captured yet, so its hold was released
+   * (voided) and nothing had been taken; false when the captured amount was
+   * refunded.
+   *
+   * @generated from field: bool voided = 8;
+   */
+  voided: boolean;
+};
+
+/**
+ * Describes the message shop.order.v1.PaymentRefunded.
+ * Use `create(PaymentRefundedSchema)` to create a new message.
+ */
+export const PaymentRefundedSchema: GenMessage<PaymentRefunded> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_events, 2);
+
+/**
+ * Published when an order attempt is given up because its payment failed
+ * (subject "payment.failed"): no order was placed, the attempt's stock is
+ * given back and nothing of its payment stays held. One per failed attempt;
+ * a retry that fails again is another attempt, with another event.
+ *
+ * @generated from message shop.order.v1.PaymentFailed
+ */
+export type PaymentFailed = Message<"shop.order.v1.PaymentFailed"> & {
+  /**
+   * Unique per event; consumers deduplicate on it.
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * When the attempt was given up.
+   *
+   * @generated from field: google.protobuf.Timestamp occurred_at = 2;
+   */
+  occurredAt?: Timestamp | undefined;
+
+  /**
+   * The id the attempt had. No order of this id exists; the payment service
+   * lists the attempt's payment (DECLINED, FAILED or VOIDED) under it.
+   *
+   * @generated from field: string order_id = 3;
+   */
+  orderId: string;
+
+  /**
+   * The user who tried to pay.
+   *
+   * @generated from field: string user_id = 4;
+   */
+  userId: string;
+
+  /**
+   * The CreateOrder request's idempotency_key. It is free again: a retry with
+   * it is a new attempt.
+   *
+   * @generated from field: string idempotency_key = 5;
+   */
+  idempotencyKey: string;
+
+  /**
+   * The amount the attempt tried to authorize: the order's total.
+   *
+   * @generated from field: shop.common.v1.Money amount = 6;
+   */
+  amount?: Money | undefined;
+
+  /**
+   * The payment method tried, as the provider names it.
+   *
+   * @generated from field: string payment_method = 7;
+   */
+  paymentMethod: string;
+
+  /**
+   * Declined, or the payment could not be completed.
+   *
+   * @generated from field: shop.order.v1.PaymentFailure failure = 8;
+   */
+  failure: PaymentFailure;
+
+  /**
+   * The provider's reason for a decline ("card_declined",
+   * "insufficient_funds"); empty unless failure is DECLINED.
+   *
+   * @generated from field: string decline_code = 9;
+   */
+  declineCode: string;
+};
+
+/**
+ * Describes the message shop.order.v1.PaymentFailed.
+ * Use `create(PaymentFailedSchema)` to create a new message.
+ */
+export const PaymentFailedSchema: GenMessage<PaymentFailed> = /*@__PURE__*/
+  messageDesc(file_shop_order_v1_events, 3);
+
+/**
+ * Why an order attempt's payment failed.
+ *
+ * @generated from enum shop.order.v1.PaymentFailure
+ */
+export enum PaymentFailure {
+  /**
+   * Not set; never published.
+   *
+   * @generated from enum value: PAYMENT_FAILURE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The provider refused the payment method (decline_code says why).
+   *
+   * @generated from enum value: PAYMENT_FAILURE_DECLINED = 1;
+   */
+  DECLINED = 1,
+
+  /**
+   * The payment service or its provider did not answer in time; nothing is
+   * left charged, and a retry may succeed.
+   *
+   * @generated from enum value: PAYMENT_FAILURE_UNAVAILABLE = 2;
+   */
+  UNAVAILABLE = 2,
+}
+
+/**
+ * Describes the enum shop.order.v1.PaymentFailure.
+ */
+export const PaymentFailureSchema: GenEnum<PaymentFailure> = /*@__PURE__*/
+  enumDesc(file_shop_order_v1_events, 0);
 

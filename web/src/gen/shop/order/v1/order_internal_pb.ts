@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
 import { file_shop_common_v1_access } from "../../common/v1/access_pb";
-import type { OrderCancelled, OrderCreated } from "./events_pb";
+import type { OrderCancelled, OrderCreated, PaymentFailed, PaymentRefunded } from "./events_pb";
 import { file_shop_order_v1_events } from "./events_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/order/v1/order_internal.proto.
  */
 export const file_shop_order_v1_order_internal: GenFile = /*@__PURE__*/
-  fileDesc("CiJzaG9wL29yZGVyL3YxL29yZGVyX2ludGVybmFsLnByb3RvEg1zaG9wLm9yZGVyLnYxIjsKGFN0cmVhbU9yZGVyRXZlbnRzUmVxdWVzdBIfCg5hZnRlcl9zZXF1ZW5jZRgBIAEoA0IHukgEIgIoACKeAgoZU3RyZWFtT3JkZXJFdmVudHNSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoAxJGCgdoZWFkZXJzGAIgAygLMjUuc2hvcC5vcmRlci52MS5TdHJlYW1PcmRlckV2ZW50c1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRI0Cg1vcmRlcl9jcmVhdGVkGAMgASgLMhsuc2hvcC5vcmRlci52MS5PcmRlckNyZWF0ZWRIABI4Cg9vcmRlcl9jYW5jZWxsZWQYBCABKAsyHS5zaG9wLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkSAAaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBwoFZXZlbnQyiQEKFE9yZGVySW50ZXJuYWxTZXJ2aWNlEnEKEVN0cmVhbU9yZGVyRXZlbnRzEicuc2hvcC5vcmRlci52MS5TdHJlYW1PcmRlckV2ZW50c1JlcXVlc3QaKC5zaG9wLm9yZGVyLnYxLlN0cmVhbU9yZGVyRXZlbnRzUmVzcG9uc2UiB5ACAbDhGAQwAWIGcHJvdG8z", [file_buf_validate_validate, file_shop_common_v1_access, file_shop_order_v1_events]);
+  fileDesc("CiJzaG9wL29yZGVyL3YxL29yZGVyX2ludGVybmFsLnByb3RvEg1zaG9wLm9yZGVyLnYxIjsKGFN0cmVhbU9yZGVyRXZlbnRzUmVxdWVzdBIfCg5hZnRlcl9zZXF1ZW5jZRgBIAEoA0IHukgEIgIoACKSAwoZU3RyZWFtT3JkZXJFdmVudHNSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoAxJGCgdoZWFkZXJzGAIgAygLMjUuc2hvcC5vcmRlci52MS5TdHJlYW1PcmRlckV2ZW50c1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRI0Cg1vcmRlcl9jcmVhdGVkGAMgASgLMhsuc2hvcC5vcmRlci52MS5PcmRlckNyZWF0ZWRIABI4Cg9vcmRlcl9jYW5jZWxsZWQYBCABKAsyHS5zaG9wLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkSAASOgoQcGF5bWVudF9yZWZ1bmRlZBgFIAEoCzIeLnNob3Aub3JkZXIudjEuUGF5bWVudFJlZnVuZGVkSAASNgoOcGF5bWVudF9mYWlsZWQYBiABKAsyHC5zaG9wLm9yZGVyLnYxLlBheW1lbnRGYWlsZWRIABouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVldmVudDKJAQoUT3JkZXJJbnRlcm5hbFNlcnZpY2UScQoRU3RyZWFtT3JkZXJFdmVudHMSJy5zaG9wLm9yZGVyLnYxLlN0cmVhbU9yZGVyRXZlbnRzUmVxdWVzdBooLnNob3Aub3JkZXIudjEuU3RyZWFtT3JkZXJFdmVudHNSZXNwb25zZSIHkAIBsOEYBDABYgZwcm90bzM", [file_buf_validate_validate, file_shop_common_v1_access, file_shop_order_v1_events]);
 
 /**
  * Where to start reading the event feed.
@@ -77,6 +77,22 @@ export type StreamOrderEventsResponse = Message<"shop.order.v1.StreamOrderEvents
      */
     value: OrderCancelled;
     case: "orderCancelled";
+  } | {
+    /**
+     * The payment of a cancelled order was given back.
+     *
+     * @generated from field: shop.order.v1.PaymentRefunded payment_refunded = 5;
+     */
+    value: PaymentRefunded;
+    case: "paymentRefunded";
+  } | {
+    /**
+     * An order attempt was given up because its payment failed.
+     *
+     * @generated from field: shop.order.v1.PaymentFailed payment_failed = 6;
+     */
+    value: PaymentFailed;
+    case: "paymentFailed";
   } | { case: undefined; value?: undefined };
 };
 
