@@ -1,10 +1,10 @@
-# Shop mesh: make run | make run-cluster | make test | make gen | make lint | make buf-breaking | make bench | make load | make lock
+# Shop mesh: make run | make run-cluster | make test | make gen | make sdk | make web | make lint | make buf-breaking | make bench | make load | make lock | make check-web
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install web-deps lock run run-cluster test gen lint check-gen buf-lint buf-breaking bench load token clean
+.PHONY: install web-deps web check-web lock run run-cluster test gen sdk lint check-gen buf-lint buf-breaking bench load token clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,27 @@ $(WEB_STAMP): web/package.json web/package-lock.json
 
 web-deps: $(WEB_STAMP)
 
+## web: the console (web/) built into gateway/console: vue-tsc type check, then vite build
+web: $(WEB_STAMP)
+	cd web && npm run build --silent
+
+## check-web: fail if gateway/console differs from what `make web` builds (commit the bundle)
+check-web: web
+	@git add -N gateway/console >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- gateway/console || \
+		(echo "the console bundle is stale: run 'make web' and commit gateway/console/" >&2; exit 1)
+
+## browser-deps: the browser test's Debian chromium (installed if /usr/bin/chromium is
+## missing; needs root) and its npm packages (tests/browser/node_modules, from the lock)
+BROWSER_STAMP := tests/browser/node_modules/.installed
+$(BROWSER_STAMP): tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	touch $(BROWSER_STAMP)
+
+.PHONY: browser-deps
+browser-deps: $(BROWSER_STAMP)
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+
 ## gen: regenerate gen/, web/src/gen (and the vendored third-party protos) from proto/
 gen: $(STAMP) $(WEB_STAMP)
 	$(BIN)/python scripts/protogen.py vendor
@@ -52,6 +73,12 @@ check-gen: gen
 	@git add -N gen web/src/gen third_party >/dev/null 2>&1 || true
 	@git diff --exit-code --stat -- gen web/src/gen third_party || \
 		(echo "generated code is stale: run 'make gen' and commit gen/ and web/src/gen/" >&2; exit 1)
+
+## sdk: the client libraries in sdk/out/: a Python wheel and an npm tarball, one version
+## taken from the contracts (sdk/versions.json; `python scripts/sdk.py bump` records new
+## contracts, SDK_ARGS=--dev builds unrecorded ones)
+sdk: $(STAMP) $(WEB_STAMP)
+	$(BIN)/python scripts/sdk.py build $(SDK_ARGS)
 
 ## lint: ruff, mypy and buf lint
 lint: $(STAMP) buf-lint
