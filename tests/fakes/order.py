@@ -1,17 +1,20 @@
 """In-memory fakes of the order service's repository and of its peers (user, product,
-payment): the order use cases' tests run against them, no database and no network."""
+payment): the order use cases' tests run against them, no database and no network.
+`Shop` puts the use cases on them."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import inspect
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.events.envelope import Event
+from services.common.pagination import PageTokens
+from services.common.times import utcnow
 from services.order.models import (
     CANCELLED,
     FAILED,
@@ -24,11 +27,14 @@ from services.order.models import (
     PLACED,
     VISIBLE,
     KeyTaken,
+    Line,
     OrderItemRow,
     OrderRow,
     PricedProduct,
 )
 from services.order.repository import Abandoned, Announce
+from services.order.usecases import Orders
+from shop.order.v1 import events_pb2
 
 _ORDER_COLUMNS = [attribute.key for attribute in inspect(OrderRow).column_attrs]
 _ITEM_COLUMNS = [attribute.key for attribute in inspect(OrderItemRow).column_attrs]
@@ -433,4 +439,58 @@ def _provider_unavailable() -> Unavailable:
         "PAYMENT_UNAVAILABLE",
         peer="payment",
         peer_reason="PAYMENT_PROVIDER_UNAVAILABLE",
+    )
+
+
+@dataclass
+class Shop:
+    repository: InMemoryOrders = field(default_factory=InMemoryOrders)
+    peers: FakePeers = field(default_factory=FakePeers)
+    # How often the use cases said an event was committed (the relay's wake-up).
+    commits: list[None] = field(default_factory=list)
+
+    def orders(self, attempt_timeout: float = 20.0) -> Orders:
+        return Orders(
+            self.repository,
+            self.peers,
+            PageTokens("unit-test-secret"),
+            events_committed=lambda: self.commits.append(None),
+            attempt_timeout=attempt_timeout,
+            retry_poll=0.001,
+        )
+
+    def nothing_written(self) -> bool:
+        return not self.repository.rows and not self.repository.events and not self.commits
+
+    def only_payment_failed(self) -> events_pb2.PaymentFailed:
+        """An attempt given up at its payment leaves no order, only its PaymentFailed
+        event (announced to the relay once): that event."""
+        assert not self.repository.rows and len(self.commits) == 1
+        [event] = self.repository.events
+        assert event.subject == "payment.failed"
+        return events_pb2.PaymentFailed.FromString(event.payload)
+
+
+def lines(quantities: dict[str, int]) -> list[Line]:
+    return [Line(product_id, quantity) for product_id, quantity in quantities.items()]
+
+
+def pending_row(order_id: str, user_id: str, key: str, *, age: timedelta) -> OrderRow:
+    """A claimed attempt as a process that died mid-way left it."""
+    created = utcnow() - age
+    return OrderRow(
+        id=order_id,
+        user_id=user_id,
+        status=PENDING,
+        idempotency_key=key,
+        request_fingerprint="x",
+        reservation_id=f"res_{order_id}",
+        currency_code="EUR",
+        total_amount_minor=1000,
+        cancel_reason="",
+        stock_released=False,
+        payment_state="NONE",
+        create_time=created,
+        update_time=created,
+        items=[],
     )

@@ -5,7 +5,6 @@ compensation, the sweeper, cancelling (refund once), paging and the feed."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
@@ -19,8 +18,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.events.envelope import Event
-from services.common.pagination import PageTokens
-from services.common.times import to_timestamp, utcnow
+from services.common.times import to_timestamp
 from services.order.convert import order_to_proto, to_feed_message
 from services.order.models import (
     CANCELLED,
@@ -37,72 +35,7 @@ from services.order.models import (
 )
 from services.order.usecases import Feed, Orders
 from shop.order.v1 import events_pb2
-from tests.fakes.order import FakePeers, InMemoryOrders
-
-
-@dataclass
-class Shop:
-    repository: InMemoryOrders = field(default_factory=InMemoryOrders)
-    peers: FakePeers = field(default_factory=FakePeers)
-    # How often the use cases said an event was committed (the relay's wake-up).
-    commits: list[None] = field(default_factory=list)
-
-    def orders(self, attempt_timeout: float = 20.0) -> Orders:
-        return Orders(
-            self.repository,
-            self.peers,
-            PageTokens("unit-test-secret"),
-            events_committed=lambda: self.commits.append(None),
-            attempt_timeout=attempt_timeout,
-            retry_poll=0.001,
-        )
-
-    def nothing_written(self) -> bool:
-        return not self.repository.rows and not self.repository.events and not self.commits
-
-    def only_payment_failed(self) -> events_pb2.PaymentFailed:
-        """An attempt given up at its payment leaves no order, only its PaymentFailed
-        event (announced to the relay once): that event."""
-        assert not self.repository.rows and len(self.commits) == 1
-        [event] = self.repository.events
-        assert event.subject == "payment.failed"
-        return events_pb2.PaymentFailed.FromString(event.payload)
-
-
-@pytest.fixture
-def shop() -> Shop:
-    return Shop()
-
-
-@pytest.fixture
-def orders(shop: Shop) -> Orders:
-    return shop.orders()
-
-
-def lines(quantities: dict[str, int]) -> list[Line]:
-    return [Line(product_id, quantity) for product_id, quantity in quantities.items()]
-
-
-def pending_row(order_id: str, user_id: str, key: str, *, age: timedelta) -> OrderRow:
-    """A claimed attempt as a process that died mid-way left it."""
-    created = utcnow() - age
-    return OrderRow(
-        id=order_id,
-        user_id=user_id,
-        status=PENDING,
-        idempotency_key=key,
-        request_fingerprint="x",
-        reservation_id=f"res_{order_id}",
-        currency_code="EUR",
-        total_amount_minor=1000,
-        cancel_reason="",
-        stock_released=False,
-        payment_state="NONE",
-        create_time=created,
-        update_time=created,
-        items=[],
-    )
-
+from tests.fakes.order import InMemoryOrders, Shop, lines, pending_row
 
 # -- placing ----------------------------------------------------------------------
 

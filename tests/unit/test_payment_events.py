@@ -34,17 +34,7 @@ from services.order.peers import PeerError
 from services.order.usecases import Orders, payment_failure
 from shop.order.v1 import events_pb2
 from tests.fakes.notification import InMemoryConsumer, InMemoryNotifications
-from tests.unit.test_order_usecases import Shop, lines, pending_row
-
-
-@pytest.fixture
-def shop() -> Shop:
-    return Shop()
-
-
-@pytest.fixture
-def orders(shop: Shop) -> Orders:
-    return shop.orders()
+from tests.fakes.order import Shop, lines, pending_row
 
 
 def of_subject(events: list[Event], subject: str) -> list[Event]:
