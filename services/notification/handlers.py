@@ -41,7 +41,13 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self, request: notification_pb2.StreamNotificationsRequest, context: Context
     ) -> AsyncIterator[notification_pb2.StreamNotificationsResponse]:
         require_owner(request.user_id)
-        async for row in self._notifications.stream(request.user_id, request.cursor):
+        rows = self._notifications.stream_with_heartbeats(
+            request.user_id, request.cursor, heartbeats=request.heartbeats
+        )
+        async for row in rows:
+            if row is None:
+                yield notification_pb2.StreamNotificationsResponse(heartbeat=True)
+                continue
             yield notification_pb2.StreamNotificationsResponse(
                 notification=notification_to_proto(row),
                 cursor=self._notifications.cursor_of(request.user_id, row),

@@ -4,6 +4,7 @@ marking them read, and streaming them live from a cursor."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 
 from services.common.errors import DomainError, NotFound
@@ -23,6 +24,9 @@ from services.notification.repository import NotificationRepository, Notificatio
 # A stream with no wake-up looks in the database this often anyway: the bound on
 # delivery when wake-ups are lost (SQLite files shared by replicas, a dropped LISTEN).
 CATCH_UP_INTERVAL = 1.0
+# Seconds of silence after which a stream that asked for heartbeats gets one: below the
+# idle timeouts of common proxies and load balancers (30 to 60 s).
+HEARTBEAT_INTERVAL = 15.0
 REPLAY_BATCH = 500
 # Stream reads running at once on one replica: a wake-up of many streams must not take
 # every connection of the pool (or of the database server) at the same moment.
@@ -114,11 +118,13 @@ class Notifications:
         hub: Hub,
         *,
         catch_up_interval: float = CATCH_UP_INTERVAL,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         self._repository = repository
         self._tokens = page_tokens
         self.hub = hub
         self._catch_up = catch_up_interval
+        self._heartbeat = heartbeat_interval
         self._reads = asyncio.Semaphore(CONCURRENT_STREAM_READS)
 
     # -- from events ---------------------------------------------------------
@@ -184,16 +190,35 @@ class Notifications:
             return await self._repository.seq_of_legacy_cursor(user_id, int(legacy or 0))
 
     async def stream(self, user_id: str, cursor: str) -> AsyncGenerator[NotificationRow, None]:
+        """`stream_with_heartbeats` without the heartbeats."""
+        # aclosing: closing this stream closes the inner one at once (its subscription).
+        async with contextlib.aclosing(
+            self.stream_with_heartbeats(user_id, cursor, heartbeats=False)
+        ) as rows:
+            async for row in rows:
+                if row is not None:
+                    yield row
+
+    async def stream_with_heartbeats(
+        self, user_id: str, cursor: str, *, heartbeats: bool = True
+    ) -> AsyncGenerator[NotificationRow | None, None]:
         """What the client has not seen (after its cursor; with none, what is unread),
         then each new notification, exactly once and in the user's order, whichever
         replica stored it. The database is read after each wake-up (from this replica,
-        from another through the database's notifications, or a periodic look)."""
+        from another through the database's notifications, or a periodic look).
+
+        With `heartbeats`, None (a heartbeat) first, as soon as the stream is open, and
+        after every HEARTBEAT_INTERVAL seconds in which nothing was sent."""
         after = await self._resume_from(user_id, cursor)
         try:
             subscription = self.hub.subscribe(user_id)  # before reading: no wake-up is missed
         except StreamLimitReached:
             raise TooManyStreams() from None
+        loop = asyncio.get_running_loop()
         try:
+            if heartbeats:
+                yield None
+            sent = loop.time()
             if after is None:
                 async with self._reads:
                     unread, last = await self._repository.unread(user_id)
@@ -208,8 +233,13 @@ class Notifications:
                 for row in rows:
                     yield row
                     last = row.user_seq
+                if rows:
+                    sent = loop.time()
+                elif heartbeats and loop.time() - sent >= self._heartbeat:
+                    yield None
+                    sent = loop.time()
                 if len(rows) < REPLAY_BATCH:
-                    await subscription.wait(self._catch_up)
+                    await subscription.wait(min(self._catch_up, self._heartbeat))
         finally:
             self.hub.unsubscribe(subscription)
 

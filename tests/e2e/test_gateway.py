@@ -273,6 +273,30 @@ async def test_live_notifications_on_a_connect_stream(stack: Stack) -> None:
         first.cancel()
 
 
+async def test_a_stream_that_asks_for_heartbeats_hears_one_at_once(stack: Stack) -> None:
+    """Without a first message a Connect client cannot tell an open, quiet stream from
+    one still connecting (the headers come with the first message): with `heartbeats`,
+    the first message comes at once, then the notifications as usual."""
+    user, product = await stack.mesh.user(), await stack.mesh.product(stock=5)
+    async with notification_connect.NotificationServiceClient(
+        stack.url, interceptors=[tokens.ConnectBearer()]
+    ) as client:
+        stream = aiter(
+            client.stream_notifications(
+                notification_pb2.StreamNotificationsRequest(user_id=user.id, heartbeats=True)
+            )
+        )
+        hello = await asyncio.wait_for(anext(stream), 5)
+        assert hello.heartbeat and not hello.HasField("notification") and not hello.cursor
+        placed = (
+            await stack.mesh.orders.CreateOrder(stack.mesh.order_request(user.id, {product.id: 1}))
+        ).order
+        received = await asyncio.wait_for(anext(stream), 5)
+        assert not received.heartbeat and received.notification.order_id == placed.id
+        assert received.cursor
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [

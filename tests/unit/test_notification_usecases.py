@@ -4,6 +4,7 @@ numbered per user without gaps; reading, marking read and streaming, without a d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 
 import pytest
@@ -286,6 +287,41 @@ async def test_a_new_stream_gets_the_unread_then_what_comes(service: Service) ->
     new = await asyncio.wait_for(waiting, 5)
     assert (new.order_id, new.user_seq) == ("ord_new", 4)
     await stream.aclose()
+    assert service.hub.open_streams == 0
+
+
+async def test_heartbeats_come_first_then_after_each_silence_and_never_between_rows() -> None:
+    service = Service()
+    notifications = Notifications(
+        service.repository, TOKENS, service.hub, catch_up_interval=60, heartbeat_interval=0.2
+    )
+    service.consumer = InMemoryConsumer(notifications, service.repository)
+    await service.order_event("usr_a", "ord_0")
+    stream = notifications.stream_with_heartbeats("usr_a", "")
+    started = asyncio.get_running_loop().time()
+    # At once: the heartbeat that says the stream is open, then the unread one.
+    assert await asyncio.wait_for(anext(stream), 5) is None
+    first = await asyncio.wait_for(anext(stream), 5)
+    assert first is not None and first.order_id == "ord_0"
+    assert asyncio.get_running_loop().time() - started < 0.15
+    # Then silence: a heartbeat once 0.2 s have passed with nothing sent (the wait is
+    # bounded by the heartbeat, not by the 60 s catch-up).
+    assert await asyncio.wait_for(anext(stream), 5) is None
+    assert asyncio.get_running_loop().time() - started >= 0.2
+    waiting = asyncio.create_task(anext(stream))
+    await service.order_event("usr_a", "ord_1")
+    new = await asyncio.wait_for(waiting, 5)
+    assert new is not None and new.order_id == "ord_1"
+    await stream.aclose()
+    # Without asking, a stream never gets one.
+    plain = notifications.stream("usr_a", notifications.cursor_of("usr_a", new))
+    pending = asyncio.create_task(anext(plain))
+    await asyncio.sleep(0.5)
+    assert not pending.done()
+    pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pending
+    await plain.aclose()
     assert service.hub.open_streams == 0
 
 

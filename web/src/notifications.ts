@@ -10,9 +10,8 @@ import type { Notification } from "./gen/shop/notification/v1/notification_pb";
 import { accessToken, renew } from "./session";
 
 const FIRST_PAUSE_MS = 500;
-// The gateway sends a stream's headers with its first message, so a quiet stream is
-// taken as open once it has not failed for this long.
-const OPEN_AFTER_MS = 2_000;
+// The service sends a heartbeat after 15 s without a message.
+const SILENT_LIMIT_MS = 40_000;
 const MAX_PAUSE_MS = 5_000;
 // A stream that stayed open this long was healthy: the next pause starts short again.
 const HEALTHY_MS = 10_000;
@@ -49,14 +48,24 @@ async function run(userId: string, signal: AbortSignal): Promise<void> {
     const opened = Date.now();
     const token = await accessToken();
     const live = () => void (signal.aborted || (feed.connection = "live"));
-    const quiet = setTimeout(live, OPEN_AFTER_MS);
+    // A stream silent for longer than two heartbeats is dead (a half-open connection
+    // after a laptop slept, say): given up and opened again.
+    const attempt = new AbortController();
+    const giveUp = () => attempt.abort();
+    signal.addEventListener("abort", giveUp, { once: true });
+    let watchdog = setTimeout(giveUp, SILENT_LIMIT_MS);
     try {
+      // Heartbeats: the service says at once that the stream is open (a stream's
+      // headers only come with its first message), then again after each quiet spell,
+      // which also keeps idle proxies from closing it.
       const stream = notifications.streamNotifications(
-        { userId, cursor },
-        { signal, onHeader: live },
+        { userId, cursor, heartbeats: true },
+        { signal: attempt.signal, onHeader: live },
       );
       for await (const message of stream) {
         if (signal.aborted) return;
+        clearTimeout(watchdog);
+        watchdog = setTimeout(giveUp, SILENT_LIMIT_MS);
         live();
         cursor = message.cursor || cursor;
         pause = FIRST_PAUSE_MS;
@@ -73,7 +82,8 @@ async function run(userId: string, signal: AbortSignal): Promise<void> {
       // stops following.
       if (code === Code.Unauthenticated) await renew(token ?? undefined);
     } finally {
-      clearTimeout(quiet);
+      clearTimeout(watchdog);
+      signal.removeEventListener("abort", giveUp);
     }
     if (signal.aborted) return;
     feed.connection = "reconnecting";

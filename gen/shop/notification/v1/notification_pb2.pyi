@@ -86,17 +86,21 @@ class MarkReadResponse(_message.Message):
     def __init__(self, notifications: _Optional[_Iterable[_Union[Notification, _Mapping]]] = ...) -> None: ...
 
 class StreamNotificationsRequest(_message.Message):
-    __slots__ = ("user_id", "cursor")
+    __slots__ = ("user_id", "cursor", "heartbeats")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEATS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     cursor: str
-    def __init__(self, user_id: _Optional[str] = ..., cursor: _Optional[str] = ...) -> None: ...
+    heartbeats: bool
+    def __init__(self, user_id: _Optional[str] = ..., cursor: _Optional[str] = ..., heartbeats: _Optional[bool] = ...) -> None: ...
 
 class StreamNotificationsResponse(_message.Message):
-    __slots__ = ("notification", "cursor")
+    __slots__ = ("notification", "cursor", "heartbeat")
     NOTIFICATION_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     notification: Notification
     cursor: str
-    def __init__(self, notification: _Optional[_Union[Notification, _Mapping]] = ..., cursor: _Optional[str] = ...) -> None: ...
+    heartbeat: bool
+    def __init__(self, notification: _Optional[_Union[Notification, _Mapping]] = ..., cursor: _Optional[str] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
