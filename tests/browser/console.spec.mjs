@@ -371,6 +371,12 @@ class Session {
       );
     }
     await present(this.notifications(), 'region "Notifications" once signed in');
+    // The stream's first heartbeat says it is open, before any notification comes.
+    await visible(
+      this.notifications().getByText("Live", { exact: true }),
+      'the "Notifications" region saying "Live" once signed in',
+      1500, // before the heartbeats the console guessed "Live" after 2 s of quiet
+    );
     await this.shot("signed-in");
   }
 
