@@ -132,6 +132,8 @@ def banner(started: dict[str, dict[str, Any]]) -> str:
         lines.append(f"  {label:<15} {scheme}://{where['listening']:<18}{metrics}")
     lines += [
         "",
+        f"the console: http://{gateway}/ (its admin page for the emails in ADMIN_EMAILS)",
+        "",
         "try (Connect JSON through the gateway; note the user id it returns):",
         f"  curl -X POST http://{gateway}/shop.user.v1.UserService/CreateUser \\",
         "      -H 'content-type: application/json' \\",
