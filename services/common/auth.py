@@ -352,8 +352,13 @@ class RemoteKeys:
         if not (stale or unknown_kid):
             return
         with self._lock:
-            cooling = self._attempted_at is not None and now - self._attempted_at < self.cooldown
-            if self._fetching or cooling:
+            since = None if self._attempted_at is None else now - self._attempted_at
+            cooling = since is not None and since < self.cooldown
+            # A fetch still running past its deadline (stuck before its answer's body,
+            # where the deadline is checked: a dripping status line, slow DNS) is
+            # abandoned: it no longer keeps every later fetch from starting.
+            stuck = since is not None and since > FETCH_DEADLINE_TIMEOUTS * self.timeout
+            if (self._fetching and not stuck) or cooling:
                 return
             self._attempted_at, self._fetching = now, True
         fetch = threading.Thread(target=self._fetch, name="jwks-fetch", daemon=True)

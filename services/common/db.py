@@ -166,7 +166,7 @@ class Database:
             else SqlitePointReader(self._sqlite_file, POINT_READ_BUSY_TIMEOUT_MS)
         )
         self._pg_point_reader = (
-            PostgresPointReader(url) if self.engine.dialect.name == "postgresql" else None
+            PostgresPointReader(self.engine) if self.engine.dialect.name == "postgresql" else None
         )
 
     async def read_one(

@@ -14,10 +14,11 @@ about five times as much (measured: 24 us against 5 us for five concerns).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -40,7 +41,8 @@ else:
     Context = grpc.aio.ServicerContext
 
 Unary = Callable[[Any, Context], Awaitable[Any]]
-Streaming = Callable[[Any, Context], AsyncIterator[Any]]
+Streaming = Callable[[Any, Context], AsyncGenerator[Any, None]]
+Written = Callable[[Any, Context], Awaitable[None]]
 ExitInfo = tuple[type[BaseException] | None, BaseException | None, types.TracebackType | None]
 
 
@@ -95,10 +97,27 @@ class ServerPipeline:
             behaviour = _unary_around(concern, method, behaviour)
         return behaviour
 
-    def _stream(self, method: str, behaviour: Streaming) -> Streaming:
+    def _stream(
+        self, method: str, behaviour: Streaming
+    ) -> Callable[[Any, Context], Awaitable[None]]:
         for concern in reversed(self._concerns):
             behaviour = _stream_around(concern, method, behaviour)
-        return behaviour
+        return _written(behaviour)
+
+
+def _written(responses: Streaming) -> Written:
+    """A server-streaming method served as a coroutine that writes each response: grpc.aio
+    never closes a handler's async generator, so a client that goes away while a write
+    waits would leave the concerns to the garbage collector (another task, another
+    context). Here the write fails inside the call's own task, and every concern unwinds
+    in order."""
+
+    async def serve(request: Any, context: Context) -> None:
+        async with contextlib.aclosing(responses(request, context)) as stream:
+            async for response in stream:
+                await context.write(response)
+
+    return serve
 
 
 def _unary_around(concern: ServerConcern, method: str, inner: Unary) -> Unary:
@@ -110,9 +129,12 @@ def _unary_around(concern: ServerConcern, method: str, inner: Unary) -> Unary:
 
 
 def _stream_around(concern: ServerConcern, method: str, inner: Streaming) -> Streaming:
-    async def call(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with concern.around(method, request, context):
-            async for response in inner(request, context):
+    async def call(request: Any, context: Context) -> AsyncGenerator[Any, None]:
+        async with (
+            concern.around(method, request, context),
+            contextlib.aclosing(inner(request, context)) as responses,
+        ):
+            async for response in responses:
                 yield response
 
     return call

@@ -30,8 +30,9 @@ from opentelemetry import trace
 from sqlalchemy import Select
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.dialects.sqlite import pysqlite
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeEngine
 
 SQLITE = pysqlite.dialect()
@@ -174,11 +175,23 @@ _CONNECTION_LOST = (
 )
 
 
+# Connection arguments SQLAlchemy's asyncpg dialect keeps for its own adapter.
+_SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
+
+
+async def _no_reset(_: asyncpg.Connection) -> None:
+    """What a released connection needs: nothing (a point read is one autocommit SELECT,
+    which leaves no session state), so no reset query, a round trip, per read."""
+
+
 class PostgresPointReader:
     """An asyncpg pool of its own, for point reads in autocommit."""
 
-    def __init__(self, url: str, tracer: trace.Tracer | None = None) -> None:
-        self._dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+    def __init__(self, engine: AsyncEngine, tracer: trace.Tracer | None = None) -> None:
+        # The engine's own connection arguments (host, credentials, and what the URL's
+        # query says: ssl, timeouts, ...), so both connect alike.
+        _, arguments = engine.dialect.create_connect_args(engine.url)
+        self._arguments = {k: v for k, v in arguments.items() if k not in _SQLALCHEMY_ONLY}
         self._tracer = tracer or _tracer
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
@@ -189,7 +202,10 @@ class PostgresPointReader:
             async with self._opening:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=0, max_size=PG_READER_CONNECTIONS
+                        min_size=0,
+                        max_size=PG_READER_CONNECTIONS,
+                        reset=_no_reset,
+                        **self._arguments,
                     )
         return self._pool
 

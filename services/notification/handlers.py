@@ -3,6 +3,7 @@ use case, the proto out; nothing else."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from services.common.auth import require_owner
@@ -41,14 +42,15 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         self, request: notification_pb2.StreamNotificationsRequest, context: Context
     ) -> AsyncIterator[notification_pb2.StreamNotificationsResponse]:
         require_owner(request.user_id)
-        rows = self._notifications.stream_with_heartbeats(
+        stream = self._notifications.stream_with_heartbeats(
             request.user_id, request.cursor, heartbeats=request.heartbeats
         )
-        async for row in rows:
-            if row is None:
-                yield notification_pb2.StreamNotificationsResponse(heartbeat=True)
-                continue
-            yield notification_pb2.StreamNotificationsResponse(
-                notification=notification_to_proto(row),
-                cursor=self._notifications.cursor_of(request.user_id, row),
-            )
+        async with contextlib.aclosing(stream) as rows:  # closed with the call, not by GC
+            async for row in rows:
+                if row is None:
+                    yield notification_pb2.StreamNotificationsResponse(heartbeat=True)
+                    continue
+                yield notification_pb2.StreamNotificationsResponse(
+                    notification=notification_to_proto(row),
+                    cursor=self._notifications.cursor_of(request.user_id, row),
+                )

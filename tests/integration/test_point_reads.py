@@ -191,3 +191,19 @@ async def test_a_postgres_connection_dropped_by_the_server_is_replaced() -> None
             assert read is not None and read["kind"] == "big"
         finally:
             await db.close()
+
+
+async def test_a_postgres_url_with_driver_options_reads_like_the_engine() -> None:
+    """`?ssl=disable&command_timeout=5&prepared_statement_cache_size=100`: the point reads
+    connect with the engine's own arguments, not the URL's query as server settings."""
+    async with postgres_database() as url:
+        db = Database(f"{url}?ssl=disable&command_timeout=5&prepared_statement_cache_size=100")
+        try:
+            async with db.engine.begin() as connection:
+                await connection.run_sync(METADATA.create_all)
+            async with db.write() as session:
+                await session.execute(THINGS.insert(), ROWS)
+            read = await db.read_one(BY_ID, {"id": "a"})
+            assert read is not None and read["kind"] == "big"
+        finally:
+            await db.close()

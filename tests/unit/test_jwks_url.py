@@ -43,6 +43,7 @@ class Provider:
         self.hold = threading.Event()
         self.hold.set()
         self.drip = False  # answer one byte every 50 ms, for ever
+        self.drip_status = False  # the same, from the status line on
         self.stopped = threading.Event()
         provider = self
 
@@ -50,6 +51,14 @@ class Provider:
             def do_GET(self) -> None:
                 provider.requests += 1
                 provider.hold.wait(10)
+                if provider.drip_status:
+                    while not provider.stopped.wait(0.05):
+                        try:
+                            self.wfile.write(b"H")
+                            self.wfile.flush()
+                        except OSError:
+                            return
+                    return
                 if provider.drip:
                     self.send_response(200)
                     self.send_header("Content-Length", "100000")
@@ -326,6 +335,29 @@ def test_a_provider_dripping_its_answer_is_given_up_on_and_asked_again_later(
     provider.publish(public)
     clock.advance(COOLDOWN)
     assert check.verify(mint(private, "usr_a")).user_id == "usr_a"
+    assert provider.requests == 2
+
+
+def test_a_fetch_stuck_before_its_answer_is_abandoned_at_its_deadline(
+    tmp_path: Path, provider: Provider, clock: Clock
+) -> None:
+    private, public = keys(tmp_path / "a")
+    provider.drip_status = True  # the status line never ends: no deadline check runs
+    check = verifier(provider.url, timeout=0.2)
+    refused(check, mint(private, "usr_a"), "could not be fetched")
+    # A cooldown later (well past the 1 s deadline) the provider answers again: a new
+    # fetch starts although the stuck one is still running.
+    provider.drip_status = False
+    provider.publish(public)
+    clock.advance(COOLDOWN)
+    token = mint(private, "usr_a")
+    try:
+        caller = check.verify(token)
+    except Unauthenticated:
+        for fetch in [t for t in threading.enumerate() if t.name == "jwks-fetch"]:
+            fetch.join(0.5)  # a loaded machine: the new fetch's answer, used next call
+        caller = check.verify(token)
+    assert caller.user_id == "usr_a"
     assert provider.requests == 2
 
 
