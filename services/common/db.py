@@ -14,6 +14,7 @@ own (`services.common.point_reads`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sqlite3
 import weakref
@@ -34,7 +35,18 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 
 from services.common import inline_sqlite, telemetry
-from services.common.point_reads import PostgresPointReader, SqlitePointReader
+from services.common.point_reads import (
+    SQLITE,
+    Compiled,
+    PostgresPointReader,
+    SqlitePointReader,
+)
+from services.common.transactions import (
+    EngineTransaction,
+    PostgresTransaction,
+    SqliteTransaction,
+    Transaction,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -168,6 +180,8 @@ class Database:
         self._pg_point_reader = (
             PostgresPointReader(self.engine) if self.engine.dialect.name == "postgresql" else None
         )
+        self._sqlite_writer: sqlite3.Connection | None = None
+        self._sqlite_compiled = Compiled(SQLITE)
 
     async def read_one(
         self, statement: Select[Any], params: Mapping[str, Any]
@@ -191,6 +205,77 @@ class Database:
         return None if row is None else loaded(model, row)
 
     @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A write transaction of Core statements on the driver itself, for the hot
+        writes (`services.common.transactions`): committed when the block ends, rolled
+        back when it raises. On SQLite it takes the process's writer turn, as `write`."""
+        if self._pg_point_reader is not None:
+            async with self._pg_point_reader.begin() as connection:
+                try:
+                    yield PostgresTransaction(connection, self._pg_point_reader.compiled)
+                except BaseException:
+                    # A connection a cancelled statement left busy cannot roll back: the
+                    # pool's connection is then closed instead (`begin`), which does.
+                    with contextlib.suppress(Exception):
+                        await connection.execute("ROLLBACK")
+                    raise
+                await connection.execute("COMMIT")
+            return
+        if self._sqlite_file is None:
+            async with self.engine.begin() as engine_connection:
+                yield EngineTransaction(engine_connection)
+            return
+        async with self._sqlite_turn():
+            connection = await self._sqlite_begin()
+            try:
+                yield SqliteTransaction(connection, self._sqlite_compiled)
+            except BaseException:
+                if connection.in_transaction:  # some errors end it themselves
+                    connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    @asynccontextmanager
+    async def _sqlite_turn(self) -> AsyncIterator[None]:
+        """The process's turn to write the SQLite file (see `write`)."""
+        assert self._sqlite_file is not None
+        if self._sqlite_file in _writing.get():
+            raise RuntimeError(
+                "a write inside a write on the same SQLite file would wait for its own turn "
+                "for ever: use the session of the outer write"
+            )
+        async with _writer_turn(self._sqlite_file):
+            writing = _writing.set(_writing.get() | {self._sqlite_file})
+            try:
+                yield
+            finally:
+                _writing.reset(writing)
+
+    async def _sqlite_begin(self) -> sqlite3.Connection:
+        """The write connection with BEGIN IMMEDIATE gone through; another process's
+        write lock is waited for asynchronously, as in `_sqlite_write_session`."""
+        assert self._sqlite_file is not None
+        if self._sqlite_writer is None:
+            connection = sqlite3.connect(
+                self._sqlite_file, isolation_level=None, check_same_thread=False
+            )
+            for pragma in SQLITE_PRAGMAS:
+                connection.execute(pragma)
+            self._sqlite_writer = connection
+        give_up = asyncio.get_running_loop().time() + SQLITE_LOCK_WAIT
+        pause = 0.002
+        while True:
+            try:
+                self._sqlite_writer.execute("BEGIN IMMEDIATE")
+                return self._sqlite_writer
+            except sqlite3.OperationalError as error:
+                busy = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+                if not busy or asyncio.get_running_loop().time() > give_up:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read() as session:
             yield session
@@ -204,14 +289,8 @@ class Database:
         # SQLite has one writer at a time: the process's writers take turns here, in
         # order, instead of meeting the file lock (whose busy handler sleeps and polls,
         # up to 100 ms a try, and would hold the event loop while it does).
-        if self._sqlite_file in _writing.get():
-            raise RuntimeError(
-                "a write inside a write on the same SQLite file would wait for its own turn "
-                "for ever: use the session of the outer write"
-            )
-        async with _writer_turn(self._sqlite_file):
+        async with self._sqlite_turn():
             session = await self._sqlite_write_session()
-            writing = _writing.set(_writing.get() | {self._sqlite_file})
             try:
                 yield session
             except BaseException:
@@ -220,7 +299,6 @@ class Database:
             else:
                 await session.commit()
             finally:
-                _writing.reset(writing)
                 await session.close()
 
     async def _sqlite_write_session(self) -> AsyncSession:
@@ -254,6 +332,9 @@ class Database:
     async def close(self) -> None:
         if self._point_reader is not None:
             self._point_reader.close()
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.close()
+            self._sqlite_writer = None
         if self._pg_point_reader is not None:
             await self._pg_point_reader.close()
         await self.engine.dispose()

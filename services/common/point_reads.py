@@ -20,10 +20,12 @@ Profiled on GetProduct: the engine path was 21% of the CPU on SQLite, the cursor
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from opentelemetry import trace
@@ -33,6 +35,8 @@ from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.types import TypeEngine
 
 SQLITE = pysqlite.dialect()
@@ -42,38 +46,51 @@ _tracer = trace.get_tracer("shop.point_reads")
 Converter = Callable[[Any], Any] | None
 
 
+# What is not given for a parameter that has no value of its own.
+_REQUIRED = object()
+
+
 @dataclass(frozen=True)
 class CompiledRead:
-    """A select, compiled once for one dialect."""
+    """A statement (a select, or an insert, update or delete and what it RETURNs),
+    compiled once for one dialect. Its constants (`.where(t.c.state == "PENDING")`) are
+    parameters with their own value; the others are named by `bindparam` or, for an
+    insert of a whole table, by column key."""
 
     sql: str
     parameters: tuple[str, ...]
+    constants: tuple[Any, ...]
     to_database: tuple[Converter, ...]
     keys: tuple[str, ...]
     from_database: tuple[Converter, ...]
 
     @classmethod
-    def of(cls, statement: Select[Any], dialect: Dialect) -> CompiledRead:
-        compiled = statement.compile(dialect=dialect)
+    def of(cls, statement: ClauseElement, dialect: Dialect) -> CompiledRead:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
         names = tuple(compiled.positiontup or ())
-        columns = list(statement.selected_columns)
+        binds = [compiled.binds[name] for name in names]
+        columns = list(getattr(statement, "exported_columns", ()))
         return cls(
             sql=compiled.string,
             parameters=names,
+            constants=tuple(
+                _REQUIRED if bind.required or bind.callable else bind.value for bind in binds
+            ),
             to_database=tuple(
-                compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-                for name in names
+                bind.type.dialect_impl(dialect).bind_processor(dialect) for bind in binds
             ),
             keys=tuple(str(column.key) for column in columns),
             from_database=tuple(_result_converter(column.type, dialect) for column in columns),
         )
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        values = (
+            params[name] if constant is _REQUIRED or name in params else constant
+            for name, constant in zip(self.parameters, self.constants, strict=True)
+        )
         return [
             value if convert is None else convert(value)
-            for value, convert in zip(
-                (params[name] for name in self.parameters), self.to_database, strict=True
-            )
+            for value, convert in zip(values, self.to_database, strict=True)
         ]
 
     def mapping(self, row: tuple[Any, ...] | asyncpg.Record) -> dict[str, Any]:
@@ -94,16 +111,16 @@ def _result_converter(kind: TypeEngine[Any], dialect: Dialect) -> Converter:
         return None
 
 
-class _Compiled:
+class Compiled:
     """Compiled forms by statement, for one dialect. Keyed by identity (the statements
     are module constants); the statement is kept beside its form so its id is never
     reused by another."""
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
-        self._forms: dict[int, tuple[Select[Any], CompiledRead]] = {}
+        self._forms: dict[int, tuple[ClauseElement, CompiledRead]] = {}
 
-    def __call__(self, statement: Select[Any]) -> CompiledRead:
+    def __call__(self, statement: ClauseElement) -> CompiledRead:
         found = self._forms.get(id(statement))
         if found is None:
             found = (statement, CompiledRead.of(statement, self._dialect))
@@ -123,7 +140,7 @@ class SqlitePointReader:
         self._busy_timeout_ms = busy_timeout_ms
         self._tracer = tracer or _tracer
         self._connection: sqlite3.Connection | None = None
-        self._compiled = _Compiled(SQLITE)
+        self._compiled = Compiled(SQLITE)
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -159,9 +176,10 @@ class SqlitePointReader:
             self._connection = None
 
 
-# Connections of a PostgreSQL point reader: a few, opened when first needed (the shared
-# server's max_connections is counted across every process).
-PG_READER_CONNECTIONS = 4
+# Connections of a PostgreSQL point reader (its point reads and the service's hot write
+# transactions): a few, opened when first needed (the shared server's max_connections is
+# counted across every process).
+PG_READER_CONNECTIONS = 8
 # A connection the server dropped (a restart, a failover) is met once; the read is
 # then tried again on a fresh one.
 _CONNECTION_LOST = (
@@ -184,6 +202,15 @@ async def _no_reset(_: asyncpg.Connection) -> None:
     which leaves no session state), so no reset query, a round trip, per read."""
 
 
+async def _json_codecs(connection: asyncpg.Connection) -> None:
+    """JSON columns as the engine's connections read them: decoded (SQLAlchemy's
+    converters expect that and write JSON as text)."""
+    for kind in ("json", "jsonb"):
+        await connection.set_type_codec(
+            kind, encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+
+
 class PostgresPointReader:
     """An asyncpg pool of its own, for point reads in autocommit."""
 
@@ -195,7 +222,7 @@ class PostgresPointReader:
         self._tracer = tracer or _tracer
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
-        self._compiled = _Compiled(POSTGRESQL)
+        self._compiled = Compiled(POSTGRESQL)
 
     async def _connected(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -205,9 +232,38 @@ class PostgresPointReader:
                         min_size=0,
                         max_size=PG_READER_CONNECTIONS,
                         reset=_no_reset,
+                        init=_json_codecs,
                         **self._arguments,
                     )
         return self._pool
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool with a transaction begun, for the caller to commit or
+        roll back. A connection the server dropped fails at BEGIN, before anything was
+        sent: it is replaced (with the others) and the next one tried."""
+        pool = await self._connected()
+        for attempt in range(2):
+            async with pool.acquire() as connection:
+                try:
+                    await connection.execute("BEGIN")
+                except _CONNECTION_LOST:
+                    if attempt:
+                        raise
+                    await pool.expire_connections()
+                    continue
+                try:
+                    yield connection
+                finally:
+                    # A transaction cut short (its task cancelled mid-statement) may leave
+                    # the connection inside it: never hand that on.
+                    if connection.is_in_transaction() or connection.is_closed():
+                        connection.terminate()
+                return
+
+    @property
+    def compiled(self) -> Compiled:
+        return self._compiled
 
     async def read_one(
         self, statement: Select[Any], params: Mapping[str, Any]
