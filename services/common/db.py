@@ -196,6 +196,18 @@ class Database:
             row = (await connection.execute(statement, params)).mappings().first()
             return None if row is None else dict(row)
 
+    async def read_all(
+        self, statement: Select[Any], params: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Every row of a Core select, as mappings, on the point readers' path (a short
+        scan on a hot path: a relay pass, a page of the feed)."""
+        if self._point_reader is not None:
+            return self._point_reader.read_all(statement, params)
+        if self._pg_point_reader is not None:
+            return await self._pg_point_reader.read_all(statement, params)
+        async with self.engine.connect() as connection:
+            return [dict(row) for row in (await connection.execute(statement, params)).mappings()]
+
     async def read_model(
         self, model: type[Model], statement: Select[Any], params: Mapping[str, Any]
     ) -> Model | None:

@@ -153,22 +153,31 @@ class SqlitePointReader:
         return self._connection
 
     def read_one(self, statement: Select[Any], params: Mapping[str, Any]) -> dict[str, Any] | None:
+        rows = self.read_all(statement, params, one=True)
+        return rows[0] if rows else None
+
+    def read_all(
+        self, statement: Select[Any], params: Mapping[str, Any], *, one: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every row of the select (the first only, with `one`)."""
         compiled = self._compiled(statement)
         if _recording():
             with self._tracer.start_as_current_span(
                 "SELECT", kind=trace.SpanKind.CLIENT, attributes={"db.system": "sqlite"}
             ) as span:
                 span.set_attribute("db.statement", compiled.sql)
-                return self._fetch(compiled, params)
-        return self._fetch(compiled, params)
+                return self._fetch(compiled, params, one)
+        return self._fetch(compiled, params, one)
 
-    def _fetch(self, compiled: CompiledRead, params: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _fetch(
+        self, compiled: CompiledRead, params: Mapping[str, Any], one: bool
+    ) -> list[dict[str, Any]]:
         cursor = self._connect().execute(compiled.sql, compiled.arguments(params))
         try:
-            row = cursor.fetchone()
+            rows = cursor.fetchmany(1) if one else cursor.fetchall()
         finally:
             cursor.close()
-        return None if row is None else compiled.mapping(row)
+        return [compiled.mapping(row) for row in rows]
 
     def close(self) -> None:
         if self._connection is not None:
@@ -268,27 +277,41 @@ class PostgresPointReader:
     async def read_one(
         self, statement: Select[Any], params: Mapping[str, Any]
     ) -> dict[str, Any] | None:
+        rows = await self.read_all(statement, params, one=True)
+        return rows[0] if rows else None
+
+    async def read_all(
+        self, statement: Select[Any], params: Mapping[str, Any], *, one: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every row of the select (the first only, with `one`)."""
         compiled = self._compiled(statement)
         if _recording():
             with self._tracer.start_as_current_span(
                 "SELECT", kind=trace.SpanKind.CLIENT, attributes={"db.system": "postgresql"}
             ) as span:
                 span.set_attribute("db.statement", compiled.sql)
-                return await self._fetch(compiled, params)
-        return await self._fetch(compiled, params)
+                return await self._fetch(compiled, params, one)
+        return await self._fetch(compiled, params, one)
 
     async def _fetch(
-        self, compiled: CompiledRead, params: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
+        self, compiled: CompiledRead, params: Mapping[str, Any], one: bool
+    ) -> list[dict[str, Any]]:
         arguments = compiled.arguments(params)
         pool = await self._connected()
         try:
-            row = await pool.fetchrow(compiled.sql, *arguments)
+            rows = await self._rows(pool, compiled.sql, arguments, one)
         except _CONNECTION_LOST:
             # The others were most likely dropped too (a restart): replace them all.
             await pool.expire_connections()
-            row = await pool.fetchrow(compiled.sql, *arguments)
-        return None if row is None else compiled.mapping(row)
+            rows = await self._rows(pool, compiled.sql, arguments, one)
+        return [compiled.mapping(row) for row in rows]
+
+    @staticmethod
+    async def _rows(pool: asyncpg.Pool, sql: str, arguments: list[Any], one: bool) -> list[Any]:
+        if one:
+            row = await pool.fetchrow(sql, *arguments)
+            return [] if row is None else [row]
+        return list(await pool.fetch(sql, *arguments))
 
     async def close(self) -> None:
         if self._pool is not None:

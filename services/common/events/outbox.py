@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    bindparam,
     func,
     select,
     text,
@@ -33,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.common.db import Database
+from services.common.db import Database, loaded
 from services.common.events.envelope import Event
 from services.common.events.tracing import CREATE_TIME, publishing
 from services.common.times import as_utc, utcnow
@@ -97,6 +98,17 @@ class Relay:
     ) -> None:
         self._db = db
         self._model = model
+        table = model.__table__
+        # Compiled once (Database.read_all, Database.transaction): a pass is a hot path.
+        self._unsent = (
+            select(table).where(table.c.position.is_(None)).order_by(table.c.id).limit(BATCH)
+        )
+        self._last_position = select(func.max(table.c.position).label("last"))
+        self._stamp_one = (
+            update(table)
+            .where(table.c.id == bindparam("row_id"), table.c.position.is_(None))
+            .values(position=bindparam("position"), publish_time=bindparam("at"))
+        )
         self.sink = sink
         self._lock_key = zlib.crc32(f"shop-outbox-relay-{name}".encode())
         self._poll = poll_interval
@@ -158,15 +170,7 @@ class Relay:
         """
         model = self._model
         async with self._leader():
-            async with self._db.read() as session:
-                rows: Sequence[Any] = (
-                    await session.scalars(
-                        select(model)
-                        .where(model.position.is_(None))
-                        .order_by(model.id)
-                        .limit(BATCH)
-                    )
-                ).all()
+            rows = [loaded(model, row) for row in await self._db.read_all(self._unsent, {})]
             published: list[int] = []
             try:
                 for row in rows:
@@ -187,17 +191,13 @@ class Relay:
 
     async def _stamp(self, ids: Sequence[int]) -> None:
         """Gives the published rows their feed positions, in publication order."""
-        model = self._model
-        async with self._db.write() as session:
-            last = (await session.scalar(select(func.max(model.position)))) or 0
+        async with self._db.transaction() as tx:
+            found = await tx.fetch_one(self._last_position)
+            last = (found or {}).get("last") or 0
             now = utcnow()
             for row_id in ids:
-                result = await session.execute(
-                    update(model)
-                    .where(model.id == row_id, model.position.is_(None))
-                    .values(position=last + 1, publish_time=now)
-                )
-                if getattr(result, "rowcount", 0) == 1:
+                stamp = {"row_id": row_id, "position": last + 1, "at": now}
+                if await tx.execute(self._stamp_one, stamp) == 1:
                     last += 1
 
     @contextlib.asynccontextmanager
