@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, configure_mappers
 
 from services.common import inline_sqlite, telemetry
 from services.common.point_reads import (
@@ -146,7 +146,10 @@ def loaded(model: type[Model], row: Mapping[str, Any]) -> Model:
     """An instance of a mapped class holding `row`'s values, made as the ORM's own loader
     makes one (a new instance state, the values set without attribute events): a
     third of the cost of `model(**row)`, which a point read on a hot path would feel."""
-    instance: Model = model.__mapper__.class_manager.new_instance()
+    mapper = model.__mapper__
+    if not mapper.configured:  # in a fresh process nothing has configured them yet
+        configure_mappers()
+    instance: Model = mapper.class_manager.new_instance()
     instance.__dict__.update(row)
     return instance
 

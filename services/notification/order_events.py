@@ -10,12 +10,12 @@ import logging
 from collections.abc import Callable
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common import clients
 from services.common.events.consumer import Consumer, Handler
 from services.common.events.envelope import Event
 from services.common.tls import TlsSettings
+from services.common.transactions import Transaction
 from services.notification import models
 from services.notification.convert import failure_event, order_event, refund_event
 from services.notification.models import OrderEvent
@@ -72,16 +72,16 @@ def parse(event: Event) -> OrderEvent | None:
 
 
 def handler(
-    notifications: Notifications, store_in: Callable[[AsyncSession], NotificationStore]
+    notifications: Notifications, store_in: Callable[[Transaction], NotificationStore]
 ) -> Handler:
     """The Consumer's handler: the event's notification, in the consumer's transaction."""
 
-    async def handle(session: AsyncSession, event: Event) -> Callable[[], None] | None:
+    async def handle(transaction: Transaction, event: Event) -> Callable[[], None] | None:
         parsed = parse(event)
         if parsed is None:
             events_log.info("ignored event", extra={"subject": event.subject})
             return None
-        return await notifications.record(store_in(session), parsed)
+        return await notifications.record(store_in(transaction), parsed)
 
     return handle
 

@@ -1,23 +1,44 @@
 """Every query of the notification service. Each method of `SqlNotificationRepository`
 is one transaction of its own, except the `NotificationStore` it hands the event
 consumer, which writes in the consumer's transaction (the platform's Consumer owns it,
-so a notification commits together with the record that its event was applied). The
+so a notification commits together with the record that its event was applied; its
+statements are Core ones, built once, on the driver: `Database.transaction`). The
 use cases see the Protocols, so their tests can hand them in-memory ones."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, cast
 
-from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import BigInteger, String, Table, bindparam, func, insert, select, text
 
 from services.common.db import Database
+from services.common.transactions import Transaction
 from services.notification.models import NotificationRow, UnknownNotifications
 
 # Every replica LISTENs here (PostgreSQL): the payload is the user whose stream has news.
 CHANNEL = "shop_notifications"
+
+NOTIFICATIONS = cast(Table, NotificationRow.__table__)
+# Every column but `seq`, which the database numbers.
+STORED_COLUMNS = tuple(column.key for column in NOTIFICATIONS.columns if column.key != "seq")
+# inline(): no RETURNING of the new `seq` (PostgreSQL's default), which nothing reads.
+INSERT_NOTIFICATION = (
+    insert(NOTIFICATIONS).values({name: bindparam(name) for name in STORED_COLUMNS}).inline()
+)
+# The user's next number; the counter row stays locked until the transaction ends.
+_TAKE_USER_SEQ = (
+    "INSERT INTO user_sequences (user_id, last_seq) VALUES (:user_id, 1) "
+    "ON CONFLICT (user_id) DO UPDATE SET last_seq = user_sequences.last_seq + 1 "
+    "RETURNING last_seq"
+)
+TAKE_USER_SEQ = text(_TAKE_USER_SEQ).columns(last_seq=BigInteger())
+# The same, telling every replica that the user has news (PostgreSQL delivers NOTIFY on
+# commit, and never for a rollback) in the same round trip.
+TAKE_USER_SEQ_AND_ANNOUNCE = text(
+    _TAKE_USER_SEQ + ", pg_notify(:channel, user_sequences.user_id) AS announced"
+).columns(last_seq=BigInteger(), announced=String())
 
 
 class NotificationStore(Protocol):
@@ -65,9 +86,9 @@ class SqlNotificationRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def store_in(self, session: AsyncSession) -> NotificationStore:
-        """The store of the event consumer's transaction `session`."""
-        return _SessionStore(session, announce=not self._db.is_sqlite)
+    def store_in(self, transaction: Transaction) -> NotificationStore:
+        """The store of the event consumer's transaction."""
+        return _TransactionStore(transaction, announce=not self._db.is_sqlite)
 
     async def page(
         self, user_id: str, unread_only: bool, before: int | None, limit: int
@@ -138,31 +159,21 @@ class SqlNotificationRepository:
             return int(await session.scalar(query) or 0)
 
 
-class _SessionStore:
-    def __init__(self, session: AsyncSession, *, announce: bool) -> None:
-        self._session = session
-        self._announce = announce
+class _TransactionStore:
+    def __init__(self, transaction: Transaction, *, announce: bool) -> None:
+        self._transaction = transaction
+        self._take_seq = TAKE_USER_SEQ_AND_ANNOUNCE if announce else TAKE_USER_SEQ
 
     async def add(self, notification: NotificationRow) -> None:
-        session = self._session
+        transaction = self._transaction
         user_id = notification.user_id
-        # The counter row stays locked until the consumer's transaction ends.
-        notification.user_seq = int(
-            await session.scalar(
-                text(
-                    "INSERT INTO user_sequences (user_id, last_seq) VALUES (:user_id, 1) "
-                    "ON CONFLICT (user_id) DO UPDATE SET last_seq = user_sequences.last_seq + 1 "
-                    "RETURNING last_seq"
-                ),
-                {"user_id": user_id},
-            )
+        taken = await transaction.fetch_one(
+            self._take_seq, {"user_id": user_id, "channel": CHANNEL}
         )
-        session.add(notification)
-        # IntegrityError is left to the Consumer: it is how it recognises a twin delivery.
-        await session.flush()
-        if self._announce:
-            # PostgreSQL delivers NOTIFY on commit, and never for a rollback.
-            await session.execute(
-                text("SELECT pg_notify(:channel, :user_id)"),
-                {"channel": CHANNEL, "user_id": user_id},
-            )
+        assert taken is not None  # an upsert's RETURNING always has its row
+        notification.user_seq = int(taken["last_seq"])
+        # IntegrityError (the event's notification is there already) is left to the
+        # Consumer, which takes the delivery for a repeat.
+        await transaction.execute(
+            INSERT_NOTIFICATION, {name: getattr(notification, name) for name in STORED_COLUMNS}
+        )

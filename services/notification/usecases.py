@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 
+from services.common.db import loaded
 from services.common.errors import DomainError, NotFound
 from services.common.ids import new_id
 from services.common.pagination import PageTokens, page_size
@@ -135,18 +136,23 @@ class Notifications:
         once); returns what to run once that has committed: wake the user's streams."""
         title, body = describe(event)
         user_id = event.user_id
+        # `loaded`, not the constructor (its attribute events cost more than the rest of
+        # this method): the row goes to the store, never to an ORM session.
         await store.add(
-            NotificationRow(
-                id=new_id("ntf"),
-                user_id=user_id,
-                kind=event.kind,
-                title=title,
-                body=body,
-                order_id=event.order_id,
-                event_id=event.event_id,
-                read=False,
-                create_time=utcnow(),
-                read_time=None,
+            loaded(
+                NotificationRow,
+                {
+                    "id": new_id("ntf"),
+                    "user_id": user_id,
+                    "kind": event.kind,
+                    "title": title,
+                    "body": body,
+                    "order_id": event.order_id,
+                    "event_id": event.event_id,
+                    "read": False,
+                    "create_time": utcnow(),
+                    "read_time": None,
+                },
             )
         )
         return lambda: self.hub.wake(user_id)

@@ -144,8 +144,16 @@ ORDER_ID_BY_KEY = select(ORDERS.c.id).where(ORDERS.c.idempotency_key == bindpara
 INSERT_ORDER = insert(ORDERS)
 INSERT_ITEM = insert(ITEMS)
 # The outbox row of an event; its id is the database's, its position the relay's.
-INSERT_EVENT = insert(OUTBOX).values(
-    {name: bindparam(name) for name in ("event_id", "subject", "payload", "headers", "create_time")}
+# (inline: no RETURNING of the id, which PostgreSQL would otherwise send back.)
+INSERT_EVENT = (
+    insert(OUTBOX)
+    .values(
+        {
+            name: bindparam(name)
+            for name in ("event_id", "subject", "payload", "headers", "create_time")
+        }
+    )
+    .inline()
 )
 PLACE = (
     update(ORDERS)

@@ -207,3 +207,19 @@ async def test_a_postgres_url_with_driver_options_reads_like_the_engine() -> Non
             assert read is not None and read["kind"] == "big"
         finally:
             await db.close()
+
+
+def test_a_loaded_model_reads_in_a_fresh_process() -> None:
+    """`loaded` before any ORM use in the process (the mappers not configured yet): its
+    attributes read (they raised AttributeError before)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from services.common.db import loaded\n"
+        "from services.user.models import UserRow\n"
+        "print(loaded(UserRow, {'id': 'usr_1', 'email': 'a@b.c'}).email)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "a@b.c"
