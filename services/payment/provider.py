@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from services.common.db import Database
+from services.common.db import Database, loaded
 from services.common.ids import new_id
 from services.common.times import utcnow
 from services.payment.models import (
@@ -125,8 +124,23 @@ DECLINE_CODES = {DECLINE: CARD_DECLINED, DECLINE_FUNDS: INSUFFICIENT_FUNDS}
 # Who charges before its answer is lost, and how the loss looks to the caller.
 LOST_ANSWERS = {TIMEOUT: PROVIDER_TIMEOUT, ERROR_AFTER_CHARGE: PROVIDER_ERROR}
 
-CHARGES = ProviderChargeRow.__table__
+CHARGES = cast(Table, ProviderChargeRow.__table__)
 CHARGE_BY_KEY = select(CHARGES).where(CHARGES.c.idempotency_key == bindparam("key"))
+CHARGE_STATE = select(CHARGES.c.state).where(CHARGES.c.reference == bindparam("reference"))
+INSERT_CHARGE = insert(CHARGES)
+# A charge's conditional move (`_move`), its parameters named apart from the columns it
+# sets (a column's own name is reserved for that).
+MOVE_CHARGE = (
+    update(CHARGES)
+    .where(CHARGES.c.reference == bindparam("reference"), CHARGES.c.state == bindparam("source"))
+    .values(
+        state=bindparam("new_state", type_=CHARGES.c.state.type),
+        update_time=bindparam("new_update_time", type_=CHARGES.c.update_time.type),
+    )
+)
+REFUND_CHARGE = MOVE_CHARGE.values(
+    refund_key=bindparam("new_refund_key", type_=CHARGES.c.refund_key.type)
+)
 
 
 def outcome_of(charge: ProviderChargeRow) -> Outcome:
@@ -157,21 +171,21 @@ class SimulatedProvider:
         if behaviour == ERROR:
             raise ProviderUnavailable(PROVIDER_ERROR)
         now = utcnow()
-        charge = ProviderChargeRow(
-            idempotency_key=key,
-            reference=new_id("ch"),
-            payment_method=payment_method,
-            amount_currency=amount.currency_code,
-            amount_minor=amount.amount_minor,
-            state=DECLINED if behaviour in DECLINE_CODES else AUTHORIZED,
-            decline_code=DECLINE_CODES.get(behaviour, ""),
-            refund_key="",
-            create_time=now,
-            update_time=now,
-        )
+        charge = {
+            "idempotency_key": key,
+            "reference": new_id("ch"),
+            "payment_method": payment_method,
+            "amount_currency": amount.currency_code,
+            "amount_minor": amount.amount_minor,
+            "state": DECLINED if behaviour in DECLINE_CODES else AUTHORIZED,
+            "decline_code": DECLINE_CODES.get(behaviour, ""),
+            "refund_key": "",
+            "create_time": now,
+            "update_time": now,
+        }
         try:
-            async with self._db.write() as session:
-                session.add(charge)
+            async with self._db.transaction() as tx:
+                await tx.execute(INSERT_CHARGE, charge)
         except IntegrityError:
             # The same key was charged concurrently: that charge is the answer.
             existing = await self._by_key(key)
@@ -180,7 +194,7 @@ class SimulatedProvider:
             return outcome_of(existing)
         if behaviour in LOST_ANSWERS:
             raise ProviderUnavailable(LOST_ANSWERS[behaviour])
-        return outcome_of(charge)
+        return outcome_of(loaded(ProviderChargeRow, charge))
 
     async def find(self, key: str) -> Outcome | None:
         await self._wait()
@@ -196,29 +210,30 @@ class SimulatedProvider:
     async def refund(self, reference: str, key: str) -> None:
         await self._move(reference, CAPTURED, REFUNDED, refund_key=key)
 
-    async def _move(self, reference: str, source: str, target: str, **values: str) -> None:
+    async def _move(
+        self, reference: str, source: str, target: str, refund_key: str | None = None
+    ) -> None:
         """source -> target in one conditional UPDATE; a charge already at target is left
         as it is (a repeat), any other state is a ChargeConflict."""
         await self._wait()
-        async with self._db.write() as session:
-            result = await session.execute(
-                update(ProviderChargeRow)
-                .where(ProviderChargeRow.reference == reference, ProviderChargeRow.state == source)
-                .values(state=target, update_time=utcnow(), **values)
-                .execution_options(synchronize_session=False)
-            )
-            assert isinstance(result, CursorResult)
-            if result.rowcount == 1:
+        params = {
+            "reference": reference,
+            "source": source,
+            "new_state": target,
+            "new_update_time": utcnow(),
+            "new_refund_key": refund_key,
+        }
+        statement = MOVE_CHARGE if refund_key is None else REFUND_CHARGE
+        async with self._db.transaction() as tx:
+            if await tx.execute(statement, params) == 1:
                 return
-            state = await session.scalar(
-                select(ProviderChargeRow.state).where(ProviderChargeRow.reference == reference)
-            )
+            row = await tx.fetch_one(CHARGE_STATE, {"reference": reference})
+        state = "" if row is None else str(row["state"])
         if state != target:
-            raise ChargeConflict(reference, state or "")
+            raise ChargeConflict(reference, state)
 
     async def _by_key(self, key: str) -> ProviderChargeRow | None:
-        row = await self._db.read_one(CHARGE_BY_KEY, {"key": key})
-        return None if row is None else ProviderChargeRow(**row)
+        return await self._db.read_model(ProviderChargeRow, CHARGE_BY_KEY, {"key": key})
 
     async def _wait(self) -> None:
         if self._latency > 0:
