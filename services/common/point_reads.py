@@ -185,10 +185,12 @@ class SqlitePointReader:
             self._connection = None
 
 
-# Connections of a PostgreSQL point reader (its point reads and the service's hot write
-# transactions): a few, opened when first needed (the shared server's max_connections is
+# Connections of a PostgreSQL point reader, for its point reads and, apart, for the
+# service's hot write transactions (which may wait on a row lock: they never hold up a
+# read): a few each, opened when first needed (the shared server's max_connections is
 # counted across every process).
-PG_READER_CONNECTIONS = 8
+PG_READER_CONNECTIONS = 4
+PG_WRITER_CONNECTIONS = 6
 # A connection the server dropped (a restart, a failover) is met once; the read is
 # then tried again on a fresh one.
 _CONNECTION_LOST = (
@@ -229,29 +231,33 @@ class PostgresPointReader:
         _, arguments = engine.dialect.create_connect_args(engine.url)
         self._arguments = {k: v for k, v in arguments.items() if k not in _SQLALCHEMY_ONLY}
         self._tracer = tracer or _tracer
-        self._pool: asyncpg.Pool | None = None
+        self._pools: dict[bool, asyncpg.Pool] = {}
         self._opening = asyncio.Lock()
         self._compiled = Compiled(POSTGRESQL)
 
-    async def _connected(self) -> asyncpg.Pool:
-        if self._pool is None:
+    async def _connected(self, writing: bool = False) -> asyncpg.Pool:
+        """The pool for reads, or for write transactions."""
+        pool = self._pools.get(writing)
+        if pool is None:
             async with self._opening:
-                if self._pool is None:
-                    self._pool = await asyncpg.create_pool(
+                pool = self._pools.get(writing)
+                if pool is None:
+                    pool = await asyncpg.create_pool(
                         min_size=0,
-                        max_size=PG_READER_CONNECTIONS,
+                        max_size=PG_WRITER_CONNECTIONS if writing else PG_READER_CONNECTIONS,
                         reset=_no_reset,
                         init=_json_codecs,
                         **self._arguments,
                     )
-        return self._pool
+                    self._pools[writing] = pool
+        return pool
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection of the pool with a transaction begun, for the caller to commit or
         roll back. A connection the server dropped fails at BEGIN, before anything was
         sent: it is replaced (with the others) and the next one tried."""
-        pool = await self._connected()
+        pool = await self._connected(writing=True)
         for attempt in range(2):
             async with pool.acquire() as connection:
                 try:
@@ -314,6 +320,6 @@ class PostgresPointReader:
         return list(await pool.fetch(sql, *arguments))
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
             await pool.close()

@@ -9,9 +9,10 @@ import pytest
 
 from services.common import migrate
 from services.common.db import Database
-from services.common.times import utcnow
+from services.common.times import as_utc, utcnow
 from services.product.models import (
     RELEASED,
+    RESERVED,
     InsufficientStock,
     ProductRow,
     ReservationExists,
@@ -138,3 +139,50 @@ async def test_pages_follow_id_order(repo: SqlProductRepository) -> None:
     rest = await repo.page(first[-1].id, 2)
     assert [p.id for p in first] == ["prd_1", "prd_2"]
     assert [p.id for p in rest] == ["prd_3"]
+
+
+async def test_reserve_and_release_return_what_is_stored(repo: SqlProductRepository) -> None:
+    """The rows reserve and release hand back (written without the ORM) carry the values
+    a read of the stored reservation finds."""
+    await add_product(repo, "prd_g", 5)
+    await add_product(repo, "prd_h", 5)
+    reserved_at, released_at = utcnow(), utcnow()
+    reservation = await repo.reserve("res_g", {"prd_h": 2, "prd_g": 1}, reserved_at)
+    assert (reservation.id, reservation.state, reservation.release_time) == (
+        "res_g",
+        RESERVED,
+        None,
+    )
+    assert reservation.create_time == reserved_at
+    items = [(i.reservation_id, i.product_id, i.quantity) for i in reservation.items]
+    assert items == [("res_g", "prd_g", 1), ("res_g", "prd_h", 2)]
+
+    with pytest.raises(ReservationExists) as taken:
+        await repo.reserve("res_g", {"prd_g": 1}, utcnow())
+    stored = taken.value.reservation
+    assert (stored.state, as_utc(stored.create_time)) == (RESERVED, reserved_at)
+    assert [(i.reservation_id, i.product_id, i.quantity) for i in stored.items] == items
+
+    for did in (True, False):
+        released, did_release = await repo.release("res_g", released_at)
+        assert (released.id, released.state, did_release) == ("res_g", RELEASED, did)
+        assert as_utc(released.create_time) == reserved_at
+        assert released.release_time is not None and as_utc(released.release_time) == released_at
+        assert [(i.reservation_id, i.product_id, i.quantity) for i in released.items] == items
+    assert (await stock_of(repo, "prd_g"), await stock_of(repo, "prd_h")) == (5, 5)
+
+
+async def test_get_many_of_few_and_of_many_ids(repo: SqlProductRepository) -> None:
+    """A few ids are read one by one, many (on PostgreSQL) in one query: alike."""
+    await add_product(repo, "prd_i", 3)
+    found = await repo.get_many(["prd_i", "prd_missing", "prd_i"])
+    assert list(found) == ["prd_i"] and found["prd_i"].stock == 3
+    assert await repo.get_many([]) == {}
+    many = [f"prd_many_{n:02d}" for n in range(12)]
+    for n, product_id in enumerate(many[:10]):
+        await add_product(repo, product_id, n)
+    found = await repo.get_many([*many, "prd_i"])
+    assert {product_id: row.stock for product_id, row in found.items()} == {
+        **{product_id: n for n, product_id in enumerate(many[:10])},
+        "prd_i": 3,
+    }
