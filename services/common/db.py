@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,15 +33,18 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, configure_mappers
+from sqlalchemy.sql.elements import ClauseElement
 
 from services.common import inline_sqlite, telemetry
 from services.common.point_reads import (
+    CONNECTION_LOST,
     SQLITE,
     Compiled,
     PostgresPointReader,
     SqlitePointReader,
 )
 from services.common.transactions import (
+    NO_PARAMETERS,
     EngineTransaction,
     PostgresTransaction,
     SqliteTransaction,
@@ -140,6 +143,7 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 Model = TypeVar("Model", bound=DeclarativeBase)
+Result = TypeVar("Result")
 
 
 def loaded(model: type[Model], row: Mapping[str, Any]) -> Model:
@@ -249,6 +253,43 @@ class Database:
                     connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+
+    async def write_one(
+        self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
+    ) -> int:
+        """One insert, update or delete as a transaction of its own; how many rows it
+        changed. On PostgreSQL it runs in autocommit: one round trip, where BEGIN and
+        COMMIT add two. A connection the server dropped is replaced and the statement
+        sent again, so use it for statements whose repeat is harmless (a conditional
+        update, an insert of a unique key)."""
+        if self._pg_point_reader is None:
+            async with self.transaction() as tx:
+                return await tx.execute(statement, params)
+        return await self._pg_once(lambda statements: statements.execute(statement, params))
+
+    async def write_returning(
+        self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
+    ) -> dict[str, Any] | None:
+        """`write_one` of a statement with RETURNING: its first row, or None."""
+        if self._pg_point_reader is None:
+            async with self.transaction() as tx:
+                return await tx.fetch_one(statement, params)
+        return await self._pg_once(lambda statements: statements.fetch_one(statement, params))
+
+    async def _pg_once(self, run: Callable[[PostgresTransaction], Awaitable[Result]]) -> Result:
+        """`run` on an autocommit connection, again on a fresh one if the server had
+        dropped it."""
+        reader = self._pg_point_reader
+        assert reader is not None
+        for attempt in range(2):
+            try:
+                async with reader.autocommit() as connection:
+                    return await run(PostgresTransaction(connection, reader.compiled))
+            except CONNECTION_LOST:
+                if attempt:
+                    raise
+                await reader.expire_writers()
+        raise AssertionError("unreachable")
 
     @asynccontextmanager
     async def _sqlite_turn(self) -> AsyncIterator[None]:

@@ -193,7 +193,7 @@ PG_READER_CONNECTIONS = 4
 PG_WRITER_CONNECTIONS = 6
 # A connection the server dropped (a restart, a failover) is met once; the read is
 # then tried again on a fresh one.
-_CONNECTION_LOST = (
+CONNECTION_LOST = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
@@ -262,7 +262,7 @@ class PostgresPointReader:
             async with pool.acquire() as connection:
                 try:
                     await connection.execute("BEGIN")
-                except _CONNECTION_LOST:
+                except CONNECTION_LOST:
                     if attempt:
                         raise
                     await pool.expire_connections()
@@ -275,6 +275,24 @@ class PostgresPointReader:
                     if connection.is_in_transaction() or connection.is_closed():
                         connection.terminate()
                 return
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the write pool, outside any transaction: each statement
+        commits by itself (one round trip, where BEGIN and COMMIT add two)."""
+        pool = await self._connected(writing=True)
+        async with pool.acquire() as connection:
+            try:
+                yield connection
+            finally:
+                if connection.is_in_transaction() or connection.is_closed():
+                    connection.terminate()
+
+    async def expire_writers(self) -> None:
+        """Replaces the write pool's connections (the server dropped them)."""
+        pool = self._pools.get(True)
+        if pool is not None:
+            await pool.expire_connections()
 
     @property
     def compiled(self) -> Compiled:
@@ -306,7 +324,7 @@ class PostgresPointReader:
         pool = await self._connected()
         try:
             rows = await self._rows(pool, compiled.sql, arguments, one)
-        except _CONNECTION_LOST:
+        except CONNECTION_LOST:
             # The others were most likely dropped too (a restart): replace them all.
             await pool.expire_connections()
             rows = await self._rows(pool, compiled.sql, arguments, one)

@@ -307,8 +307,7 @@ class SqlOrderRepository:
             ).all()
 
     async def mark_captured(self, order_id: str) -> None:
-        async with self._db.transaction() as tx:
-            await tx.execute(CAPTURED, {"order_id": order_id})
+        await self._db.write_one(CAPTURED, {"order_id": order_id})
 
     async def unrefunded(self) -> Sequence[str]:
         async with self._db.read() as session:

@@ -184,8 +184,7 @@ class SimulatedProvider:
             "update_time": now,
         }
         try:
-            async with self._db.transaction() as tx:
-                await tx.execute(INSERT_CHARGE, charge)
+            await self._db.write_one(INSERT_CHARGE, charge)
         except IntegrityError:
             # The same key was charged concurrently: that charge is the answer.
             existing = await self._by_key(key)
@@ -224,10 +223,9 @@ class SimulatedProvider:
             "new_refund_key": refund_key,
         }
         statement = MOVE_CHARGE if refund_key is None else REFUND_CHARGE
-        async with self._db.transaction() as tx:
-            if await tx.execute(statement, params) == 1:
-                return
-            row = await tx.fetch_one(CHARGE_STATE, {"reference": reference})
+        if await self._db.write_one(statement, params) == 1:
+            return
+        row = await self._db.read_one(CHARGE_STATE, {"reference": reference})
         state = "" if row is None else str(row["state"])
         if state != target:
             raise ChargeConflict(reference, state)

@@ -106,8 +106,7 @@ class SqlPaymentRepository:
     async def add(self, payment: PaymentRow) -> None:
         row = {key: getattr(payment, key) for key in COLUMNS}
         try:
-            async with self._db.transaction() as tx:
-                await tx.execute(INSERT_PAYMENT, row)
+            await self._db.write_one(INSERT_PAYMENT, row)
         except IntegrityError:
             # The order's payment was written concurrently and committed first.
             existing = await self.by_order(payment.order_id)
@@ -123,6 +122,5 @@ class SqlPaymentRepository:
         statement = _transition(frozenset(from_states), frozenset(values))
         params = {f"new_{key}": value for key, value in values.items()}
         params["payment_id"] = payment_id
-        async with self._db.transaction() as tx:
-            row = await tx.fetch_one(statement, params)
+        row = await self._db.write_returning(statement, params)
         return None if row is None else loaded(PaymentRow, row)

@@ -24,12 +24,14 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db import Database
 from services.common.times import as_utc
+from tests.conftest import postgres_database
 
 METADATA = MetaData()
 THINGS = Table(
@@ -193,3 +195,50 @@ async def test_sqlite_transactions_and_orm_writes_take_turns(tmp_path: Path) -> 
                 pass
     finally:
         await db.close()
+
+
+async def test_a_single_write_commits_by_itself(database_url: str) -> None:
+    """write_one / write_returning: the row count, the row RETURNed (converted), a
+    duplicate key as IntegrityError, nothing written by a statement that matched
+    nothing."""
+    db = await _database(database_url)
+    try:
+        assert await db.write_one(INSERT, ROW) == 1
+        with pytest.raises(IntegrityError):
+            await db.write_one(INSERT, ROW)
+        started = await db.write_returning(START, {"id": "a", "more": 5})
+        assert started is not None and started["size"] == 2**40 + 5
+        assert as_utc(started["seen"]) == SEEN and started["tags"] == ROW["tags"]
+        assert await db.write_returning(START, {"id": "a", "more": 5}) is None
+        assert await db.write_one(update(THINGS).where(THINGS.c.id == "none").values(count=1)) == 0
+        stored = await db.read_one(BY_ID, {"id": "a"})
+        assert stored is not None and stored["state"] == "STARTED"
+        assert stored["size"] == 2**40 + 5
+    finally:
+        await db.close()
+
+
+@pytest.mark.postgres
+async def test_a_single_write_goes_through_after_the_server_dropped_its_connections() -> None:
+    """PostgreSQL ends every session of the pool (as a restart does): the next write goes
+    through (a connection known dead is replaced by the pool; one found dead as the
+    statement is sent is replaced and the statement sent once more)."""
+    async with postgres_database() as url:
+        db = await _database(url)
+        try:
+            for n in range(3):  # a few connections in the write pool
+                await db.write_one(INSERT, {**ROW, "id": f"w{n}"})
+            name = url.rsplit("/", 1)[1]
+            async with db.engine.connect() as connection:
+                ended = await connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+                assert ended.scalar_one() >= 1
+            assert await db.write_one(INSERT, {**ROW, "id": "after"}) == 1
+            assert await db.read_one(BY_ID, {"id": "after"}) is not None
+        finally:
+            await db.close()
