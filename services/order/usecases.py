@@ -252,8 +252,7 @@ class Orders:
                 # Another attempt with this key is under way (or being undone): wait for it.
                 await asyncio.sleep(self._retry_poll)
                 continue
-            await self._peers.active_user(user_id)
-            products = await self._peers.products([line.product_id for line in lines])
+            products = await self._checked_and_priced(user_id, lines)
             order = _pending_order(user_id, key, request, lines, products)
             try:
                 await self._repository.claim(order)
@@ -300,6 +299,23 @@ class Orders:
         # The order stands whatever the capture does: one that fails is the sweeper's.
         await self._capture(placed)
         return placed
+
+    async def _checked_and_priced(
+        self, user_id: str, lines: Sequence[Line]
+    ) -> Sequence[PricedProduct]:
+        """The user checked and every item priced, both asked at once (two reads of two
+        services: one round of waiting instead of two). The user's failure is the one
+        raised when both fail, as if it had been asked first."""
+        user, priced = await asyncio.gather(
+            self._peers.active_user(user_id),
+            self._peers.products([line.product_id for line in lines]),
+            return_exceptions=True,
+        )
+        for outcome in (user, priced):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert not isinstance(priced, BaseException)
+        return priced
 
     # -- undoing -------------------------------------------------------------
 

@@ -146,6 +146,36 @@ async def test_an_inactive_or_unknown_user_is_refused_before_anything_is_written
     assert shop.nothing_written()
 
 
+async def test_an_unknown_user_with_an_unknown_product_is_refused_for_the_user(
+    shop: Shop, orders: Orders
+) -> None:
+    """Both looked up at once, the user's failure is the one said (as when asked first)."""
+    with pytest.raises(NotFound) as raised:
+        await orders.create("usr_nobody", [Line("gone", 1)], "k")
+    assert raised.value.reason == "USER_NOT_FOUND"
+    assert shop.nothing_written()
+
+
+async def test_the_user_and_the_prices_are_asked_at_once(
+    shop: Shop, orders: Orders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round of waiting, not two: each answer takes 0.2 s, both come in ~0.2 s."""
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=3)
+    for name in ("active_user", "products"):
+        answer = getattr(shop.peers, name)
+
+        async def slow(*args: object, _answer: object = answer) -> object:
+            await asyncio.sleep(0.2)
+            return await _answer(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(shop.peers, name, slow)
+    started = asyncio.get_running_loop().time()
+    placed = await orders.create(user, lines({mug: 1}), "k")
+    assert asyncio.get_running_loop().time() - started < 0.35
+    assert placed.status == PLACED and shop.peers.stock[mug] == 2
+
+
 async def test_an_unknown_product_is_refused_before_anything_is_written(
     shop: Shop, orders: Orders
 ) -> None:
