@@ -49,6 +49,8 @@ from services.common.transactions import (
     PostgresTransaction,
     SqliteTransaction,
     Transaction,
+    committed,
+    sqlite_committed,
 )
 
 NAMING_CONVENTION = {
@@ -116,6 +118,25 @@ _writing: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 )
 
 
+async def _once_unlocked(attempt: Callable[[], Awaitable[Result]]) -> Result:
+    """`attempt` (a BEGIN IMMEDIATE) again, after a growing pause, while another process
+    holds the file's write lock (SQLITE_BUSY), up to SQLITE_LOCK_WAIT in all; the loop
+    goes on meanwhile."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + SQLITE_LOCK_WAIT
+    pause = 0.002
+    while True:
+        try:
+            return await attempt()
+        except (OperationalError, sqlite3.OperationalError) as error:
+            cause = getattr(error, "orig", None) or error
+            busy = getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not busy or loop.time() > give_up:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 def _writer_turn(path: str) -> asyncio.Lock:
     turns = _writer_turns.setdefault(asyncio.get_running_loop(), {})
     return turns.setdefault(path, asyncio.Lock())
@@ -159,7 +180,9 @@ def loaded(model: type[Model], row: Mapping[str, Any]) -> Model:
 
 
 class Database:
-    """Sessions for reads and for writes (a unit of work: commit on success, rollback on error)."""
+    """One service's database: ORM sessions for reads and writes (a unit of work: commit
+    on success, rollback on error), and the driver paths of the hot ones (point reads,
+    `transaction`, `write_one`)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -232,13 +255,13 @@ class Database:
             async with self._pg_point_reader.begin() as connection:
                 try:
                     yield PostgresTransaction(connection, self._pg_point_reader.compiled)
+                    await committed(connection.execute("COMMIT"))
                 except BaseException:
                     # A connection a cancelled statement left busy cannot roll back: the
                     # pool's connection is then closed instead (`begin`), which does.
                     with contextlib.suppress(Exception):
                         await connection.execute("ROLLBACK")
                     raise
-                await connection.execute("COMMIT")
             return
         if self._sqlite_file is None:
             async with self.engine.begin() as engine_connection:
@@ -248,47 +271,59 @@ class Database:
             connection = await self._sqlite_begin()
             try:
                 yield SqliteTransaction(connection, self._sqlite_compiled)
+                sqlite_committed(connection)
             except BaseException:
-                if connection.in_transaction:  # some errors end it themselves
+                # Also when COMMIT itself failed (a deferred constraint, a full disk): the
+                # write connection is never left holding the file's write lock.
+                if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-            connection.execute("COMMIT")
 
     async def write_one(
         self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
     ) -> int:
         """One insert, update or delete as a transaction of its own; how many rows it
         changed. On PostgreSQL it runs in autocommit: one round trip, where BEGIN and
-        COMMIT add two. A connection the server dropped is replaced and the statement
-        sent again, so use it for statements whose repeat is harmless (a conditional
-        update, an insert of a unique key)."""
+        COMMIT add two. A connection the server dropped (a restart) is replaced and the
+        statement sent again: it may have committed the first time, so use this for
+        statements whose repeat changes nothing and tells the caller so (a conditional
+        update whose outcome the caller reads back, an insert of a unique key:
+        IntegrityError, "there already")."""
         if self._pg_point_reader is None:
             async with self.transaction() as tx:
                 return await tx.execute(statement, params)
-        return await self._pg_once(lambda statements: statements.execute(statement, params))
+        return await self._pg_once(
+            lambda statements: statements.execute(statement, params), resend=True
+        )
 
     async def write_returning(
         self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
     ) -> dict[str, Any] | None:
-        """`write_one` of a statement with RETURNING: its first row, or None."""
+        """`write_one` of a statement with RETURNING: its first row, or None. Never sent
+        twice (a repeat of a conditional update that had committed would answer None,
+        which is not what happened): a connection lost on the way raises."""
         if self._pg_point_reader is None:
             async with self.transaction() as tx:
                 return await tx.fetch_one(statement, params)
-        return await self._pg_once(lambda statements: statements.fetch_one(statement, params))
+        return await self._pg_once(
+            lambda statements: statements.fetch_one(statement, params), resend=False
+        )
 
-    async def _pg_once(self, run: Callable[[PostgresTransaction], Awaitable[Result]]) -> Result:
-        """`run` on an autocommit connection, again on a fresh one if the server had
-        dropped it."""
+    async def _pg_once(
+        self, run: Callable[[PostgresTransaction], Awaitable[Result]], *, resend: bool
+    ) -> Result:
+        """`run` on an autocommit connection of the write pool; with `resend`, once more
+        on a fresh connection if the server had dropped the first."""
         reader = self._pg_point_reader
         assert reader is not None
-        for attempt in range(2):
+        for attempt in range(2 if resend else 1):
             try:
                 async with reader.autocommit() as connection:
                     return await run(PostgresTransaction(connection, reader.compiled))
             except CONNECTION_LOST:
-                if attempt:
+                await reader.expire_writers()  # most likely all dropped (a restart)
+                if attempt or not resend:
                     raise
-                await reader.expire_writers()
         raise AssertionError("unreachable")
 
     @asynccontextmanager
@@ -308,8 +343,8 @@ class Database:
                 _writing.reset(writing)
 
     async def _sqlite_begin(self) -> sqlite3.Connection:
-        """The write connection with BEGIN IMMEDIATE gone through; another process's
-        write lock is waited for asynchronously, as in `_sqlite_write_session`."""
+        """The write connection with BEGIN IMMEDIATE gone through (another process's
+        write lock waited for, `_once_unlocked`)."""
         assert self._sqlite_file is not None
         if self._sqlite_writer is None:
             connection = sqlite3.connect(
@@ -318,18 +353,13 @@ class Database:
             for pragma in SQLITE_PRAGMAS:
                 connection.execute(pragma)
             self._sqlite_writer = connection
-        give_up = asyncio.get_running_loop().time() + SQLITE_LOCK_WAIT
-        pause = 0.002
-        while True:
-            try:
-                self._sqlite_writer.execute("BEGIN IMMEDIATE")
-                return self._sqlite_writer
-            except sqlite3.OperationalError as error:
-                busy = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
-                if not busy or asyncio.get_running_loop().time() > give_up:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        writer = self._sqlite_writer
+
+        async def begin() -> sqlite3.Connection:
+            writer.execute("BEGIN IMMEDIATE")
+            return writer
+
+        return await _once_unlocked(begin)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -361,20 +391,17 @@ class Database:
         """A session whose BEGIN IMMEDIATE went through. Another process holding the
         file's write lock (a second replica on the file, a sqlite3 shell) is waited for
         here, asynchronously, up to SQLITE_LOCK_WAIT; the loop goes on meanwhile."""
-        give_up = asyncio.get_running_loop().time() + SQLITE_LOCK_WAIT
-        pause = 0.002
-        while True:
+
+        async def begin() -> AsyncSession:
             session = self._write()
             try:
                 await session.connection()  # checks a connection out: BEGIN IMMEDIATE
-                return session
-            except OperationalError as error:
+            except BaseException:
                 await session.close()
-                locked = getattr(error.orig, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
-                if not locked or asyncio.get_running_loop().time() > give_up:
-                    raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+                raise
+            return session
+
+        return await _once_unlocked(begin)
 
     async def ping(self) -> None:
         """Raises if the database cannot answer a trivial query."""

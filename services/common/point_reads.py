@@ -53,7 +53,8 @@ _REQUIRED = object()
 @dataclass(frozen=True)
 class CompiledRead:
     """A statement (a select, or an insert, update or delete and what it RETURNs),
-    compiled once for one dialect. Its constants (`.where(t.c.state == "PENDING")`) are
+    compiled once for one dialect, for the driver paths (point reads, transactions).
+    Its constants (`.where(t.c.state == "PENDING")`) are
     parameters with their own value; the others are named by `bindparam` or, for an
     insert of a whole table, by column key."""
 
@@ -84,8 +85,10 @@ class CompiledRead:
         )
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        # A constant keeps its value whatever `params` holds (a key of the same name as
+        # the constant's generated one must not change what the statement says).
         values = (
-            params[name] if constant is _REQUIRED or name in params else constant
+            params[name] if constant is _REQUIRED else constant
             for name, constant in zip(self.parameters, self.constants, strict=True)
         )
         return [
@@ -209,8 +212,9 @@ _SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_fu
 
 
 async def _no_reset(_: asyncpg.Connection) -> None:
-    """What a released connection needs: nothing (a point read is one autocommit SELECT,
-    which leaves no session state), so no reset query, a round trip, per read."""
+    """What a released connection needs: nothing (a point read, a single write or a
+    transaction ended by COMMIT or ROLLBACK leaves no session state; one left inside a
+    transaction is closed instead), so no reset query, a round trip, per use."""
 
 
 async def _json_codecs(connection: asyncpg.Connection) -> None:
@@ -223,7 +227,8 @@ async def _json_codecs(connection: asyncpg.Connection) -> None:
 
 
 class PostgresPointReader:
-    """An asyncpg pool of its own, for point reads in autocommit."""
+    """asyncpg pools of its own: one for point reads in autocommit, one for the hot
+    write transactions and single writes (`Database.transaction`, `write_one`)."""
 
     def __init__(self, engine: AsyncEngine, tracer: trace.Tracer | None = None) -> None:
         # The engine's own connection arguments (host, credentials, and what the URL's

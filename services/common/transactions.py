@@ -21,7 +21,7 @@ is made only when the current trace is recorded.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 import asyncpg
@@ -40,7 +40,8 @@ Rows = Sequence[Mapping[str, Any]]
 
 
 class Transaction(Protocol):
-    """Statements inside one database transaction (committed when the block ends well)."""
+    """Statements inside one database transaction (committed when the block ends well);
+    the PostgreSQL form also runs single statements in autocommit (`Database.write_one`)."""
 
     async def execute(
         self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
@@ -129,6 +130,22 @@ class SqliteTransaction:
             return [compiled.mapping(row) for row in cursor.fetchall()]
         finally:
             cursor.close()
+
+
+def sqlite_committed(connection: sqlite3.Connection) -> None:
+    """COMMIT, a constraint checked only then (deferred) failing as IntegrityError."""
+    try:
+        connection.execute("COMMIT")
+    except sqlite3.IntegrityError as error:
+        raise IntegrityError("COMMIT", None, error) from None
+
+
+async def committed(commit: Awaitable[Any]) -> None:
+    """An asyncpg COMMIT, a deferred constraint failing as IntegrityError."""
+    try:
+        await commit
+    except asyncpg.IntegrityConstraintViolationError as error:
+        raise IntegrityError("COMMIT", None, error) from None
 
 
 def _changed(status: str) -> int:

@@ -189,19 +189,9 @@ class SqlOrderRepository:
     async def claim(self, order: OrderRow) -> None:
         try:
             async with self._db.transaction() as tx:
-                await tx.execute(
-                    INSERT_ORDER, {name: getattr(order, name) for name in ORDER_COLUMNS}
-                )
-                await tx.execute_many(
-                    INSERT_ITEM,
-                    [
-                        {
-                            "order_id": order.id,
-                            **{name: getattr(item, name) for name in ITEM_COLUMNS},
-                        }
-                        for item in order.items
-                    ],
-                )
+                await tx.execute(INSERT_ORDER, _values(order, ORDER_COLUMNS))
+                items = [{"order_id": order.id, **_values(i, ITEM_COLUMNS)} for i in order.items]
+                await tx.execute_many(INSERT_ITEM, items)
         except IntegrityError:
             raise KeyTaken(order.idempotency_key) from None
 

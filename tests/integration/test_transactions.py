@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    ForeignKey,
     Integer,
     MetaData,
     String,
@@ -34,6 +35,19 @@ from services.common.times import as_utc
 from tests.conftest import postgres_database
 
 METADATA = MetaData()
+PARENTS = Table("parents", METADATA, Column("id", String(16), primary_key=True))
+# Checked at COMMIT only.
+CHILDREN = Table(
+    "children",
+    METADATA,
+    Column("id", String(16), primary_key=True),
+    Column(
+        "parent_id",
+        String(16),
+        ForeignKey("parents.id", deferrable=True, initially="DEFERRED"),
+        nullable=False,
+    ),
+)
 THINGS = Table(
     "things",
     METADATA,
@@ -220,9 +234,8 @@ async def test_a_single_write_commits_by_itself(database_url: str) -> None:
 
 @pytest.mark.postgres
 async def test_a_single_write_goes_through_after_the_server_dropped_its_connections() -> None:
-    """PostgreSQL ends every session of the pool (as a restart does): the next write goes
-    through (a connection known dead is replaced by the pool; one found dead as the
-    statement is sent is replaced and the statement sent once more)."""
+    """PostgreSQL ends every session of the pool (as a restart does): the next write_one
+    goes through (sent again on a fresh connection)."""
     async with postgres_database() as url:
         db = await _database(url)
         try:
@@ -242,3 +255,37 @@ async def test_a_single_write_goes_through_after_the_server_dropped_its_connecti
             assert await db.read_one(BY_ID, {"id": "after"}) is not None
         finally:
             await db.close()
+
+
+async def test_a_commit_that_fails_rolls_back_and_frees_the_writer(database_url: str) -> None:
+    """A constraint checked only at COMMIT (deferred) fails it: IntegrityError, nothing
+    written, and the next transaction goes through (on SQLite the write connection was
+    left inside the failed transaction, holding the file's write lock)."""
+    db = await _database(database_url)
+    try:
+        with pytest.raises(IntegrityError):
+            async with db.transaction() as tx:
+                await tx.execute(insert(CHILDREN), {"id": "orphan", "parent_id": "none"})
+                await tx.execute(INSERT, ROW)
+        assert await db.read_one(BY_ID, {"id": "a"}) is None
+        async with asyncio.timeout(10):
+            async with db.transaction() as tx:
+                await tx.execute(INSERT, ROW)
+            async with db.write() as session:
+                await session.execute(insert(PARENTS), {"id": "p"})
+        assert await db.read_one(BY_ID, {"id": "a"}) is not None
+    finally:
+        await db.close()
+
+
+async def test_a_parameter_named_like_a_constant_changes_nothing(database_url: str) -> None:
+    """A constant's value is the statement's: a parameter that happens to have its
+    generated name ("state", "state_1") does not replace it."""
+    db = await _database(database_url)
+    try:
+        await db.write_one(INSERT, ROW)
+        hostile = {"id": "a", "more": 1, "state": "HACKED", "state_1": "HACKED"}
+        started = await db.write_returning(START, hostile)
+        assert started is not None and started["state"] == "STARTED"
+    finally:
+        await db.close()
