@@ -327,6 +327,32 @@ class Database:
         raise AssertionError("unreachable")
 
     @asynccontextmanager
+    async def advisory_lock(self, key: int) -> AsyncIterator[None]:
+        """On PostgreSQL, the session-level advisory lock `key` for the block (replicas
+        take turns); elsewhere nothing (one process writes a SQLite file's feed). One
+        round trip to take it and one to give it back, on a write-pool connection; a
+        connection whose lock may not have been given back (cancelled, cut off) is
+        closed, which gives it back."""
+        reader = self._pg_point_reader
+        if reader is None:
+            yield
+            return
+        async with reader.autocommit() as connection:
+            try:
+                await connection.execute("SELECT pg_advisory_lock($1)", key)
+            except BaseException:
+                connection.terminate()  # it may be granted after all
+                raise
+            try:
+                yield
+            finally:
+                try:
+                    await connection.execute("SELECT pg_advisory_unlock($1)", key)
+                except BaseException:
+                    connection.terminate()
+                    raise
+
+    @asynccontextmanager
     async def _sqlite_turn(self) -> AsyncIterator[None]:
         """The process's turn to write the SQLite file (see `write`)."""
         assert self._sqlite_file is not None

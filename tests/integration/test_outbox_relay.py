@@ -1,4 +1,5 @@
-"""The outbox relay when its sink fails: a warning, a pause, and nothing lost or reordered."""
+"""The outbox relay when its sink fails: a warning, a pause, and nothing lost or reordered;
+relays of replicas on PostgreSQL taking turns."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from services.common import migrate
 from services.common.db import Database
@@ -15,6 +17,7 @@ from services.common.events.outbox import Relay
 from services.common.times import utcnow
 from services.order.models import OutboxRow
 from services.order.wiring import SPEC as ORDER
+from tests.conftest import postgres_database
 from tests.waits import eventually
 
 
@@ -62,3 +65,77 @@ async def test_a_failing_sink_is_retried_without_an_error_and_loses_nothing(
     retried = [r for r in caplog.records if r.getMessage() == "outbox relay pass failed; retrying"]
     assert [r.levelno for r in retried] == [logging.WARNING, logging.WARNING]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+class SlowSink:
+    """A broker that takes its time, so relay passes of two replicas overlap."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    async def publish(self, event: Event) -> None:
+        await asyncio.sleep(0.002)
+        self.published.append(event.event_id)
+
+
+@pytest.mark.postgres
+async def test_relays_of_two_replicas_take_turns_and_a_cancelled_pass_frees_the_lock() -> None:
+    """Two relays on one PostgreSQL outbox (two replicas) publishing at once: every event
+    once, feed positions 1..n in publication order, no gap. A pass cancelled while it
+    holds the replicas' lock gives it back: the other relay's next pass goes on."""
+    async with postgres_database() as url:
+        first, second = Database(url), Database(url)
+        await migrate.upgrade(first, ORDER.migrations, ORDER.name)
+        try:
+            async with first.write() as session:
+                session.add_all(
+                    OutboxRow(
+                        event_id=f"evt_{i:03}",
+                        subject="order.created",
+                        payload=b"",
+                        headers={},
+                        create_time=utcnow(),
+                    )
+                    for i in range(60)
+                )
+            sink = SlowSink()
+            relays = [Relay(db, OutboxRow, sink, name="turns") for db in (first, second)]
+            while sum(await asyncio.gather(*(r.publish_pending() for r in relays))):
+                pass
+            assert sorted(sink.published) == [f"evt_{i:03}" for i in range(60)]
+            assert len(sink.published) == 60  # none twice
+            async with first.read() as session:
+                rows = (await session.scalars(select(OutboxRow).order_by(OutboxRow.position))).all()
+            assert [row.position for row in rows] == list(range(1, 61))
+            assert [row.event_id for row in rows] == sink.published
+
+            # A pass cancelled inside the lock (its sink hanging), then the other replica's.
+            async with first.write() as session:
+                session.add(
+                    OutboxRow(
+                        event_id="evt_late",
+                        subject="order.created",
+                        payload=b"",
+                        headers={},
+                        create_time=utcnow(),
+                    )
+                )
+            hung = asyncio.Event()
+
+            class HangingSink:
+                async def publish(self, event: Event) -> None:
+                    hung.set()
+                    await asyncio.sleep(60)
+
+            stuck = asyncio.create_task(
+                Relay(first, OutboxRow, HangingSink(), name="turns").publish_pending()
+            )
+            await hung.wait()
+            stuck.cancel()
+            await asyncio.gather(stuck, return_exceptions=True)
+            async with asyncio.timeout(10):
+                assert await relays[1].publish_pending() == 1
+            assert sink.published[-1] == "evt_late"
+        finally:
+            await first.close()
+            await second.close()

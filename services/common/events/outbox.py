@@ -29,7 +29,6 @@ from sqlalchemy import (
     bindparam,
     func,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -203,20 +202,8 @@ class Relay:
     @contextlib.asynccontextmanager
     async def _leader(self) -> AsyncIterator[None]:
         """One relay pass at a time: per process, and on PostgreSQL across replicas."""
-        async with self._local:
-            if self._db.is_sqlite:
-                yield
-                return
-            async with self._db.engine.connect() as connection:
-                await connection.execute(
-                    text("SELECT pg_advisory_lock(:key)"), {"key": self._lock_key}
-                )
-                try:
-                    yield
-                finally:
-                    await connection.execute(
-                        text("SELECT pg_advisory_unlock(:key)"), {"key": self._lock_key}
-                    )
+        async with self._local, self._db.advisory_lock(self._lock_key):
+            yield
 
 
 async def backlog(db: Database, model: type[Any]) -> int:
