@@ -154,7 +154,22 @@ def _changed(status: str) -> int:
     return int(count) if count.isdigit() else 0
 
 
-class PostgresTransaction:
+class _FirstOfAll:
+    """`fetch_one` as the first row of `fetch_all` (drivers that read every row anyway)."""
+
+    async def fetch_all(
+        self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def fetch_one(
+        self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
+    ) -> dict[str, Any] | None:
+        rows = await self.fetch_all(statement, params)
+        return rows[0] if rows else None
+
+
+class PostgresTransaction(_FirstOfAll):
     """Statements on an asyncpg connection with a transaction begun."""
 
     def __init__(self, connection: asyncpg.Connection, compiled: Compiled) -> None:
@@ -184,12 +199,6 @@ class PostgresTransaction:
         except asyncpg.IntegrityConstraintViolationError as error:
             raise IntegrityError(compiled.sql, None, error) from None
 
-    async def fetch_one(
-        self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
-    ) -> dict[str, Any] | None:
-        rows = await self.fetch_all(statement, params)
-        return rows[0] if rows else None
-
     async def fetch_all(
         self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
     ) -> list[dict[str, Any]]:
@@ -205,7 +214,7 @@ class PostgresTransaction:
         return [compiled.mapping(row) for row in rows]
 
 
-class EngineTransaction:
+class EngineTransaction(_FirstOfAll):
     """Statements on a SQLAlchemy connection in a transaction (what has no driver path
     of its own: an in-memory SQLite database)."""
 
@@ -221,12 +230,6 @@ class EngineTransaction:
     async def execute_many(self, statement: ClauseElement, rows: Rows) -> None:
         for row in rows:
             await self._connection.execute(cast(Executable, statement), dict(row))
-
-    async def fetch_one(
-        self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
-    ) -> dict[str, Any] | None:
-        rows = await self.fetch_all(statement, params)
-        return rows[0] if rows else None
 
     async def fetch_all(
         self, statement: ClauseElement, params: Mapping[str, Any] = NO_PARAMETERS
