@@ -435,8 +435,13 @@ class Database:
             await connection.execute(text("SELECT 1"))
 
     def connections_in_use(self) -> int:
-        """Pooled connections checked out now (for the metrics)."""
-        return int(getattr(self.engine.pool, "checkedout", lambda: 0)())
+        """Connections checked out now, of the engine's pool and the driver paths' own
+        (for the metrics)."""
+        engine = int(getattr(self.engine.pool, "checkedout", lambda: 0)())
+        if self._pg_point_reader is not None:
+            return engine + self._pg_point_reader.connections_in_use()
+        writing = self._sqlite_writer is not None and self._sqlite_writer.in_transaction
+        return engine + int(writing)
 
     async def close(self) -> None:
         if self._point_reader is not None:

@@ -299,6 +299,9 @@ class PostgresPointReader:
         if pool is not None:
             await pool.expire_connections()
 
+    def connections_in_use(self) -> int:
+        return sum(pool.get_size() - pool.get_idle_size() for pool in self._pools.values())
+
     @property
     def compiled(self) -> Compiled:
         return self._compiled

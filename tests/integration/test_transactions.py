@@ -289,3 +289,17 @@ async def test_a_parameter_named_like_a_constant_changes_nothing(database_url: s
         assert started is not None and started["state"] == "STARTED"
     finally:
         await db.close()
+
+
+async def test_connections_in_use_count_the_driver_paths(database_url: str) -> None:
+    """The metric's figure counts a transaction's connection while it is open."""
+    db = await _database(database_url)
+    try:
+        await db.read_one(BY_ID, {"id": "a"})
+        assert db.connections_in_use() == 0
+        async with db.transaction() as tx:
+            await tx.execute(INSERT, ROW)
+            assert db.connections_in_use() == 1
+        assert db.connections_in_use() == 0
+    finally:
+        await db.close()
