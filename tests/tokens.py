@@ -4,7 +4,9 @@ processes through JWT_JWKS_FILE and TLS_DIR)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ from services.common.tls import GATEWAY, SERVICE, TlsSettings, dev_pki
 
 KEYS = Path(tempfile.gettempdir()) / f"shop-test-keys-{os.getpid()}"
 ensure_dev_keys(KEYS)
+# The run's private key and CA go with the run (every server the tests start has
+# stopped by then).
+atexit.register(shutil.rmtree, KEYS, True)
 SETTINGS = AuthSettings(KEYS / "jwks.json", private_key_file=KEYS / "private.pem")
 PKI = KEYS / "pki"
 CLIENT_TLS = dev_pki(PKI, "test-client", SERVICE)  # a service certificate: may call anything
