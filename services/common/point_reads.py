@@ -262,23 +262,16 @@ class PostgresPointReader:
         """A connection of the pool with a transaction begun, for the caller to commit or
         roll back. A connection the server dropped fails at BEGIN, before anything was
         sent: it is replaced (with the others) and the next one tried."""
-        pool = await self._connected(writing=True)
         for attempt in range(2):
-            async with pool.acquire() as connection:
+            async with self.autocommit() as connection:
                 try:
                     await connection.execute("BEGIN")
                 except CONNECTION_LOST:
                     if attempt:
                         raise
-                    await pool.expire_connections()
+                    await self.expire_writers()
                     continue
-                try:
-                    yield connection
-                finally:
-                    # A transaction cut short (its task cancelled mid-statement) may leave
-                    # the connection inside it: never hand that on.
-                    if connection.is_in_transaction() or connection.is_closed():
-                        connection.terminate()
+                yield connection
                 return
 
     @asynccontextmanager
@@ -290,6 +283,8 @@ class PostgresPointReader:
             try:
                 yield connection
             finally:
+                # A transaction cut short (its task cancelled mid-statement) may leave
+                # the connection inside it: never hand that on.
                 if connection.is_in_transaction() or connection.is_closed():
                     connection.terminate()
 
