@@ -30,6 +30,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -734,7 +735,8 @@ def judge(section: Section) -> list[Verdict]:
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "cores": str(os.cpu_count())}
-    packages = ["grpcio", "protobuf", "connectrpc", "hypercorn", "starlette", "sqlalchemy"]
+    packages = ["grpcio", "protobuf", "connectrpc", "hypercorn", "httptools", "starlette"]
+    packages += ["sqlalchemy"]
     packages += ["aiosqlite", "asyncpg", "nats-py", "uvloop", "fastapi", "uvicorn"]
     for package in packages:
         try:
@@ -742,6 +744,8 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[package] = "-"
     for tool, flag in (("h2load", "--version"), ("wrk", "-v")):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: `make bench` installs it (wrk, nghttp2-client)")
         out = (
             subprocess.run([tool, flag], capture_output=True, text=True).stdout.strip().splitlines()
         )

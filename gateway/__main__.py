@@ -1,6 +1,6 @@
-"""`python -m gateway`: serves the gateway with Hypercorn, which speaks HTTP/1.1 and
-cleartext HTTP/2 with trailers, so Connect (POST and GET), gRPC-Web, REST and real
-gRPC all work on one port. Metrics are served on a port of their own."""
+"""`python -m gateway`: serves the gateway on one port for every protocol (HTTP/1.1 and
+cleartext HTTP/2 with trailers, `gateway.server`), so Connect (POST and GET), gRPC-Web,
+REST and real gRPC all work there. Metrics are served on a port of their own."""
 
 from __future__ import annotations
 
@@ -11,19 +11,18 @@ import signal
 import socket
 import sys
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
-
 from gateway.config import GatewayConfig
 from services.common import eventloop, logs, telemetry
 from services.common.config import env
 from services.common.devsetup import ensure_development_identities
 
 log = logging.getLogger("shop.gateway")
+# How long requests under way may take to finish once asked to stop.
+GRACEFUL_SECONDS = 5.0
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """Bound here rather than by Hypercorn, so that port 0 tells us the port it got."""
+    """Bound here rather than by the server, so that port 0 tells us the port it got."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -33,24 +32,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 async def run() -> None:
-    from gateway import hypercorn_workaround
     from gateway.app import create_app
-
-    hypercorn_workaround.apply()
+    from gateway.server import serve
 
     config = GatewayConfig.from_env()
     ensure_development_identities(config)
     sock = listening_socket(config.host, config.port)
     address = f"{config.host}:{sock.getsockname()[1]}"
-    server_config = Config()
-    server_config.bind = [f"fd://{sock.fileno()}"]
-    server_config.accesslog = None
-    server_config.errorlog = logging.getLogger("hypercorn.error")
-    server_config.graceful_timeout = 5.0
-    # gRPC and Connect clients keep one connection for many calls: don't close it after
-    # Hypercorn's default 1000 requests (clients that ignore GOAWAY then fail) or 5 idle s.
-    server_config.keep_alive_max_requests = 1_000_000
-    server_config.keep_alive_timeout = 75.0
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -64,7 +52,7 @@ async def run() -> None:
     )
     log.info("serving", extra={"address": address, "metrics": metrics_address})
     try:
-        await serve(app, server_config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+        await serve(app, sock, shutdown_trigger=stopping.wait, graceful_timeout=GRACEFUL_SECONDS)
     finally:
         metrics.close()
     log.info("stopped")

@@ -7,7 +7,8 @@ and its metrics, and a clean answer when something fails.
 - refuses header values that are not UTF-8 (400 / invalid_argument) before any part
   of the gateway or its libraries tries to read them;
 - answers gRPC and gRPC-Web callers with a grpc-status whatever happens inside:
-  a path no route serves is `unimplemented` (12), never an HTTP 404 with JSON;
+  a path no route serves is `unimplemented` (12), never an HTTP 404 with JSON, and so
+  is gRPC sent over HTTP/1.1 (its trailers need HTTP/2);
 - catches any exception that would otherwise reach the ASGI server, logs it once,
   and answers `internal` in the caller's protocol without its text;
 - records the RPC code the request ended with, whichever protocol carried it (the
@@ -298,6 +299,12 @@ class Edge:
                 message = f"the {undecodable} header is not valid UTF-8"
                 await refuse(
                     scope, response.send, code_pb2.INVALID_ARGUMENT, message, reason="BAD_HEADER"
+                )
+            elif exchange.protocol == GRPC and not scope.get("http_version", "").startswith("2"):
+                # Its trailers need HTTP/2; the answer fits in headers (trailers-only).
+                message = "gRPC needs HTTP/2; over HTTP/1.1 use gRPC-Web or Connect"
+                await refuse(
+                    scope, response.send, code_pb2.UNIMPLEMENTED, message, reason="GRPC_OVER_HTTP1"
                 )
             else:
                 await self.app(scope, receive, response.send)

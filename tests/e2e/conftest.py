@@ -71,17 +71,13 @@ class InProcessGateway:
 
 @asynccontextmanager
 async def gateway_in_process(mesh: Mesh) -> AsyncIterator[InProcessGateway]:
-    """The gateway app served by Hypercorn in this event loop (for tests that need its
-    spans or its state in this process), its metrics on a port of their own."""
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
-    from gateway import hypercorn_workaround
+    """The gateway app served as `python -m gateway` serves it, in this event loop (for
+    tests that need its spans or its state in this process), its metrics on a port of
+    their own."""
     from gateway.__main__ import listening_socket
     from gateway.app import create_app
     from gateway.config import GatewayConfig
-
-    hypercorn_workaround.apply()
+    from gateway.server import serve
 
     upstreams = {name: f"127.0.0.1:{port}" for name, port in mesh.ports.items()}
     settings = GatewayConfig(
@@ -91,19 +87,13 @@ async def gateway_in_process(mesh: Mesh) -> AsyncIterator[InProcessGateway]:
     )
     app = create_app(settings)
     sock = listening_socket("127.0.0.1", 0)
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
-    config.accesslog = None
-    config.graceful_timeout = 1.0
+    port = sock.getsockname()[1]
     stopping = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stopping.wait))  # type: ignore[arg-type]
+    server = asyncio.create_task(serve(app, sock, stopping.wait, graceful_timeout=1.0))
     metrics_port = app.state.metrics.serve("127.0.0.1", 0)
     try:
-        yield InProcessGateway(
-            f"http://127.0.0.1:{sock.getsockname()[1]}", f"http://127.0.0.1:{metrics_port}"
-        )
+        yield InProcessGateway(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}")
     finally:
         app.state.metrics.close()
         stopping.set()
         await asyncio.wait_for(server, 10)
-        sock.detach()  # Hypercorn closed the descriptor it was given

@@ -1,0 +1,273 @@
+"""The gateway's HTTP server: every protocol on one port, each served by the fastest
+implementation that serves it fully.
+
+A connection's first bytes choose. The HTTP/2 connection preface (cleartext, prior
+knowledge: how gRPC clients and `buf curl --http2-prior-knowledge` connect) goes to
+Hypercorn, whose HTTP/2 carries the trailers real gRPC needs. Anything else is
+HTTP/1.1 (Connect, gRPC-Web, REST, Server-Sent Events, the console) and goes to
+uvicorn's httptools protocol, which answers a request for about a third of Hypercorn's
+CPU (h11). uvicorn's `Server` owns the socket, the application's lifespan and the
+graceful stop for both: it asks every connection to finish, HTTP/2 ones included,
+and cancels what is left after `graceful_timeout`.
+
+Written here (about 100 lines) because neither server does both halves: uvicorn's
+own HTTP/2 (zttp) sent GOAWAY ENHANCE_YOUR_CALM to a grpc.aio client after a few
+thousand calls on one connection, and Hypercorn's HTTP/1.1 is the slow part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import uvicorn
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.typing import AppWrapper
+from hypercorn.utils import wrap_app
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from gateway import hypercorn_workaround
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The most a request's line and headers may take on HTTP/1.1 (Hypercorn's h11 limit, which
+# the gateway had before): httptools sets none, and a client could send headers forever.
+MAX_HEAD_BYTES = 16 * 1024
+# gRPC and Connect clients keep one connection for many calls: never close it after a
+# number of requests (clients that ignore GOAWAY then fail), and only after this long idle.
+KEEP_ALIVE_SECONDS = 75.0
+
+
+class Http2Side:
+    """What every HTTP/2 connection shares: Hypercorn's settings, its view of the
+    application, and the signal to finish."""
+
+    def __init__(self, app: Any) -> None:
+        hypercorn_workaround.apply()
+        self.config = HypercornConfig()
+        self.config.accesslog = None
+        self.config.errorlog = logging.getLogger("hypercorn.error")
+        self.config.keep_alive_max_requests = 1_000_000
+        self.config.keep_alive_timeout = KEEP_ALIVE_SECONDS
+        self.app: AppWrapper = wrap_app(app, self.config.wsgi_max_body_size, "asgi")
+        self.context = WorkerContext(None)
+        self._finishing: asyncio.Task[None] | None = None
+
+    def finish(self) -> None:
+        """Busy connections close once their streams end, idle ones at once."""
+        if self._finishing is None:
+            self._finishing = asyncio.get_running_loop().create_task(self.context.terminated.set())
+
+
+class Http2Connection(asyncio.StreamReaderProtocol):
+    """One HTTP/2 connection, served by Hypercorn's TCPServer as if Hypercorn had accepted
+    it, and known to uvicorn's server state so that the graceful stop waits for it."""
+
+    def __init__(
+        self,
+        side: Http2Side,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._side = side
+        self._server_state = server_state
+        self._app_state = app_state
+        super().__init__(asyncio.StreamReader(loop=loop), self._serve, loop=loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._server_state.connections.add(self)  # type: ignore[arg-type]
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server_state.connections.discard(self)
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        self._side.finish()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._server_state.tasks.add(task)
+        task.add_done_callback(self._server_state.tasks.discard)
+        loop = asyncio.get_running_loop()
+        side, state = self._side, self._app_state
+        try:
+            await TCPServer(side.app, loop, side.config, side.context, state, reader, writer)
+        except asyncio.CancelledError:
+            # The stop's grace ran out: the connection is closed, and that is all (let out,
+            # asyncio's stream protocol would log the cancellation as an error).
+            writer.close()
+
+
+class HeadTooLarge(Exception):
+    """Raised inside the parser's callbacks to stop it; answered with 431."""
+
+
+class Http1Connection(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering 431 (Request Header Fields Too Large) and
+    closing once a request's head is over MAX_HEAD_BYTES. The target and each header are
+    counted as the parser completes them; and since the parser keeps a header until it
+    ends, a chunk read while the head was under way, and still is, counts too (it was
+    all head), so a header that never ends is cut off as well."""
+
+    _head_bytes = 0  # of the current request's head: what the parser completed
+    _head_chunks = 0  # what arrived while the head stayed incomplete
+    _in_head = False
+    _refused = False
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = self._head_chunks = 0
+        self._in_head = True
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._grow(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        was_in_head = self._in_head
+        super().data_received(data)
+        if was_in_head and self._in_head and not self.transport.is_closing():
+            self._head_chunks += len(data)
+            if self._head_chunks > MAX_HEAD_BYTES:
+                self._refuse()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refused:
+            return
+        super().send_400_response(msg)
+
+    def _grow(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse()
+            raise HeadTooLarge  # the parser stops; its error answer is skipped above
+
+    def _refuse(self) -> None:
+        self._refused = True
+        body = b'{"code":"resource_exhausted","message":"the request headers are too large"}'
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+class OnePortProtocol(asyncio.Protocol):
+    """Reads a connection's first bytes, then hands it, those bytes included, to the
+    HTTP/2 or the HTTP/1.1 protocol (the way uvicorn's own HTTP/2 support dispatches)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        http2: Http2Side,
+    ) -> None:
+        self._config = config
+        self._server_state = server_state
+        self._app_state = app_state
+        self._loop = _loop or asyncio.get_event_loop()
+        self._http2 = http2
+        self._transport: asyncio.Transport | None = None
+        self._timeout: asyncio.TimerHandle | None = None
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._server_state.connections.add(self)  # type: ignore[arg-type]
+        self._timeout = self._loop.call_later(self._config.timeout_keep_alive, transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+
+    def shutdown(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) < len(HTTP2_PREFACE) and HTTP2_PREFACE.startswith(self._buffer):
+            return
+        self._forget()
+        assert self._transport is not None
+        protocol: asyncio.Protocol
+        if self._buffer.startswith(HTTP2_PREFACE):
+            protocol = Http2Connection(self._http2, self._server_state, self._app_state, self._loop)
+        else:
+            protocol = Http1Connection(
+                config=self._config,
+                server_state=self._server_state,
+                app_state=self._app_state,
+                _loop=self._loop,
+            )
+        self._transport.set_protocol(protocol)
+        protocol.connection_made(self._transport)
+        protocol.data_received(self._buffer)
+
+    def _forget(self) -> None:
+        self._server_state.connections.discard(self)
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+
+
+async def serve(
+    app: Any,
+    sock: socket.socket,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    graceful_timeout: float = 5.0,
+) -> None:
+    """Serves `app` on the listening `sock` until `shutdown_trigger()` returns, then lets
+    requests under way finish for up to `graceful_timeout` seconds. Runs the
+    application's lifespan around it. The socket is closed on return."""
+    http2 = Http2Side(app)
+    config = uvicorn.Config(
+        app,
+        http=functools.partial(OnePortProtocol, http2=http2),  # type: ignore[arg-type]
+        interface="asgi3",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        # The client is the TCP peer, as the rate limit and the services expect: a
+        # forwarded-for header from a local client is not believed.
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
+        timeout_graceful_shutdown=int(graceful_timeout) or 1,
+    )
+    server = uvicorn.Server(config)
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock])  # exits the process if the lifespan fails
+
+    async def stop_when_triggered() -> None:
+        await shutdown_trigger()
+        server.should_exit = True
+
+    trigger = asyncio.create_task(stop_when_triggered())
+    try:
+        # Ticks every 0.1 s: keeps the Date header current, and ends on should_exit.
+        await server.main_loop()
+    finally:
+        trigger.cancel()
+        await server.shutdown(sockets=[sock])

@@ -1,0 +1,159 @@
+"""The gateway's HTTP server (gateway/server.py): HTTP/1.1 and HTTP/2 on one port, a
+bounded request head, gRPC refused cleanly over HTTP/1.1, and a graceful stop that
+closes idle connections of both kinds and ends open streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+
+from gateway.server import MAX_HEAD_BYTES
+from shop.product.v1 import product_pb2, product_pb2_grpc
+from tests import tokens
+from tests.e2e.conftest import Stack, gateway_env
+from tests.mesh import running_mesh
+from tests.processes import service_process
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _exchange(url: str, request: bytes) -> bytes:
+    """Sends `request` on a new connection and reads until the server closes it."""
+    with socket.create_connection(_address(url), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def _get(path: str, *headers: bytes) -> bytes:
+    head = b"".join(header + b"\r\n" for header in headers)
+    start = b"GET " + path.encode() + b" HTTP/1.1\r\nhost: x\r\n"
+    return start + head + b"connection: close\r\n\r\n"
+
+
+async def test_a_request_head_over_the_limit_is_refused_with_431(stack: Stack) -> None:
+    under = b"x-tenant: " + b"a" * (MAX_HEAD_BYTES - 1024)
+    answer = await asyncio.to_thread(_exchange, stack.url, _get("/healthz", under))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+    over = b"x-tenant: " + b"a" * (MAX_HEAD_BYTES + 1024)
+    answer = await asyncio.to_thread(_exchange, stack.url, _get("/healthz", over))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(body)["code"] == "resource_exhausted"
+
+    many = [b"x-%d: y" % i for i in range(MAX_HEAD_BYTES // 6)]  # small headers, many
+    answer = await asyncio.to_thread(_exchange, stack.url, _get("/healthz", *many))
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+def _endless_header(url: str, megabytes: int) -> str:
+    """Streams one header line forever (well, `megabytes`); how the server ended it."""
+    with socket.create_connection(_address(url), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-endless: ")
+        try:
+            for _ in range(megabytes * 16):
+                sock.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            return "closed while sending"
+        return "accepted every byte"
+
+
+async def test_a_header_that_never_ends_is_cut_off_and_the_gateway_goes_on(
+    stack: Stack,
+) -> None:
+    assert await asyncio.to_thread(_endless_header, stack.url, 64) == "closed while sending"
+    answer = await asyncio.to_thread(_exchange, stack.url, _get("/healthz"))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_grpc_over_http1_is_unimplemented_in_grpc_terms(stack: Stack, tmp_path: Path) -> None:
+    message = product_pb2.GetProductRequest(id="prd_missing").SerializeToString()
+    (tmp_path / "body").write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+    command = ["curl", "-s", "--http1.1", "-D", "-", "-o", "/dev/null", "-X", "POST"]
+    command += ["-H", "content-type: application/grpc", "--data-binary", f"@{tmp_path / 'body'}"]
+    command += [f"{stack.url}/shop.product.v1.ProductService/GetProduct"]
+    result = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, check=True
+    )
+    headers = dict(line.split(": ", 1) for line in result.stdout.splitlines()[1:] if ": " in line)
+    assert result.stdout.startswith("HTTP/1.1 200")
+    assert headers["grpc-status"] == "12"
+    assert "HTTP/2" in headers["grpc-message"]
+    assert not [line for line in stack.gateway_log if "Traceback" in line]
+
+
+def _open_h2_connection(url: str) -> socket.socket:
+    """An HTTP/2 connection that has answered one request and sits idle."""
+    sock = socket.create_connection(_address(url), timeout=10)
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    headers = [(":method", "GET"), (":path", "/healthz"), (":scheme", "http")]
+    connection.send_headers(1, [*headers, (":authority", "x")], end_stream=True)
+    sock.sendall(connection.data_to_send())
+    while True:
+        events = connection.receive_data(sock.recv(65536))
+        sock.sendall(connection.data_to_send())
+        if any(isinstance(event, h2.events.StreamEnded) for event in events):
+            return sock
+
+
+def _open_h1_connection(url: str) -> socket.socket:
+    """An HTTP/1.1 keep-alive connection that has answered one request and sits idle."""
+    sock = socket.create_connection(_address(url), timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+    return sock
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    try:
+        while sock.recv(65536):
+            pass  # a GOAWAY frame, then the end
+        return True
+    except (ConnectionResetError, TimeoutError):
+        return False
+    finally:
+        sock.close()
+
+
+async def test_the_gateway_stops_gracefully_with_connections_of_both_kinds_open(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_mesh(tmp_path) as mesh,
+        service_process("gateway", gateway_env(mesh), module="gateway") as gateway,
+    ):
+        url = f"http://{gateway.address}"
+        # Both halves serve: gRPC (HTTP/2) and Connect JSON (HTTP/1.1), the same answer.
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            stub = product_pb2_grpc.ProductServiceStub(channel)
+            with_grpc = await stub.ListProducts(
+                product_pb2.ListProductsRequest(page_size=1),
+                metadata=(("authorization", f"Bearer {tokens.ADMIN_TOKEN}"),),
+            )
+        h1 = await asyncio.to_thread(_open_h1_connection, url)
+        h2_idle = await asyncio.to_thread(_open_h2_connection, url)
+        assert with_grpc is not None
+        started = time.monotonic()
+        code = await gateway.stop(grace=15.0)
+        took = time.monotonic() - started
+        assert code == 0 and not gateway.killed
+        assert took < 5.0, f"idle connections held the stop for {took:.1f} s"
+        assert await asyncio.to_thread(_closed_by_server, h1)
+        assert await asyncio.to_thread(_closed_by_server, h2_idle)
+        assert not [line for line in gateway.stderr_lines if "Traceback" in line]
