@@ -63,13 +63,18 @@ def baseline(
 
 @asynccontextmanager
 async def uvicorn_peer(database_url: str) -> AsyncIterator[str]:
-    """The FastAPI peer under uvicorn (one worker) on `database_url`."""
+    """The FastAPI peer under uvicorn (one worker) on `database_url`, with httptools and
+    uvloop, as `uvicorn[standard]` runs it."""
     port = free_port()
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "uvicorn",
         "bench.fastapi_peer:app",
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
         "--port",
         str(port),
         "--log-level",

@@ -13,7 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import console, docs, edge, openapi, reflection
 from gateway.auth import Authentication
@@ -67,9 +67,9 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         Route("/healthz", _healthz),
         Route("/.well-known/jwks.json", published_keys_route(config)),
     ]
-    # The public services, and gRPC server reflection listing them (for buf curl, grpcurl).
+    # The public services, and gRPC server reflection listing them (for buf curl, grpcurl),
+    # reached by `Procedures` below rather than by a route each.
     apps = [*connect_apps(services, upstreams, config), *reflection.reflection_apps(services)]
-    routes += [Mount(app.path, app=app) for app in apps]
     spec = openapi.document(rest.routes)
 
     async def openapi_json(_: Request) -> JSONResponse:
@@ -125,6 +125,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
             max_streams=config.max_streams_per_client,
             streaming_paths=streaming,
         ),
+        Middleware(Procedures, services={app.path: app for app in apps}),
     ]
     app = Starlette(
         routes=routes,
@@ -134,6 +135,26 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
     )
     app.state.metrics = metrics
     return app
+
+
+class Procedures:
+    """ASGI middleware, the innermost: a call to `/<package>.<Service>/<Method>` goes
+    straight to that service's Connect application, found by one dictionary look-up,
+    instead of through Starlette's exception handling and a match against every route
+    (together a tenth of the gateway's CPU per call). Any other path goes on to the routes."""
+
+    def __init__(self, app: ASGIApp, services: dict[str, ASGIApp]) -> None:
+        self.app = app
+        self._services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = str(scope["path"])
+            service = self._services.get(path[: path.rfind("/")])
+            if service is not None:
+                await service(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _not_found(request: Request, _: Exception) -> Response:

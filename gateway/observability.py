@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.edge import Exchange
 from services.common.metrics import LATENCY_BUCKETS, ServedRegistry
@@ -59,6 +62,36 @@ class GatewayMetrics(ServedRegistry):
 
 
 def traced(app: ASGIApp) -> ASGIApp:
-    """One server span per request (child of an incoming traceparent), without the
-    per-message receive/send spans."""
+    """One server span per request, child of an incoming traceparent. When spans are
+    recorded, OpenTelemetry's ASGI middleware makes it, with its HTTP attributes (and
+    without the per-message receive/send spans). When the sampler records nothing (the
+    default when nothing is exported, services/common/telemetry.py), all a span does is
+    carry the trace on, to the logs and the services: `SpanIds` does that much for a
+    fraction of the middleware's cost (about a tenth of the gateway's CPU per request)."""
+    if getattr(trace.get_tracer_provider(), "sampler", None) is ALWAYS_OFF:
+        return SpanIds(app)
     return OpenTelemetryMiddleware(app, exclude_spans=["receive", "send"])
+
+
+class SpanIds:
+    """ASGI middleware: the request's trace continued from its propagation headers (as
+    the configured propagators read them), in a span that is current while it is served."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._tracer = trace.get_tracer("shop.gateway")
+        self._fields = {field.encode() for field in propagate.get_global_textmap().fields}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            key.decode("latin-1"): value.decode("latin-1")
+            for key, value in scope["headers"]
+            if key in self._fields
+        }
+        with self._tracer.start_as_current_span(
+            str(scope["method"]), context=propagate.extract(carrier), kind=SpanKind.SERVER
+        ):
+            await self.app(scope, receive, send)
