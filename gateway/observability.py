@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, asgi_getter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
@@ -80,18 +80,14 @@ class SpanIds:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._tracer = trace.get_tracer("shop.gateway")
-        self._fields = {field.encode() for field in propagate.get_global_textmap().fields}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        carrier = {
-            key.decode("latin-1"): value.decode("latin-1")
-            for key, value in scope["headers"]
-            if key in self._fields
-        }
+        # Read as OpenTelemetry's middleware reads them (every value of a repeated header).
+        context = propagate.extract(scope, getter=asgi_getter)  # type: ignore[misc]
         with self._tracer.start_as_current_span(
-            str(scope["method"]), context=propagate.extract(carrier), kind=SpanKind.SERVER
+            str(scope["method"]), context=context, kind=SpanKind.SERVER
         ):
             await self.app(scope, receive, send)

@@ -39,6 +39,8 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The most a request's line and headers may take on HTTP/1.1 (Hypercorn's h11 limit, which
 # the gateway had before): httptools sets none, and a client could send headers forever.
 MAX_HEAD_BYTES = 16 * 1024
+# The most a request's head may take to arrive once it has begun.
+HEAD_TIMEOUT_SECONDS = 30.0
 # gRPC and Connect clients keep one connection for many calls: never close it after a
 # number of requests (clients that ignore GOAWAY then fail), and only after this long idle.
 KEEP_ALIVE_SECONDS = 75.0
@@ -55,6 +57,7 @@ class Http2Side:
         self.config.errorlog = logging.getLogger("hypercorn.error")
         self.config.keep_alive_max_requests = 1_000_000
         self.config.keep_alive_timeout = KEEP_ALIVE_SECONDS
+        self.config.include_server_header = False  # as on HTTP/1.1
         self.app: AppWrapper = wrap_app(app, self.config.wsgi_max_body_size, "asgi")
         self.context = WorkerContext(None)
         self._finishing: asyncio.Task[None] | None = None
@@ -79,6 +82,8 @@ class Http2Connection(asyncio.StreamReaderProtocol):
         self._side = side
         self._server_state = server_state
         self._app_state = app_state
+        self._served: TCPServer | None = None
+        self._closing: asyncio.Task[None] | None = None
         super().__init__(asyncio.StreamReader(loop=loop), self._serve, loop=loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,6 +96,14 @@ class Http2Connection(asyncio.StreamReaderProtocol):
 
     def shutdown(self) -> None:
         self._side.finish()
+        # Hypercorn closes a connection at the stop once a stream of it ends, or at once if
+        # its idle timer runs; one that never opened a stream (a gRPC channel connected,
+        # unused) has none running and would wait out the grace: closed here (twice is
+        # harmless).
+        served = self._served
+        protocol = getattr(getattr(served, "protocol", None), "protocol", None)
+        if served is not None and getattr(protocol, "idle", False):
+            self._closing = asyncio.get_running_loop().create_task(served._initiate_server_close())
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -99,8 +112,9 @@ class Http2Connection(asyncio.StreamReaderProtocol):
         task.add_done_callback(self._server_state.tasks.discard)
         loop = asyncio.get_running_loop()
         side, state = self._side, self._app_state
+        self._served = TCPServer(side.app, loop, side.config, side.context, state, reader, writer)
         try:
-            await TCPServer(side.app, loop, side.config, side.context, state, reader, writer)
+            await self._served
         except asyncio.CancelledError:
             # The stop's grace ran out: the connection is closed, and that is all (let out,
             # asyncio's stream protocol would log the cancellation as an error).
@@ -112,20 +126,25 @@ class HeadTooLarge(Exception):
 
 
 class Http1Connection(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering 431 (Request Header Fields Too Large) and
-    closing once a request's head is over MAX_HEAD_BYTES. The target and each header are
+    """uvicorn's httptools protocol with a bounded request head: over MAX_HEAD_BYTES it
+    is answered 431 (Request Header Fields Too Large), and one not complete within
+    HEAD_TIMEOUT_SECONDS of its first byte closes the connection (a client sending a
+    header a byte at a time holds nothing for long). The target and each header are
     counted as the parser completes them; and since the parser keeps a header until it
-    ends, a chunk read while the head was under way, and still is, counts too (it was
-    all head), so a header that never ends is cut off as well."""
+    ends, a chunk read while the same head was under way, and still is, counts too (it
+    was all head), so a header that never ends is cut off as well."""
 
     _head_bytes = 0  # of the current request's head: what the parser completed
     _head_chunks = 0  # what arrived while the head stayed incomplete
     _in_head = False
+    _began = False  # a request began within the chunk being parsed
     _refused = False
+    _head_timer: asyncio.TimerHandle | None = None
 
     def on_message_begin(self) -> None:
         self._head_bytes = self._head_chunks = 0
-        self._in_head = True
+        self._in_head = self._began = True
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_SECONDS, self.transport.close)
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -138,15 +157,25 @@ class Http1Connection(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._stop_head_timer()
         super().on_headers_complete()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
     def data_received(self, data: bytes) -> None:
-        was_in_head = self._in_head
+        was_in_head, self._began = self._in_head, False
         super().data_received(data)
-        if was_in_head and self._in_head and not self.transport.is_closing():
+        if was_in_head and self._in_head and not self._began and not self.transport.is_closing():
             self._head_chunks += len(data)
             if self._head_chunks > MAX_HEAD_BYTES:
                 self._refuse()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def send_400_response(self, msg: str) -> None:
         if self._refused:
@@ -253,7 +282,7 @@ async def serve(
         proxy_headers=False,
         server_header=False,
         timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
-        timeout_graceful_shutdown=int(graceful_timeout) or 1,
+        timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]  # a float works
     )
     server = uvicorn.Server(config)
     config.load()
@@ -261,8 +290,10 @@ async def serve(
     await server.startup(sockets=[sock])  # exits the process if the lifespan fails
 
     async def stop_when_triggered() -> None:
-        await shutdown_trigger()
-        server.should_exit = True
+        try:
+            await shutdown_trigger()
+        finally:
+            server.should_exit = True
 
     trigger = asyncio.create_task(stop_when_triggered())
     try:
