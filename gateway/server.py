@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import uvicorn
+from google.rpc import code_pb2
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
@@ -189,8 +191,16 @@ class Http1Connection(HttpToolsProtocol):
             raise HeadTooLarge  # the parser stops; its error answer is skipped above
 
     def _refuse(self) -> None:
+        """431 with the error as the request's protocol writes one: the Connect error
+        JSON for a procedure path, a google.rpc.Status (as REST answers) for any other."""
         self._refused = True
-        body = b'{"code":"resource_exhausted","message":"the request headers are too large"}'
+        message = "the request headers are too large"
+        error: dict[str, object]
+        if bytes(self.url).startswith((b"/shop.", b"/grpc.")):
+            error = {"code": "resource_exhausted", "message": message}
+        else:
+            error = {"code": code_pb2.RESOURCE_EXHAUSTED, "message": message, "details": []}
+        body = json.dumps(error).encode()
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
             b"content-type: application/json\r\nconnection: close\r\n"

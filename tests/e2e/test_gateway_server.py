@@ -54,7 +54,22 @@ async def test_a_request_head_over_the_limit_is_refused_with_431(stack: Stack) -
     answer = await asyncio.to_thread(_exchange, stack.url, _get("/healthz", over))
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431 ")
+    assert json.loads(body) == {  # as REST answers: a google.rpc.Status
+        "code": 8,
+        "message": "the request headers are too large",
+        "details": [],
+    }
+    # A procedure's caller gets the Connect error JSON.
+    request = _get("/shop.product.v1.ProductService/GetProduct", over)
+    answer = await asyncio.to_thread(_exchange, stack.url, request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ")
     assert json.loads(body)["code"] == "resource_exhausted"
+
+    # A long query string counts as much as a header does.
+    query = "/v1/products?page_token=" + "a" * (MAX_HEAD_BYTES + 1024)
+    answer = await asyncio.to_thread(_exchange, stack.url, _get(query))
+    assert answer.startswith(b"HTTP/1.1 431 ")
 
     many = [b"x-%d: y" % i for i in range(MAX_HEAD_BYTES // 6)]  # small headers, many
     answer = await asyncio.to_thread(_exchange, stack.url, _get("/healthz", *many))
