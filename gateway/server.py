@@ -32,10 +32,13 @@ from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway import hypercorn_workaround
+
+log = logging.getLogger("shop.gateway")
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The most a request's line and headers may take on HTTP/1.1 (Hypercorn's h11 limit, which
@@ -270,6 +273,36 @@ class OnePortProtocol(asyncio.Protocol):
             self._timeout = None
 
 
+def ending_at_the_stop(app: ASGIApp) -> ASGIApp:
+    """`app`, its HTTP/1.1 responses ended cleanly when cancelled (which happens to what
+    still runs when the stop's grace is over, and to nothing else): a stream under way
+    ends as a stream that is over, a response not begun is a 503, where uvicorn would
+    log "Exception in ASGI application" with a traceback and cut the connection."""
+
+    async def ended(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = ended = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started, ended
+            started = started or message["type"] == "http.response.start"
+            ended = message["type"] == "http.response.body" and not message.get("more_body")
+            await send(message)
+
+        try:
+            await app(scope, receive, sending)
+        except asyncio.CancelledError:
+            if not started:
+                headers = [(b"content-length", b"0"), (b"retry-after", b"1")]
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return ended
+
+
 async def serve(
     app: Any,
     sock: socket.socket,
@@ -292,10 +325,11 @@ async def serve(
         proxy_headers=False,
         server_header=False,
         timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
-        timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]  # a float works
+        timeout_graceful_shutdown=None,  # the grace is kept below, without an error logged
     )
     server = uvicorn.Server(config)
     config.load()
+    config.loaded_app = ending_at_the_stop(config.loaded_app)
     server.lifespan = config.lifespan_class(config)
     await server.startup(sockets=[sock])  # exits the process if the lifespan fails
 
@@ -311,4 +345,13 @@ async def serve(
         await server.main_loop()
     finally:
         trigger.cancel()
-        await server.shutdown(sockets=[sock])
+        # Every connection is asked to finish; what still runs when the grace is over
+        # (streams, mostly) is ended, and the stop goes on.
+        stopping = asyncio.create_task(server.shutdown(sockets=[sock]))
+        done, _ = await asyncio.wait({stopping}, timeout=graceful_timeout)
+        if not done:
+            running = list(server.server_state.tasks)
+            log.info("the stop's grace is over: ending what runs", extra={"tasks": len(running)})
+            for task in running:
+                task.cancel()
+        await stopping

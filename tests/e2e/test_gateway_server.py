@@ -172,3 +172,42 @@ async def test_the_gateway_stops_gracefully_with_connections_of_both_kinds_open(
         assert await asyncio.to_thread(_closed_by_server, h1)
         assert await asyncio.to_thread(_closed_by_server, h2_idle)
         assert not [line for line in gateway.stderr_lines if "Traceback" in line]
+
+
+async def test_streams_open_at_the_stop_end_within_the_grace_without_an_error_logged(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_mesh(tmp_path) as mesh,
+        service_process("gateway", gateway_env(mesh), module="gateway") as gateway,
+    ):
+        url = f"http://{gateway.address}"
+        sse = ["curl", "-s", "-N", "-H", tokens.ADMIN_HEADER]
+        sse += [f"{url}/v1/users/{tokens.ADMIN_ID}/notifications:stream"]
+        envelope = tmp_path / "envelope"
+        message = json.dumps({"userId": tokens.ADMIN_ID}).encode()
+        envelope.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+        connect = ["curl", "-s", "-N", "-X", "POST", "-H", tokens.ADMIN_HEADER]
+        connect += ["-H", "content-type: application/connect+json"]
+        connect += ["--data-binary", f"@{envelope}"]
+        connect += [f"{url}/shop.notification.v1.NotificationService/StreamNotifications"]
+        streams = [
+            await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+            for command in (sse, connect)
+        ]
+        try:
+            await asyncio.sleep(1.0)  # both open and waiting for events
+            started = time.monotonic()
+            code = await gateway.stop(grace=15.0)
+            took = time.monotonic() - started
+            outputs = [await asyncio.wait_for(stream.communicate(), 5) for stream in streams]
+        finally:
+            for stream in streams:
+                if stream.returncode is None:
+                    stream.kill()
+                    await stream.wait()
+        assert code == 0 and not gateway.killed
+        assert took < 8.0, f"the stop took {took:.1f} s"
+        assert [stream.returncode for stream in streams] == [0, 0], outputs
+        logged = [line for line in gateway.stderr_lines if '"level": "ERROR"' in line]
+        assert not logged, logged
