@@ -9,19 +9,21 @@ import json
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import h2.config
 import h2.connection
 import h2.events
+import pytest
 
 from gateway.server import MAX_HEAD_BYTES
 from shop.product.v1 import product_pb2, product_pb2_grpc
 from tests import tokens
 from tests.e2e.conftest import Stack, gateway_env
 from tests.mesh import running_mesh
-from tests.processes import service_process
+from tests.processes import ServiceProcess, service_process
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -146,68 +148,70 @@ def _closed_by_server(sock: socket.socket) -> bool:
         sock.close()
 
 
-async def test_the_gateway_stops_gracefully_with_connections_of_both_kinds_open(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
+    """A gateway process of its own (these tests stop it) in front of a whole mesh."""
     async with (
         running_mesh(tmp_path) as mesh,
-        service_process("gateway", gateway_env(mesh), module="gateway") as gateway,
+        service_process("gateway", gateway_env(mesh), module="gateway") as process,
     ):
-        url = f"http://{gateway.address}"
-        # Both halves serve: gRPC (HTTP/2) and Connect JSON (HTTP/1.1), the same answer.
-        async with grpc.aio.insecure_channel(gateway.address) as channel:
-            stub = product_pb2_grpc.ProductServiceStub(channel)
-            with_grpc = await stub.ListProducts(
-                product_pb2.ListProductsRequest(page_size=1),
-                metadata=(("authorization", f"Bearer {tokens.ADMIN_TOKEN}"),),
-            )
-        h1 = await asyncio.to_thread(_open_h1_connection, url)
-        h2_idle = await asyncio.to_thread(_open_h2_connection, url)
-        assert with_grpc is not None
-        started = time.monotonic()
-        code = await gateway.stop(grace=15.0)
-        took = time.monotonic() - started
-        assert code == 0 and not gateway.killed
-        assert took < 5.0, f"idle connections held the stop for {took:.1f} s"
-        assert await asyncio.to_thread(_closed_by_server, h1)
-        assert await asyncio.to_thread(_closed_by_server, h2_idle)
-        assert not [line for line in gateway.stderr_lines if "Traceback" in line]
+        yield process
+
+
+async def test_the_gateway_stops_gracefully_with_connections_of_both_kinds_open(
+    gateway: ServiceProcess,
+) -> None:
+    url = f"http://{gateway.address}"
+    # A gRPC call (HTTP/2), then a connection of each kind left idle.
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = product_pb2_grpc.ProductServiceStub(channel)
+        with_grpc = await stub.ListProducts(
+            product_pb2.ListProductsRequest(page_size=1),
+            metadata=(("authorization", f"Bearer {tokens.ADMIN_TOKEN}"),),
+        )
+    h1 = await asyncio.to_thread(_open_h1_connection, url)
+    h2_idle = await asyncio.to_thread(_open_h2_connection, url)
+    assert isinstance(with_grpc, product_pb2.ListProductsResponse)
+    started = time.monotonic()
+    code = await gateway.stop(grace=15.0)
+    took = time.monotonic() - started
+    assert code == 0 and not gateway.killed
+    assert took < 5.0, f"idle connections held the stop for {took:.1f} s"
+    assert await asyncio.to_thread(_closed_by_server, h1)
+    assert await asyncio.to_thread(_closed_by_server, h2_idle)
+    assert not [line for line in gateway.stderr_lines if "Traceback" in line]
 
 
 async def test_streams_open_at_the_stop_end_within_the_grace_without_an_error_logged(
-    tmp_path: Path,
+    gateway: ServiceProcess, tmp_path: Path
 ) -> None:
-    async with (
-        running_mesh(tmp_path) as mesh,
-        service_process("gateway", gateway_env(mesh), module="gateway") as gateway,
-    ):
-        url = f"http://{gateway.address}"
-        sse = ["curl", "-s", "-N", "-H", tokens.ADMIN_HEADER]
-        sse += [f"{url}/v1/users/{tokens.ADMIN_ID}/notifications:stream"]
-        envelope = tmp_path / "envelope"
-        message = json.dumps({"userId": tokens.ADMIN_ID}).encode()
-        envelope.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
-        connect = ["curl", "-s", "-N", "-X", "POST", "-H", tokens.ADMIN_HEADER]
-        connect += ["-H", "content-type: application/connect+json"]
-        connect += ["--data-binary", f"@{envelope}"]
-        connect += [f"{url}/shop.notification.v1.NotificationService/StreamNotifications"]
-        streams = [
-            await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
-            for command in (sse, connect)
-        ]
-        try:
-            await asyncio.sleep(1.0)  # both open and waiting for events
-            started = time.monotonic()
-            code = await gateway.stop(grace=15.0)
-            took = time.monotonic() - started
-            outputs = [await asyncio.wait_for(stream.communicate(), 5) for stream in streams]
-        finally:
-            for stream in streams:
-                if stream.returncode is None:
-                    stream.kill()
-                    await stream.wait()
-        assert code == 0 and not gateway.killed
-        assert took < 8.0, f"the stop took {took:.1f} s"
-        assert [stream.returncode for stream in streams] == [0, 0], outputs
-        logged = [line for line in gateway.stderr_lines if '"level": "ERROR"' in line]
-        assert not logged, logged
+    url = f"http://{gateway.address}"
+    sse = ["curl", "-s", "-N", "-H", tokens.ADMIN_HEADER]
+    sse += [f"{url}/v1/users/{tokens.ADMIN_ID}/notifications:stream"]
+    envelope = tmp_path / "envelope"
+    message = json.dumps({"userId": tokens.ADMIN_ID}).encode()
+    envelope.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+    connect = ["curl", "-s", "-N", "-X", "POST", "-H", tokens.ADMIN_HEADER]
+    connect += ["-H", "content-type: application/connect+json"]
+    connect += ["--data-binary", f"@{envelope}"]
+    connect += [f"{url}/shop.notification.v1.NotificationService/StreamNotifications"]
+    streams = [
+        await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+        for command in (sse, connect)
+    ]
+    try:
+        await asyncio.sleep(1.0)  # both open and waiting for events
+        started = time.monotonic()
+        code = await gateway.stop(grace=15.0)
+        took = time.monotonic() - started
+        outputs = [await asyncio.wait_for(stream.communicate(), 5) for stream in streams]
+    finally:
+        for stream in streams:
+            if stream.returncode is None:
+                stream.kill()
+                await stream.wait()
+    assert code == 0 and not gateway.killed
+    assert took < 8.0, f"the stop took {took:.1f} s"
+    assert [stream.returncode for stream in streams] == [0, 0], outputs
+    logged = [line for line in gateway.stderr_lines if '"level": "ERROR"' in line]
+    assert not logged, logged
