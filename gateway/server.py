@@ -6,13 +6,14 @@ knowledge: how gRPC clients and `buf curl --http2-prior-knowledge` connect) goes
 Hypercorn, whose HTTP/2 carries the trailers real gRPC needs. Anything else is
 HTTP/1.1 (Connect, gRPC-Web, REST, Server-Sent Events, the console) and goes to
 uvicorn's httptools protocol, which answers a request for about a third of Hypercorn's
-CPU (h11). uvicorn's `Server` owns the socket, the application's lifespan and the
-graceful stop for both: it asks every connection to finish, HTTP/2 ones included,
-and cancels what is left after `graceful_timeout`.
+CPU (h11), with a bound on the request head that httptools lacks. uvicorn's `Server`
+owns the socket, the application's lifespan and the graceful stop for both: every
+connection, HTTP/2 ones included, is asked to finish, and what still runs after
+`graceful_timeout` (streams) is ended cleanly.
 
-Written here (about 100 lines) because neither server does both halves: uvicorn's
-own HTTP/2 (zttp) sent GOAWAY ENHANCE_YOUR_CALM to a grpc.aio client after a few
-thousand calls on one connection, and Hypercorn's HTTP/1.1 is the slow part.
+Written here because neither server does both halves: uvicorn's own HTTP/2 (zttp
+0.0.35) sent GOAWAY ENHANCE_YOUR_CALM to a grpc.aio client after a few thousand calls
+on one connection, and Hypercorn's HTTP/1.1 is the slow part.
 """
 
 from __future__ import annotations
