@@ -50,6 +50,8 @@ HEAD_TIMEOUT_SECONDS = 30.0
 # gRPC and Connect clients keep one connection for many calls: never close it after a
 # number of requests (clients that ignore GOAWAY then fail), and only after this long idle.
 KEEP_ALIVE_SECONDS = 75.0
+# How long what was ended at the end of the stop's grace may take to unwind.
+STUCK_SECONDS = 2.0
 
 
 class Http2Side:
@@ -106,10 +108,25 @@ class Http2Connection(asyncio.StreamReaderProtocol):
         # its idle timer runs; one that never opened a stream (a gRPC channel connected,
         # unused) has none running and would wait out the grace: closed here (twice is
         # harmless).
-        served = self._served
-        protocol = getattr(getattr(served, "protocol", None), "protocol", None)
-        if served is not None and getattr(protocol, "idle", False):
-            self._closing = asyncio.get_running_loop().create_task(served._initiate_server_close())
+        protocol = getattr(getattr(self._served, "protocol", None), "protocol", None)
+        if getattr(protocol, "idle", False):
+            self.close()
+
+    def close(self) -> asyncio.Task[None] | None:
+        """Closes the connection and its streams now, so that what their handlers still
+        send is dropped instead of waiting on a connection that no longer writes."""
+        if self._served is not None and self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close(self._served))
+        return self._closing
+
+    @staticmethod
+    async def _close(served: TCPServer) -> None:
+        await served._initiate_server_close()
+        # Hypercorn's closing leaves each stream's send buffer waiting for a writer that is
+        # gone: a handler's last send (a stream's trailers) would wait on it for ever.
+        protocol = getattr(served.protocol, "protocol", None)
+        for buffer in list(getattr(protocol, "stream_buffers", {}).values()):
+            await buffer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -351,8 +368,27 @@ async def serve(
         stopping = asyncio.create_task(server.shutdown(sockets=[sock]))
         done, _ = await asyncio.wait({stopping}, timeout=graceful_timeout)
         if not done:
-            running = list(server.server_state.tasks)
-            log.info("the stop's grace is over: ending what runs", extra={"tasks": len(running)})
-            for task in running:
+            state = server.server_state
+            running = len(state.tasks)
+            log.info("the stop's grace is over: ending what runs", extra={"running": running})
+            # HTTP/2 connections are closed first, then every handler is cancelled (those of
+            # HTTP/2 streams with their connection's task): their last sends then return.
+            closing = [
+                connection.close()
+                for connection in list(state.connections)
+                if isinstance(connection, Http2Connection)
+            ]
+            if any(closing):
+                await asyncio.wait([task for task in closing if task], timeout=STUCK_SECONDS)
+            for task in list(state.tasks):
                 task.cancel()
+            done, _ = await asyncio.wait({stopping}, timeout=STUCK_SECONDS)
+            if not done:
+                # Something ignores its cancellation: it is left behind (the loop's end
+                # cancels it again), and the stop goes on, the application's included.
+                running = len(state.tasks)
+                log.warning("left what would not end", extra={"running": running})
+                server.force_exit = True
+                await stopping
+                await server.lifespan.shutdown()
         await stopping

@@ -19,6 +19,7 @@ import h2.events
 import pytest
 
 from gateway.server import MAX_HEAD_BYTES
+from shop.notification.v1 import notification_pb2, notification_pb2_grpc
 from shop.product.v1 import product_pb2, product_pb2_grpc
 from tests import tokens
 from tests.e2e.conftest import Stack, gateway_env
@@ -199,19 +200,39 @@ async def test_streams_open_at_the_stop_end_within_the_grace_without_an_error_lo
         await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
         for command in (sse, connect)
     ]
+    channel = grpc.aio.insecure_channel(gateway.address)  # and one over gRPC (HTTP/2)
+    with_grpc = notification_pb2_grpc.NotificationServiceStub(channel).StreamNotifications(
+        notification_pb2.StreamNotificationsRequest(user_id=tokens.ADMIN_ID),
+        metadata=(("authorization", f"Bearer {tokens.ADMIN_TOKEN}"),),
+    )
+
+    async def read_grpc() -> str:
+        try:
+            async for _ in with_grpc:
+                pass
+        except grpc.aio.AioRpcError as error:
+            return str(error.code().name)
+        return "OK"
+
+    grpc_reader = asyncio.create_task(read_grpc())
     try:
-        await asyncio.sleep(1.0)  # both open and waiting for events
+        await asyncio.sleep(1.0)  # all three open and waiting for events
         started = time.monotonic()
         code = await gateway.stop(grace=15.0)
         took = time.monotonic() - started
         outputs = [await asyncio.wait_for(stream.communicate(), 5) for stream in streams]
+        grpc_ended = await asyncio.wait_for(grpc_reader, 5)
     finally:
         for stream in streams:
             if stream.returncode is None:
                 stream.kill()
                 await stream.wait()
+        grpc_reader.cancel()
+        await channel.close()
     assert code == 0 and not gateway.killed
+    # The grace (5 s), then the ending: a gRPC stream held the stop for ever before.
     assert took < 8.0, f"the stop took {took:.1f} s"
     assert [stream.returncode for stream in streams] == [0, 0], outputs
+    assert grpc_ended == "UNAVAILABLE"  # its connection closed: the client may reconnect
     logged = [line for line in gateway.stderr_lines if '"level": "ERROR"' in line]
     assert not logged, logged
