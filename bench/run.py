@@ -735,9 +735,8 @@ def judge(section: Section) -> list[Verdict]:
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "cores": str(os.cpu_count())}
-    packages = ["grpcio", "protobuf", "connectrpc", "hypercorn", "httptools", "starlette"]
-    packages += ["sqlalchemy"]
-    packages += ["aiosqlite", "asyncpg", "nats-py", "uvloop", "fastapi", "uvicorn"]
+    packages = ["grpcio", "protobuf", "connectrpc", "hypercorn", "httptools", "uvicorn"]
+    packages += ["starlette", "sqlalchemy", "aiosqlite", "asyncpg", "nats-py", "uvloop", "fastapi"]
     for package in packages:
         try:
             found[package] = importlib.metadata.version(package)

@@ -368,27 +368,29 @@ async def serve(
         stopping = asyncio.create_task(server.shutdown(sockets=[sock]))
         done, _ = await asyncio.wait({stopping}, timeout=graceful_timeout)
         if not done:
-            state = server.server_state
-            running = len(state.tasks)
-            log.info("the stop's grace is over: ending what runs", extra={"running": running})
-            # HTTP/2 connections are closed first, then every handler is cancelled (those of
-            # HTTP/2 streams with their connection's task): their last sends then return.
-            closing = [
-                connection.close()
-                for connection in list(state.connections)
-                if isinstance(connection, Http2Connection)
-            ]
-            if any(closing):
-                await asyncio.wait([task for task in closing if task], timeout=STUCK_SECONDS)
-            for task in list(state.tasks):
-                task.cancel()
-            done, _ = await asyncio.wait({stopping}, timeout=STUCK_SECONDS)
-            if not done:
-                # Something ignores its cancellation: it is left behind (the loop's end
-                # cancels it again), and the stop goes on, the application's included.
-                running = len(state.tasks)
-                log.warning("left what would not end", extra={"running": running})
-                server.force_exit = True
-                await stopping
-                await server.lifespan.shutdown()
+            await _end_what_runs(server, stopping)
         await stopping
+
+
+async def _end_what_runs(server: uvicorn.Server, stopping: asyncio.Task[None]) -> None:
+    """The stop's grace is over: HTTP/2 connections are closed first, then every handler
+    is cancelled (those of HTTP/2 streams with their connection's task), so that their
+    last sends return. What still ignores its cancellation is left behind (the loop's end
+    cancels it again), and the stop goes on, the application's included."""
+    state = server.server_state
+    log.info("the stop's grace is over: ending what runs", extra={"running": len(state.tasks)})
+    closing = [
+        connection.close()
+        for connection in list(state.connections)
+        if isinstance(connection, Http2Connection)
+    ]
+    if any(closing):
+        await asyncio.wait([task for task in closing if task], timeout=STUCK_SECONDS)
+    for task in list(state.tasks):
+        task.cancel()
+    done, _ = await asyncio.wait({stopping}, timeout=STUCK_SECONDS)
+    if not done:
+        log.warning("left what would not end", extra={"running": len(state.tasks)})
+        server.force_exit = True
+        await stopping
+        await server.lifespan.shutdown()
