@@ -9,7 +9,7 @@ too slow becomes UNAVAILABLE or DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -22,12 +22,7 @@ from services.order.convert import product_from_proto
 from services.order.models import PricedProduct
 from shop.common.v1 import money_pb2
 from shop.payment.v1 import payment_internal_pb2, payment_internal_pb2_grpc, payment_pb2
-from shop.product.v1 import (
-    product_internal_pb2,
-    product_internal_pb2_grpc,
-    product_pb2,
-    product_pb2_grpc,
-)
+from shop.product.v1 import product_internal_pb2, product_internal_pb2_grpc
 from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc
 
 PASSED_THROUGH = {
@@ -101,7 +96,6 @@ class GrpcPeers:
             payment_addresses, peer="payment", breaker=breaker, tls=tls
         )
         self._users = user_internal_pb2_grpc.UserInternalServiceStub(self._user_channel)
-        self._products = product_pb2_grpc.ProductServiceStub(self._product_channel)
         self._stock = product_internal_pb2_grpc.ProductInternalServiceStub(self._product_channel)
         self._payments = payment_internal_pb2_grpc.PaymentInternalServiceStub(self._payment_channel)
 
@@ -116,16 +110,7 @@ class GrpcPeers:
         except grpc.aio.AioRpcError as error:
             raise PeerError("user", error) from None
 
-    async def products(self, ids: Sequence[str]) -> list[PricedProduct]:
-        try:
-            response = await self._products.BatchGetProducts(
-                product_pb2.BatchGetProductsRequest(ids=list(ids))
-            )
-        except grpc.aio.AioRpcError as error:
-            raise PeerError("product", error) from None
-        return [product_from_proto(product) for product in response.products]
-
-    async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> None:
+    async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> list[PricedProduct]:
         request = product_internal_pb2.ReserveStockRequest(
             reservation_id=reservation_id,
             items=[
@@ -134,9 +119,10 @@ class GrpcPeers:
             ],
         )
         try:
-            await self._stock.ReserveStock(request)
+            response = await self._stock.ReserveStock(request)
         except grpc.aio.AioRpcError as error:
             raise PeerError("product", error) from None
+        return [product_from_proto(product) for product in response.products]
 
     async def release(self, reservation_id: str) -> None:
         """Releases with a timeout of its own: it runs after the caller's deadline too."""

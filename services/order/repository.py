@@ -60,13 +60,14 @@ class OrderRepository(Protocol):
         ...
 
     async def claim(self, order: OrderRow) -> None:
-        """Stores a PENDING order; raises KeyTaken when its idempotency key is taken."""
+        """Stores a PENDING order (not priced yet: no items, no total); raises KeyTaken
+        when its idempotency key is taken."""
         ...
 
     async def place(self, order: OrderRow, at: datetime, announce: Announce) -> OrderRow | None:
-        """The claimed `order` (as this attempt holds it), PENDING -> PLACED with its
-        payment_state, and the event `announce` makes of it; None (and nothing written)
-        when it is no longer PENDING."""
+        """The claimed `order` (as this attempt holds it, priced), PENDING -> PLACED with
+        its items, total and payment_state, and the event `announce` makes of it; None
+        (and nothing written) when it is no longer PENDING."""
         ...
 
     async def cancel(
@@ -158,7 +159,13 @@ INSERT_EVENT = (
 PLACE = (
     update(ORDERS)
     .where(ORDERS.c.id == bindparam("order_id"), ORDERS.c.status == PENDING)
-    .values(status=PLACED, payment_state=bindparam("payment_state"), update_time=bindparam("at"))
+    .values(
+        status=PLACED,
+        payment_state=bindparam("payment_state"),
+        currency_code=bindparam("currency_code"),
+        total_amount_minor=bindparam("total_amount_minor"),
+        update_time=bindparam("at"),
+    )
 )
 FEED_PAGE = (
     select(OUTBOX)
@@ -190,21 +197,28 @@ class SqlOrderRepository:
         try:
             async with self._db.transaction() as tx:
                 await tx.execute(INSERT_ORDER, _values(order, ORDER_COLUMNS))
-                items = [{"order_id": order.id, **_values(i, ITEM_COLUMNS)} for i in order.items]
-                await tx.execute_many(INSERT_ITEM, items)
         except IntegrityError:
             raise KeyTaken(order.idempotency_key) from None
 
     async def place(self, order: OrderRow, at: datetime, announce: Announce) -> OrderRow | None:
-        # Two statements: a conditional UPDATE (the row lock on PostgreSQL; the sweeper's
-        # fail() waits on it) and the outbox row. The order and its items are not read
-        # back: the attempt holds them already.
+        # A conditional UPDATE (the row lock on PostgreSQL; the sweeper's fail() waits on
+        # it), the items and the outbox row. The order and its items are not read back:
+        # the attempt holds them already.
         async with self._db.transaction() as tx:
             moved = await tx.execute(
-                PLACE, {"order_id": order.id, "payment_state": order.payment_state, "at": at}
+                PLACE,
+                {
+                    "order_id": order.id,
+                    "payment_state": order.payment_state,
+                    "currency_code": order.currency_code,
+                    "total_amount_minor": order.total_amount_minor,
+                    "at": at,
+                },
             )
             if moved != 1:
                 return None
+            items = [{"order_id": order.id, **_values(i, ITEM_COLUMNS)} for i in order.items]
+            await tx.execute_many(INSERT_ITEM, items)
             order.status, order.update_time = PLACED, at  # the attempt's own copy
             await tx.execute(INSERT_EVENT, _outbox_values(announce(order)))
         return order

@@ -3,12 +3,16 @@ cancelling it (money and stock back); reading orders and the event feed; cleanin
 after attempts that failed.
 
 Placing an order, in order: return the stored order if the idempotency key was
-used for the same request before; check the user and price every item (reads, so
-bad input writes nothing); claim the key with a PENDING row; reserve the stock
-under a reservation id of this order; authorize the payment (the total, on the
-request's payment method, under the order id, which is the payment's idempotency
-key); then store the order PLACED, its payment AUTHORIZED, and its OrderCreated event
-in one transaction; then capture the payment.
+used for the same request before; check the user (a read, so an inactive or unknown
+user writes nothing); claim the key with a PENDING row; reserve the stock under a
+reservation id of this order, which answers with the products' names and prices as
+the reservation took them (no read of its own: one call fewer per order); price the
+items; authorize the payment (the total, on the request's payment method, under the
+order id, which is the payment's idempotency key); then store the order PLACED with
+its items and total, its payment AUTHORIZED, and its OrderCreated event in one
+transaction; then capture the payment. Items that cannot be reserved (unknown, short)
+or priced together (two currencies, a total beyond int64) fail the attempt, which is
+undone as below: the caller gets the error, and nothing is left of it.
 
 Why capture after placing: an order is placed only when its money is held, and money
 is taken only for an order that is stored. Capturing first would take money for an
@@ -122,6 +126,9 @@ HOLDS_NOTHING = {None, VOIDED, REFUNDED, "DECLINED", "FAILED"}
 # What an Authorize answers when it refused and therefore holds nothing: a decline, an
 # unknown payment method.
 REFUSED = {"FAILED_PRECONDITION", "INVALID_ARGUMENT"}
+# What a ReserveStock answers when it refused and therefore took nothing under the id: an
+# unknown product, short stock, a reservation id released already.
+RESERVE_REFUSED = {"NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT"}
 # The reason of a call the payment service's open circuit breaker refused: never sent.
 NOT_SENT = "PAYMENT_CIRCUIT_OPEN"
 # The payment service's reason for a refusal by the provider (ErrorInfo metadata
@@ -142,12 +149,12 @@ class Peers(Protocol):
         """Raises unless the user exists and is active."""
         ...
 
-    async def products(self, ids: Sequence[str]) -> Sequence[PricedProduct]:
-        """The products of `ids`, in that order; raises naming any that is unknown."""
-        ...
-
-    async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> None:
-        """Takes the stock of every item or none of it (repeating an id repeats nothing)."""
+    async def reserve(
+        self, reservation_id: str, items: Mapping[str, int]
+    ) -> Sequence[PricedProduct]:
+        """Takes the stock of every item or none of it (repeating an id repeats nothing);
+        the products of `items`, in that order, priced as the reservation took them.
+        Raises naming any product that is unknown or short."""
         ...
 
     async def release(self, reservation_id: str) -> None:
@@ -252,13 +259,16 @@ class Orders:
                 # Another attempt with this key is under way (or being undone): wait for it.
                 await asyncio.sleep(self._retry_poll)
                 continue
-            products = await self._checked_and_priced(user_id, lines)
-            order = _pending_order(user_id, key, request, lines, products)
+            await self._peers.active_user(user_id)
+            order = _pending_order(user_id, key, request)
             try:
                 await self._repository.claim(order)
             except KeyTaken:
                 continue  # a concurrent attempt claimed the key first: look again
             break
+        # Whether stock may be held when the attempt fails, so undoing it releases it (a
+        # refused reservation took nothing: releasing it would leave a tombstone behind).
+        may_reserve = True
         # Whether a payment may be held when the attempt fails, so undoing it voids it.
         may_hold = False
         # Why the payment failed, when it is what the attempt gives up at (announced as
@@ -267,9 +277,15 @@ class Orders:
         try:
             async with asyncio.timeout(self._attempt_timeout):
                 with deadline.at_most(self._attempt_timeout):
-                    await self._peers.reserve(
-                        order.reservation_id, {line.product_id: line.quantity for line in lines}
-                    )
+                    try:
+                        products = await self._peers.reserve(
+                            order.reservation_id,
+                            {line.product_id: line.quantity for line in lines},
+                        )
+                    except DomainError as refused:
+                        may_reserve = refused.code.name not in RESERVE_REFUSED
+                        raise
+                    _price(order, lines, products)
                     may_hold = True
                     try:
                         await self._peers.authorize(
@@ -288,11 +304,12 @@ class Orders:
                 if placed is None:
                     raise Unavailable("the order attempt expired; retry with the same key")
         except TimeoutError:
-            await asyncio.shield(self._spawn_cleanup(order.id, may_hold, failure))
+            cleanup = self._spawn_cleanup(order.id, may_reserve, may_hold, _failed(order, failure))
+            await asyncio.shield(cleanup)
             raise Unavailable("the order attempt took too long; retry with the same key") from None
         except BaseException:
             # Shielded: it goes on even if this call is cancelled at its deadline.
-            cleanup = self._spawn_cleanup(order.id, may_hold, failure)
+            cleanup = self._spawn_cleanup(order.id, may_reserve, may_hold, _failed(order, failure))
             await asyncio.shield(cleanup)
             raise
         self._events_committed()
@@ -300,43 +317,29 @@ class Orders:
         await self._capture(placed)
         return placed
 
-    async def _checked_and_priced(
-        self, user_id: str, lines: Sequence[Line]
-    ) -> Sequence[PricedProduct]:
-        """The user checked and every item priced, both asked at once (two reads of two
-        services: one round of waiting instead of two). The user's failure is the one
-        raised when both fail, as if it had been asked first."""
-        user, priced = await asyncio.gather(
-            self._peers.active_user(user_id),
-            self._peers.products([line.product_id for line in lines]),
-            return_exceptions=True,
-        )
-        for outcome in (user, priced):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert not isinstance(priced, BaseException)
-        return priced
-
     # -- undoing -------------------------------------------------------------
 
     def _spawn_cleanup(
-        self, order_id: str, void: bool, failure: PaymentFailure | None = None
+        self, order_id: str, release: bool, void: bool, announce: Announce | None
     ) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._abandon(order_id, void, failure))
+        task = asyncio.create_task(self._abandon(order_id, void, announce, release=release))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
         return task
 
     async def _abandon(
-        self, order_id: str, void: bool = False, failure: PaymentFailure | None = None
+        self,
+        order_id: str,
+        void: bool = False,
+        announce: Announce | None = None,
+        *,
+        release: bool = True,
     ) -> None:
         """Undoes a failed attempt: voids its payment if it may hold one (`void`, or as
-        the row says), releases its reservation, then frees its key. An attempt given up
-        at its payment (`failure`) is announced PaymentFailed in the transaction that
+        the row says), releases its reservation (unless it was refused: `release`
+        False), then frees its key. An attempt given up
+        at its payment is announced (`announce`: PaymentFailed) in the transaction that
         marks it FAILED, once. Never raises: what fails here is retried by the sweeper."""
-        announce: Announce | None = None
-        if failure is not None:
-            announce = partial(payment_failed, failure=failure)
         try:
             abandoned = await self._repository.fail(order_id, utcnow(), void, announce)
             if announce is not None and abandoned is not None:
@@ -349,7 +352,8 @@ class Orders:
                 return
             if abandoned.void:
                 await self._void(order_id)
-            await self._peers.release(abandoned.reservation_id)
+            if release:
+                await self._peers.release(abandoned.reservation_id)
             await self._repository.remove_failed(order_id)
         except Exception as error:
             log.warning(
@@ -511,31 +515,19 @@ class Orders:
         return self._tokens.page(rows, size, key=lambda row: row.id, query=query_key)
 
 
-def _pending_order(
-    user_id: str,
-    key: str,
-    request: str,
-    lines: Sequence[Line],
-    products: Sequence[PricedProduct],
-) -> OrderRow:
-    """The PENDING order that claims the key: priced, not yet placed."""
-    currencies = {p.currency_code for p in products}
-    if len(currencies) > 1:
-        raise FailedPrecondition(
-            "all products of an order must be priced in one currency",
-            "MIXED_CURRENCIES",
-            [f"product:{p.id}" for p in products],
-        )
+def _pending_order(user_id: str, key: str, request: str) -> OrderRow:
+    """The PENDING order that claims the key: not priced yet (the reservation prices it),
+    not placed."""
     now = utcnow()
     order_id = new_id("ord")
-    order = OrderRow(
+    return OrderRow(
         id=order_id,
         user_id=user_id,
         status=PENDING,
         idempotency_key=key,
         request_fingerprint=request,
         reservation_id=f"res_{order_id}",
-        currency_code=currencies.pop(),
+        currency_code="",
         total_amount_minor=0,
         cancel_reason="",
         stock_released=False,
@@ -544,6 +536,19 @@ def _pending_order(
         update_time=now,
         items=[],
     )
+
+
+def _price(order: OrderRow, lines: Sequence[Line], products: Sequence[PricedProduct]) -> None:
+    """Prices the attempt's `order` with its reserved `products` (in the order of
+    `lines`): its items, currency and total."""
+    currencies = {p.currency_code for p in products}
+    if len(currencies) > 1:
+        raise FailedPrecondition(
+            "all products of an order must be priced in one currency",
+            "MIXED_CURRENCIES",
+            [f"product:{p.id}" for p in products],
+        )
+    order.currency_code = currencies.pop()
     for position, (line, product) in enumerate(zip(lines, products, strict=True)):
         amount = product.amount_minor * line.quantity
         order.items.append(
@@ -559,7 +564,14 @@ def _pending_order(
         order.total_amount_minor += amount
     if order.total_amount_minor > INT64_MAX:
         raise FailedPrecondition("the order total is too large", "ORDER_TOTAL_TOO_LARGE")
-    return order
+
+
+def _failed(order: OrderRow, failure: PaymentFailure | None) -> Announce | None:
+    """How an attempt given up at its payment is announced: PaymentFailed of the attempt's
+    own priced order (the stored PENDING row has no total); None for any other failure."""
+    if failure is None:
+        return None
+    return lambda _stored: payment_failed(order, failure)
 
 
 # How many events one read of the feed takes.

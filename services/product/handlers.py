@@ -70,11 +70,12 @@ class ProductInternalServicer(product_internal_pb2_grpc.ProductInternalServiceSe
     async def ReserveStock(
         self, request: product_internal_pb2.ReserveStockRequest, context: Context
     ) -> product_internal_pb2.ReserveStockResponse:
-        reservation = await self._reservations.reserve(
+        reserved = await self._reservations.reserve(
             request.reservation_id, items_from_proto(request.items)
         )
         return product_internal_pb2.ReserveStockResponse(
-            reservation=reservation_to_proto(reservation)
+            reservation=reservation_to_proto(reserved.reservation),
+            products=[product_to_proto(reserved.products[i.product_id]) for i in request.items],
         )
 
     async def ReleaseStock(

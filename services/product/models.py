@@ -3,7 +3,7 @@ the small domain types and exceptions its use cases and repository share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -76,6 +76,15 @@ class ProductDraft:
     description: str
     price: Price
     stock: int
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """A reservation made, and its products as it left them (by id): what the caller
+    prices its order with."""
+
+    reservation: ReservationRow
+    products: Mapping[str, ProductRow]
 
 
 class ReservationExists(Exception):

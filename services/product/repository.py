@@ -23,6 +23,7 @@ from services.product.models import (
     ReservationInFlight,
     ReservationItemRow,
     ReservationRow,
+    Reserved,
     UnknownProducts,
 )
 
@@ -38,10 +39,12 @@ POINT_READS_AT_MOST = 8
 PRODUCT_ID_BY_ID = select(PRODUCTS.c.id).where(PRODUCTS.c.id == bindparam("id"))
 CLAIM = insert(RESERVATIONS)
 INSERT_ITEM = insert(ITEMS)
+# Returns the product as the reservation leaves it: the caller prices what it reserved.
 TAKE_STOCK = (
     update(PRODUCTS)
     .where(PRODUCTS.c.id == bindparam("product_id"), PRODUCTS.c.stock >= bindparam("quantity"))
     .values(stock=PRODUCTS.c.stock - bindparam("quantity"), update_time=bindparam("now"))
+    .returning(*PRODUCTS.c)
 )
 GIVE_BACK = (
     update(PRODUCTS)
@@ -82,8 +85,9 @@ class ProductRepository(Protocol):
 
     async def reserve(
         self, reservation_id: str, items: Mapping[str, int], now: datetime
-    ) -> ReservationRow:
-        """Claims the id and takes every item's stock, all in one transaction or nothing.
+    ) -> Reserved:
+        """Claims the id and takes every item's stock, all in one transaction or nothing;
+        the reservation and the products as it left them.
 
         Raises ReservationExists when the id is taken (also by a concurrent call that
         committed first), UnknownProducts or InsufficientStock.
@@ -149,7 +153,7 @@ class SqlProductRepository:
 
     async def reserve(
         self, reservation_id: str, items: Mapping[str, int], now: datetime
-    ) -> ReservationRow:
+    ) -> Reserved:
         # Every order's call: Core statements on the driver, no ORM session. The id is
         # claimed first (a concurrent twin waits on it), then stock is taken in one lock
         # order for every caller (no deadlocks).
@@ -165,9 +169,14 @@ class SqlProductRepository:
                         "release_time": None,
                     },
                 )
-                failed = [
-                    pid for pid, qty in wanted if not await self.take_stock_in(tx, pid, qty, now)
-                ]
+                products: dict[str, ProductRow] = {}
+                failed: list[str] = []
+                for pid, qty in wanted:
+                    product = await self.take_stock_in(tx, pid, qty, now)
+                    if product is None:
+                        failed.append(pid)
+                    else:
+                        products[pid] = product
                 if failed:
                     missing = [
                         pid
@@ -189,7 +198,7 @@ class SqlProductRepository:
             if existing is None:
                 raise
             raise ReservationExists(existing) from None
-        return _reservation(reservation_id, RESERVED, now, None, rows)
+        return Reserved(_reservation(reservation_id, RESERVED, now, None, rows), products)
 
     async def release(self, reservation_id: str, now: datetime) -> tuple[ReservationRow, bool]:
         try:
@@ -266,19 +275,19 @@ class SqlProductRepository:
 
     async def take_stock_in(
         self, tx: Transaction, product_id: str, quantity: int, now: datetime
-    ) -> bool:
+    ) -> ProductRow | None:
         """Takes `quantity` units in one conditional UPDATE inside the caller's transaction;
-        False when short or unknown. (A step of `reserve`, public so a race test can hold
-        that transaction open here.)
+        the product as it leaves it, None when short or unknown. (A step of `reserve`,
+        public so a race test can hold that transaction open here.)
 
         The condition is checked by the database on the row it updates, under the
         row's write lock, so concurrent callers (in any number of processes) can
         never take more than there is.
         """
-        taken = await tx.execute(
+        taken = await tx.fetch_one(
             TAKE_STOCK, {"product_id": product_id, "quantity": quantity, "now": now}
         )
-        return taken == 1
+        return None if taken is None else loaded(ProductRow, taken)
 
 
 def _reservation(

@@ -20,6 +20,7 @@ from services.product.models import (
     ReservationExists,
     ReservationInFlight,
     ReservationRow,
+    Reserved,
     UnknownProducts,
 )
 from services.product.repository import ProductRepository
@@ -93,13 +94,13 @@ class Reservations:
     def __init__(self, repository: ProductRepository) -> None:
         self._repository = repository
 
-    async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> ReservationRow:
+    async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> Reserved:
         """Takes the stock of every item, or none of it; a repeat of the same
-        reservation is a no-op that returns it."""
+        reservation is a no-op that returns it (with its products read again)."""
         try:
             return await self._repository.reserve(reservation_id, items, utcnow())
         except ReservationExists as taken:
-            return _repeated(taken.reservation, items)
+            reservation = _repeated(taken.reservation, items)
         except UnknownProducts as unknown:
             raise NotFound("product", *unknown.product_ids) from None
         except InsufficientStock as short:
@@ -109,6 +110,7 @@ class Reservations:
                 [f"product:{pid}" for pid in short.product_ids],
                 product_ids=",".join(short.product_ids),
             ) from None
+        return Reserved(reservation, await self._repository.get_many(list(items)))
 
     async def release(self, reservation_id: str) -> tuple[ReservationRow, bool]:
         """Gives back what the reservation took, once; True for the call that did.

@@ -136,8 +136,8 @@ async def test_one_create_order_through_the_gateway_is_one_connected_trace(
     for method in (
         "/shop.order.v1.OrderService/CreateOrder",
         "/shop.user.v1.UserInternalService/ValidateUser",
-        "/shop.product.v1.ProductService/BatchGetProducts",
         "/shop.product.v1.ProductInternalService/ReserveStock",
+        "/shop.payment.v1.PaymentInternalService/Authorize",
     ):
         assert (SpanKind.CLIENT, method) in names, method
         assert (SpanKind.SERVER, method) in names, method

@@ -80,9 +80,13 @@ class InMemoryOrders:
         if self.fail_place is not None:
             error, self.fail_place = self.fail_place, None
             raise error
+        priced = clone(order)  # what place() writes of the attempt's own order
         changed = clone(row)
         changed.status = PLACED
         changed.payment_state = order.payment_state
+        changed.currency_code = priced.currency_code
+        changed.total_amount_minor = priced.total_amount_minor
+        changed.items = priced.items
         changed.update_time = at
         self._commit(changed, announce(changed))
         return clone(changed)
@@ -294,13 +298,9 @@ class FakePeers:
                 f"user {user_id} is not active", "USER_INACTIVE", [f"user:{user_id}"]
             )
 
-    async def products(self, ids: Sequence[str]) -> Sequence[PricedProduct]:
-        missing = [i for i in ids if i not in self.products_by_id]
-        if missing:
-            raise NotFound("product", *missing)
-        return [self.products_by_id[i] for i in ids]
-
-    async def reserve(self, reservation_id: str, items: Mapping[str, int]) -> None:
+    async def reserve(
+        self, reservation_id: str, items: Mapping[str, int]
+    ) -> Sequence[PricedProduct]:
         self.reserving.set()
         if self.hold_reserve is not None:
             await self.hold_reserve.wait()
@@ -309,8 +309,12 @@ class FakePeers:
             raise FailedPrecondition(
                 f"reservation {reservation_id} was already released", "RESERVATION_RELEASED"
             )
+        priced = [self.products_by_id.get(pid) for pid in items]
+        missing = [pid for pid, product in zip(items, priced, strict=True) if product is None]
+        if missing:
+            raise NotFound("product", *missing)
         if reservation_id in self.reservations:
-            return
+            return [p for p in priced if p is not None]
         short = [pid for pid, qty in items.items() if self.stock.get(pid, 0) < qty]
         if short:
             raise FailedPrecondition(
@@ -321,6 +325,7 @@ class FakePeers:
         for product_id, quantity in items.items():
             self.stock[product_id] -= quantity
         self.reservations[reservation_id] = dict(items)
+        return [p for p in priced if p is not None]
 
     async def release(self, reservation_id: str) -> None:
         if self.failing_releases:

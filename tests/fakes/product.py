@@ -16,6 +16,7 @@ from services.product.models import (
     ReservationInFlight,
     ReservationItemRow,
     ReservationRow,
+    Reserved,
     UnknownProducts,
 )
 
@@ -85,7 +86,7 @@ class InMemoryProducts:
 
     async def reserve(
         self, reservation_id: str, items: Mapping[str, int], now: datetime
-    ) -> ReservationRow:
+    ) -> Reserved:
         existing = self.reservations.get(reservation_id)
         if existing is not None:
             raise ReservationExists(_reservation(existing))
@@ -110,7 +111,9 @@ class InMemoryProducts:
             ],
         )
         self.reservations[reservation_id] = reservation
-        return _reservation(reservation)
+        return Reserved(
+            _reservation(reservation), {pid: _product(self.products[pid]) for pid, _ in wanted}
+        )
 
     async def release(self, reservation_id: str, now: datetime) -> tuple[ReservationRow, bool]:
         if self.releases_in_flight:

@@ -99,8 +99,8 @@ async def test_a_failed_unit_of_work_rolls_back(repo: SqlProductRepository) -> N
         await repo.reserve("res_b", {"prd_b": 5, "prd_c": 2}, utcnow())
     assert (await stock_of(repo, "prd_b"), await stock_of(repo, "prd_c")) == (5, 1)
     # Nor was the reservation id kept: it can be reserved now.
-    reservation = await repo.reserve("res_b", {"prd_b": 5}, utcnow())
-    assert [(i.product_id, i.quantity) for i in reservation.items] == [("prd_b", 5)]
+    reserved = await repo.reserve("res_b", {"prd_b": 5}, utcnow())
+    assert [(i.product_id, i.quantity) for i in reserved.reservation.items] == [("prd_b", 5)]
 
 
 async def test_a_taken_id_takes_nothing_and_returns_what_it_holds(
@@ -147,7 +147,8 @@ async def test_reserve_and_release_return_what_is_stored(repo: SqlProductReposit
     await add_product(repo, "prd_g", 5)
     await add_product(repo, "prd_h", 5)
     reserved_at, released_at = utcnow(), utcnow()
-    reservation = await repo.reserve("res_g", {"prd_h": 2, "prd_g": 1}, reserved_at)
+    reserved = await repo.reserve("res_g", {"prd_h": 2, "prd_g": 1}, reserved_at)
+    reservation = reserved.reservation
     assert (reservation.id, reservation.state, reservation.release_time) == (
         "res_g",
         RESERVED,
@@ -156,6 +157,17 @@ async def test_reserve_and_release_return_what_is_stored(repo: SqlProductReposit
     assert reservation.create_time == reserved_at
     items = [(i.reservation_id, i.product_id, i.quantity) for i in reservation.items]
     assert items == [("res_g", "prd_g", 1), ("res_g", "prd_h", 2)]
+    # The products as the UPDATE left them (RETURNING), typed as a read would type them.
+    products = reserved.products
+    assert {
+        pid: (p.stock, p.price_currency, p.price_amount_minor) for pid, p in products.items()
+    } == {
+        "prd_g": (4, "USD", 100),
+        "prd_h": (3, "USD", 100),
+    }
+    assert as_utc(products["prd_g"].update_time) == reserved_at
+    stored_g = await repo.get("prd_g")
+    assert stored_g is not None and products["prd_g"].create_time == stored_g.create_time
 
     with pytest.raises(ReservationExists) as taken:
         await repo.reserve("res_g", {"prd_g": 1}, utcnow())

@@ -216,8 +216,22 @@ async def test_reserve_takes_all_items_or_none(stubs: Stubs) -> None:
         await stubs.create("C", stock=1),
     )
 
-    reservation = await stubs.reserve("res-1", **{a.id: 2, b.id: 3})
+    response = await stubs.internal.ReserveStock(
+        internal_pb2.ReserveStockRequest(
+            reservation_id="res-1",
+            items=[
+                internal_pb2.StockItem(product_id=b.id, quantity=3),
+                internal_pb2.StockItem(product_id=a.id, quantity=2),
+            ],
+        )
+    )
+    reservation = response.reservation
     assert reservation.state == internal_pb2.RESERVATION_STATE_RESERVED
+    # The reserved products come back in the request's order, as the reservation left them.
+    assert [(p.id, p.name, p.price, p.stock) for p in response.products] == [
+        (b.id, "B", b.price, 2),
+        (a.id, "A", a.price, 3),
+    ]
     assert {(i.product_id, i.quantity) for i in reservation.items} == {(a.id, 2), (b.id, 3)}
     assert (await stubs.stock(a.id), await stubs.stock(b.id)) == (3, 2)
 

@@ -32,6 +32,7 @@ from services.order.models import (
     PLACED,
     Line,
     OrderRow,
+    PricedProduct,
 )
 from services.order.usecases import Feed, Orders
 from shop.order.v1 import events_pb2
@@ -156,24 +157,26 @@ async def test_an_unknown_user_with_an_unknown_product_is_refused_for_the_user(
     assert shop.nothing_written()
 
 
-async def test_the_user_and_the_prices_are_asked_at_once(
-    shop: Shop, orders: Orders, monkeypatch: pytest.MonkeyPatch
+async def test_the_order_is_priced_as_its_reservation_took_the_stock(
+    shop: Shop, orders: Orders
 ) -> None:
-    """One round of waiting, not two: each answer takes 0.2 s, both come in ~0.2 s."""
+    """No price read of its own: the names and prices come with the reservation, so a
+    price changed before the stock is taken is the one charged, and nothing else asks
+    the product service."""
     user = shop.peers.add_user("usr_ann")
-    mug = shop.peers.add_product("mug", stock=3)
-    for name in ("active_user", "products"):
-        answer = getattr(shop.peers, name)
-
-        async def slow(*args: object, _answer: object = answer) -> object:
-            await asyncio.sleep(0.2)
-            return await _answer(*args)  # type: ignore[operator]
-
-        monkeypatch.setattr(shop.peers, name, slow)
-    started = asyncio.get_running_loop().time()
-    placed = await orders.create(user, lines({mug: 1}), "k")
-    assert asyncio.get_running_loop().time() - started < 0.35
-    assert placed.status == PLACED and shop.peers.stock[mug] == 2
+    mug = shop.peers.add_product("mug", stock=3, price=500)
+    shop.peers.hold_reserve = asyncio.Event()
+    attempt = asyncio.create_task(orders.create(user, lines({mug: 2}), "k"))
+    await shop.peers.reserving.wait()
+    shop.peers.products_by_id[mug] = PricedProduct(mug, "Mug, blue", "EUR", 700)
+    shop.peers.hold_reserve.set()
+    placed = await attempt
+    assert (placed.currency_code, placed.total_amount_minor) == ("EUR", 1400)
+    assert [(i.product_name, i.unit_amount_minor) for i in placed.items] == [("Mug, blue", 700)]
+    assert shop.peers.payments[placed.id].amount_minor == 1400
+    stored = await shop.repository.get(placed.id)
+    assert stored is not None and stored.total_amount_minor == 1400
+    assert [i.line_amount_minor for i in stored.items] == [1400]
 
 
 async def test_an_unknown_product_is_refused_before_anything_is_written(
@@ -186,6 +189,9 @@ async def test_an_unknown_product_is_refused_before_anything_is_written(
     assert raised.value.reason == "PRODUCT_NOT_FOUND"
     assert raised.value.names == ("gone",)
     assert shop.peers.stock[mug] == 3 and not shop.peers.reservations
+    # Refused, the reservation took nothing: no release (the product service would keep
+    # a tombstone of it).
+    assert not shop.peers.released
     assert shop.nothing_written()
 
 
@@ -203,7 +209,9 @@ async def test_mixed_currencies_and_totals_beyond_int64_are_refused(
     with pytest.raises(FailedPrecondition) as large:
         await orders.create(user, lines({dear: 2}), "k2")
     assert large.value.reason == "ORDER_TOTAL_TOO_LARGE"
-    assert not shop.peers.reservations and shop.peers.stock[dear] == 9
+    # Priced once reserved: each reservation was given back, so no stock moved.
+    assert shop.peers.released == set(shop.peers.reservations) and len(shop.peers.released) == 2
+    assert shop.peers.stock == {euro: 9, dollar: 9, dear: 9}
     assert shop.nothing_written()
 
 
@@ -217,6 +225,7 @@ async def test_short_stock_of_one_item_moves_nothing_and_frees_the_key(
         await orders.create(user, lines({a: 2, b: 2, c: 2}), "short-1")
     assert raised.value.reason == "INSUFFICIENT_STOCK"
     assert shop.peers.stock == {a: 5, b: 5, c: 1}
+    assert not shop.peers.released
     assert shop.nothing_written()
 
     shop.peers.stock[c] = 3

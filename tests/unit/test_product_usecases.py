@@ -117,7 +117,8 @@ async def test_a_reservation_takes_the_stock_of_every_item(
     catalogue: Catalogue, reservations: Reservations, store: InMemoryProducts
 ) -> None:
     a, b = await product(catalogue, "A", 5), await product(catalogue, "B", 5)
-    reservation = await reservations.reserve("res-1", {b.id: 3, a.id: 2})
+    reserved = await reservations.reserve("res-1", {b.id: 3, a.id: 2})
+    reservation = reserved.reservation
     assert (reservation.id, reservation.state, reservation.release_time) == (
         "res-1",
         RESERVED,
@@ -125,6 +126,9 @@ async def test_a_reservation_takes_the_stock_of_every_item(
     )
     assert [(i.product_id, i.quantity) for i in reservation.items] == sorted([(a.id, 2), (b.id, 3)])
     assert (store.stock(a.id), store.stock(b.id)) == (3, 2)
+    # The products as the reservation left them: what the order prices its items with.
+    priced = {pid: (p.name, p.price_amount_minor, p.stock) for pid, p in reserved.products.items()}
+    assert priced == {a.id: ("A", 500, 3), b.id: ("B", 500, 2)}
 
 
 async def test_one_short_item_takes_nothing_and_leaves_the_id_free(
@@ -143,7 +147,7 @@ async def test_one_short_item_takes_nothing_and_leaves_the_id_free(
     assert [store.stock(p.id) for p in (a, b, c)] == [5, 5, 1]
 
     ok = await reservations.reserve("res-2", {a.id: 1, c.id: 1})
-    assert ok.state == RESERVED
+    assert ok.reservation.state == RESERVED
     assert [store.stock(p.id) for p in (a, b, c)] == [4, 5, 0]
 
 
@@ -170,8 +174,9 @@ async def test_a_repeated_reservation_is_a_no_op(
     catalogue: Catalogue, reservations: Reservations, store: InMemoryProducts
 ) -> None:
     a, b = await product(catalogue, "A", 10), await product(catalogue, "B", 10)
-    first = await reservations.reserve("order-attempt-1", {a.id: 4, b.id: 1})
-    again = await reservations.reserve("order-attempt-1", {b.id: 1, a.id: 4})
+    first = (await reservations.reserve("order-attempt-1", {a.id: 4, b.id: 1})).reservation
+    repeat = await reservations.reserve("order-attempt-1", {b.id: 1, a.id: 4})
+    again = repeat.reservation
     assert (again.id, again.state, again.create_time, held(again)) == (
         first.id,
         first.state,
@@ -179,6 +184,13 @@ async def test_a_repeated_reservation_is_a_no_op(
         held(first),
     )
     assert (store.stock(a.id), store.stock(b.id)) == (6, 9)
+    # A repeat reads its products again, as they are now.
+    await catalogue.update(a.id, {"price": Price("EUR", 650)})
+    repeat = await reservations.reserve("order-attempt-1", {a.id: 4, b.id: 1})
+    assert {pid: p.price_amount_minor for pid, p in repeat.products.items()} == {
+        a.id: 650,
+        b.id: 500,
+    }
 
 
 async def test_the_same_id_with_other_items_is_refused(

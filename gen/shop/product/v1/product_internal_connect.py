@@ -47,7 +47,9 @@ class ProductInternalService(Protocol):
         (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-        reserving under an id already released is FAILED_PRECONDITION.
+        reserving under an id already released is FAILED_PRECONDITION. The answer
+        carries the reserved products as they are at the reservation, so a caller
+        prices what it reserved without another read.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -147,7 +149,9 @@ class ProductInternalServiceClient(ConnectClient):
         (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-        reserving under an id already released is FAILED_PRECONDITION.
+        reserving under an id already released is FAILED_PRECONDITION. The answer
+        carries the reserved products as they are at the reservation, so a caller
+        prices what it reserved without another read.
         """
         return await self.execute_unary(
             request=request,
@@ -197,7 +201,9 @@ class ProductInternalServiceSync(Protocol):
         (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-        reserving under an id already released is FAILED_PRECONDITION.
+        reserving under an id already released is FAILED_PRECONDITION. The answer
+        carries the reserved products as they are at the reservation, so a caller
+        prices what it reserved without another read.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -295,7 +301,9 @@ class ProductInternalServiceClientSync(ConnectClientSync):
         (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-        reserving under an id already released is FAILED_PRECONDITION.
+        reserving under an id already released is FAILED_PRECONDITION. The answer
+        carries the reserved products as they are at the reservation, so a caller
+        prices what it reserved without another read.
         """
         return self.execute_unary(
             request=request,

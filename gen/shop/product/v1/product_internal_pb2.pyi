@@ -3,6 +3,7 @@ import datetime
 from buf.validate import validate_pb2 as _validate_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from shop.common.v1 import access_pb2 as _access_pb2
+from shop.product.v1 import product_pb2 as _product_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -52,10 +53,12 @@ class ReserveStockRequest(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[StockItem, _Mapping]]] = ...) -> None: ...
 
 class ReserveStockResponse(_message.Message):
-    __slots__ = ("reservation",)
+    __slots__ = ("reservation", "products")
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
     reservation: Reservation
-    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ...) -> None: ...
+    products: _containers.RepeatedCompositeFieldContainer[_product_pb2.Product]
+    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ..., products: _Optional[_Iterable[_Union[_product_pb2.Product, _Mapping]]] = ...) -> None: ...
 
 class ReleaseStockRequest(_message.Message):
     __slots__ = ("reservation_id",)

@@ -56,7 +56,9 @@ class ProductInternalServiceServicer:
         (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-        reserving under an id already released is FAILED_PRECONDITION.
+        reserving under an id already released is FAILED_PRECONDITION. The answer
+        carries the reserved products as they are at the reservation, so a caller
+        prices what it reserved without another read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,9 @@ class ProductInternalServiceStub:
     (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
     unknown product. Idempotent on reservation_id: repeating a reservation
     returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-    reserving under an id already released is FAILED_PRECONDITION.
+    reserving under an id already released is FAILED_PRECONDITION. The answer
+    carries the reserved products as they are at the reservation, so a caller
+    prices what it reserved without another read.
     """
     ReleaseStock: _grpc.UnaryUnaryMultiCallable[_product_internal_pb2.ReleaseStockRequest, _product_internal_pb2.ReleaseStockResponse]
     """Returns the stock a reservation took, exactly once. Releasing an unknown
@@ -55,7 +57,9 @@ class ProductInternalServiceAsyncStub(ProductInternalServiceStub):
     (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
     unknown product. Idempotent on reservation_id: repeating a reservation
     returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-    reserving under an id already released is FAILED_PRECONDITION.
+    reserving under an id already released is FAILED_PRECONDITION. The answer
+    carries the reserved products as they are at the reservation, so a caller
+    prices what it reserved without another read.
     """
     ReleaseStock: _aio.UnaryUnaryMultiCallable[_product_internal_pb2.ReleaseStockRequest, _product_internal_pb2.ReleaseStockResponse]  # type: ignore[assignment]
     """Returns the stock a reservation took, exactly once. Releasing an unknown
@@ -75,7 +79,9 @@ class ProductInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-        reserving under an id already released is FAILED_PRECONDITION.
+        reserving under an id already released is FAILED_PRECONDITION. The answer
+        carries the reserved products as they are at the reservation, so a caller
+        prices what it reserved without another read.
         """
 
     @_abc_1.abstractmethod

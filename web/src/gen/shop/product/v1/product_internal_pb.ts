@@ -8,13 +8,15 @@ import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_shop_common_v1_access } from "../../common/v1/access_pb";
+import type { Product } from "./product_pb";
+import { file_shop_product_v1_product } from "./product_pb";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file shop/product/v1/product_internal.proto.
  */
 export const file_shop_product_v1_product_internal: GenFile = /*@__PURE__*/
-  fileDesc("CiZzaG9wL3Byb2R1Y3QvdjEvcHJvZHVjdF9pbnRlcm5hbC5wcm90bxIPc2hvcC5wcm9kdWN0LnYxIkkKCVN0b2NrSXRlbRIdCgpwcm9kdWN0X2lkGAEgASgJQgm6SAZyBBABGEASHQoIcXVhbnRpdHkYAiABKAVCC7pICBoGGKCNBiAAIuUBCgtSZXNlcnZhdGlvbhIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIpCgVpdGVtcxgCIAMoCzIaLnNob3AucHJvZHVjdC52MS5TdG9ja0l0ZW0SMAoFc3RhdGUYAyABKA4yIS5zaG9wLnByb2R1Y3QudjEuUmVzZXJ2YXRpb25TdGF0ZRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcmVsZWFzZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLdAQoTUmVzZXJ2ZVN0b2NrUmVxdWVzdBIiCg5yZXNlcnZhdGlvbl9pZBgBIAEoCUIKukgHcgUQARiAARI1CgVpdGVtcxgCIAMoCzIaLnNob3AucHJvZHVjdC52MS5TdG9ja0l0ZW1CCrpIB5IBBAgBEGQ6a7pIaBpmChdpdGVtcy5wcm9kdWN0X2lkLnVuaXF1ZRIhZWFjaCBwcm9kdWN0IG1heSBhcHBlYXIgb25seSBvbmNlGih0aGlzLml0ZW1zLm1hcChpLCBpLnByb2R1Y3RfaWQpLnVuaXF1ZSgpIkkKFFJlc2VydmVTdG9ja1Jlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuc2hvcC5wcm9kdWN0LnYxLlJlc2VydmF0aW9uIjkKE1JlbGVhc2VTdG9ja1JlcXVlc3QSIgoOcmVzZXJ2YXRpb25faWQYASABKAlCCrpIB3IFEAEYgAEiWwoUUmVsZWFzZVN0b2NrUmVzcG9uc2USMQoLcmVzZXJ2YXRpb24YASABKAsyHC5zaG9wLnByb2R1Y3QudjEuUmVzZXJ2YXRpb24SEAoIcmVsZWFzZWQYAiABKAgqdQoQUmVzZXJ2YXRpb25TdGF0ZRIhCh1SRVNFUlZBVElPTl9TVEFURV9VTlNQRUNJRklFRBAAEh4KGlJFU0VSVkFUSU9OX1NUQVRFX1JFU0VSVkVEEAESHgoaUkVTRVJWQVRJT05fU1RBVEVfUkVMRUFTRUQQAjLkAQoWUHJvZHVjdEludGVybmFsU2VydmljZRJkCgxSZXNlcnZlU3RvY2sSJC5zaG9wLnByb2R1Y3QudjEuUmVzZXJ2ZVN0b2NrUmVxdWVzdBolLnNob3AucHJvZHVjdC52MS5SZXNlcnZlU3RvY2tSZXNwb25zZSIHkAICsOEYBBJkCgxSZWxlYXNlU3RvY2sSJC5zaG9wLnByb2R1Y3QudjEuUmVsZWFzZVN0b2NrUmVxdWVzdBolLnNob3AucHJvZHVjdC52MS5SZWxlYXNlU3RvY2tSZXNwb25zZSIHkAICsOEYBGIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp, file_shop_common_v1_access]);
+  fileDesc("CiZzaG9wL3Byb2R1Y3QvdjEvcHJvZHVjdF9pbnRlcm5hbC5wcm90bxIPc2hvcC5wcm9kdWN0LnYxIkkKCVN0b2NrSXRlbRIdCgpwcm9kdWN0X2lkGAEgASgJQgm6SAZyBBABGEASHQoIcXVhbnRpdHkYAiABKAVCC7pICBoGGKCNBiAAIuUBCgtSZXNlcnZhdGlvbhIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIpCgVpdGVtcxgCIAMoCzIaLnNob3AucHJvZHVjdC52MS5TdG9ja0l0ZW0SMAoFc3RhdGUYAyABKA4yIS5zaG9wLnByb2R1Y3QudjEuUmVzZXJ2YXRpb25TdGF0ZRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcmVsZWFzZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLdAQoTUmVzZXJ2ZVN0b2NrUmVxdWVzdBIiCg5yZXNlcnZhdGlvbl9pZBgBIAEoCUIKukgHcgUQARiAARI1CgVpdGVtcxgCIAMoCzIaLnNob3AucHJvZHVjdC52MS5TdG9ja0l0ZW1CCrpIB5IBBAgBEGQ6a7pIaBpmChdpdGVtcy5wcm9kdWN0X2lkLnVuaXF1ZRIhZWFjaCBwcm9kdWN0IG1heSBhcHBlYXIgb25seSBvbmNlGih0aGlzLml0ZW1zLm1hcChpLCBpLnByb2R1Y3RfaWQpLnVuaXF1ZSgpInUKFFJlc2VydmVTdG9ja1Jlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuc2hvcC5wcm9kdWN0LnYxLlJlc2VydmF0aW9uEioKCHByb2R1Y3RzGAIgAygLMhguc2hvcC5wcm9kdWN0LnYxLlByb2R1Y3QiOQoTUmVsZWFzZVN0b2NrUmVxdWVzdBIiCg5yZXNlcnZhdGlvbl9pZBgBIAEoCUIKukgHcgUQARiAASJbChRSZWxlYXNlU3RvY2tSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLnNob3AucHJvZHVjdC52MS5SZXNlcnZhdGlvbhIQCghyZWxlYXNlZBgCIAEoCCp1ChBSZXNlcnZhdGlvblN0YXRlEiEKHVJFU0VSVkFUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASHgoaUkVTRVJWQVRJT05fU1RBVEVfUkVTRVJWRUQQARIeChpSRVNFUlZBVElPTl9TVEFURV9SRUxFQVNFRBACMuQBChZQcm9kdWN0SW50ZXJuYWxTZXJ2aWNlEmQKDFJlc2VydmVTdG9jaxIkLnNob3AucHJvZHVjdC52MS5SZXNlcnZlU3RvY2tSZXF1ZXN0GiUuc2hvcC5wcm9kdWN0LnYxLlJlc2VydmVTdG9ja1Jlc3BvbnNlIgeQAgKw4RgEEmQKDFJlbGVhc2VTdG9jaxIkLnNob3AucHJvZHVjdC52MS5SZWxlYXNlU3RvY2tSZXF1ZXN0GiUuc2hvcC5wcm9kdWN0LnYxLlJlbGVhc2VTdG9ja1Jlc3BvbnNlIgeQAgKw4RgEYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_shop_common_v1_access, file_shop_product_v1_product]);
 
 /**
  * What one reservation holds of one product.
@@ -133,6 +135,15 @@ export type ReserveStockResponse = Message<"shop.product.v1.ReserveStockResponse
    * @generated from field: shop.product.v1.Reservation reservation = 1;
    */
   reservation?: Reservation | undefined;
+
+  /**
+   * The reserved products, in the order of the request's items, as they are
+   * once the stock is taken (name and price are what the order records; a
+   * repeated reservation reads them again).
+   *
+   * @generated from field: repeated shop.product.v1.Product products = 2;
+   */
+  products: Product[];
 };
 
 /**
@@ -237,7 +248,9 @@ export const ProductInternalService: GenService<{
    * (reason INSUFFICIENT_STOCK) when any item is short, NOT_FOUND for an
    * unknown product. Idempotent on reservation_id: repeating a reservation
    * returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
-   * reserving under an id already released is FAILED_PRECONDITION.
+   * reserving under an id already released is FAILED_PRECONDITION. The answer
+   * carries the reserved products as they are at the reservation, so a caller
+   * prices what it reserved without another read.
    *
    * @generated from rpc shop.product.v1.ProductInternalService.ReserveStock
    */
