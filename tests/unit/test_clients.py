@@ -1,4 +1,5 @@
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,93 @@ async def test_outgoing_timeout_is_what_remains_capped_by_the_default() -> None:
     finally:
         deadline.reset_deadline(token)
     assert deadline.remaining() is None
+
+
+async def test_a_unary_call_carries_the_deadline_the_trace_and_the_callers_metadata() -> None:
+    """Unary calls go through `OutgoingUnary`, not a grpc.aio interceptor: what the peer
+    receives must be what the interceptor sent (the time left, a traceparent, the
+    caller's own metadata), and the answer what the peer said."""
+    import grpc
+    from opentelemetry import trace
+
+    seen: dict[str, object] = {}
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        seen["metadata"] = dict(context.invocation_metadata() or ())
+        seen["time_left"] = context.time_remaining()
+        if request == b"missing":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+        return request[::-1]
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = clients.channel(f"127.0.0.1:{port}", peer="echo", default_timeout=5)
+    try:
+        say: Any = channel.unary_unary("/test.Echo/Say")
+        incoming = trace.SpanContext(
+            trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+            span_id=0xB7AD6B7169203331,
+            is_remote=True,
+            trace_flags=trace.TraceFlags(1),
+        )
+        token = deadline.set_deadline(2.0)
+        try:
+            with trace.use_span(trace.NonRecordingSpan(incoming)):
+                assert await say(b"hello", metadata=(("x-request-id", "r-1"),)) == b"olleh"
+        finally:
+            deadline.reset_deadline(token)
+        metadata = seen["metadata"]
+        assert isinstance(metadata, dict) and metadata["x-request-id"] == "r-1"
+        traceparent = str(metadata["traceparent"])
+        assert traceparent.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+        time_left = seen["time_left"]
+        assert isinstance(time_left, float) and 1.0 < time_left <= 2.0
+
+        assert await say(b"abc", timeout=0.5) == b"cba"  # shorter than the default: kept
+        time_left = seen["time_left"]
+        assert isinstance(time_left, float) and time_left < 0.6
+
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await say(b"missing")
+        assert (failed.value.code(), failed.value.details()) == (
+            grpc.StatusCode.NOT_FOUND,
+            "no such thing",
+        )
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_an_open_circuit_refuses_unary_calls_without_sending_them() -> None:
+    """A peer that does not answer opens the circuit after `threshold` failures; then a
+    call fails at once with the breaker's UNAVAILABLE (never tried)."""
+    import socket
+
+    import grpc
+
+    from services.common.config import BreakerSettings
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    breaker = BreakerSettings(threshold=2, reset_after=60)
+    channel = clients.channel(f"127.0.0.1:{port}", peer="gone", breaker=breaker)
+    try:
+        say: Any = channel.unary_unary("/test.Echo/Say")
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await say(b"hello", timeout=1)
+            assert not clients.refused_by_breaker(failed.value)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await say(b"hello", timeout=1)
+        assert clients.refused_by_breaker(refused.value)
+        assert refused.value.details() == "gone service unavailable (circuit open)"
+        assert asyncio.get_running_loop().time() - started < 0.1
+    finally:
+        await channel.close()
