@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -59,25 +60,48 @@ async def _run(*argv: str) -> tuple[str, float]:
     return out.decode(errors="replace"), cpu
 
 
-async def side_by_side(runs: list[Awaitable[Figures]]) -> Figures:
-    """Several loads at once (one per replica or gateway) as one figure: requests, rps,
-    errors and tool CPU add up; p50 is the request-weighted mean of theirs and p99 the
-    worst of theirs (wrk gives percentiles, not the latencies to pool)."""
-    before, started = _children_cpu(), time.perf_counter()
-    parts = await asyncio.gather(*runs)
-    cpu = (_children_cpu() - before) / (time.perf_counter() - started)
+def _pooled(parts: list[Figures], **changes: Any) -> Figures:
+    """Several measurements of one scenario as one figure: requests, errors and timeouts
+    add up; p50 is the request-weighted mean of theirs and p99 the worst of theirs (wrk
+    gives percentiles, not the latencies to pool); `changes` says the rest."""
     requests = sum(p.requests for p in parts)
     return replace(
         parts[0],
-        tool=f"{parts[0].tool} x{len(parts)}",
-        in_flight=sum(p.in_flight for p in parts),
         requests=requests,
-        rps=sum(p.rps for p in parts),
         p50_ms=sum(p.p50_ms * p.requests for p in parts) / max(1, requests),
         p99_ms=max(p.p99_ms for p in parts),
         errors=sum(p.errors for p in parts),
         timeouts=sum(p.timeouts for p in parts),
+        **changes,
+    )
+
+
+async def side_by_side(runs: list[Awaitable[Figures]]) -> Figures:
+    """Several loads at once (one per replica or gateway) as one figure: rps and tool CPU
+    add up too."""
+    before, started = _children_cpu(), time.perf_counter()
+    parts = await asyncio.gather(*runs)
+    cpu = (_children_cpu() - before) / (time.perf_counter() - started)
+    return _pooled(
+        parts,
+        tool=f"{parts[0].tool} x{len(parts)}",
+        in_flight=sum(p.in_flight for p in parts),
+        rps=sum(p.rps for p in parts),
         client_cpu=cpu,
+    )
+
+
+def in_turns(turns: list[Figures]) -> Figures:
+    """One scenario measured in turns of equal length as one figure: rps and tool CPU are
+    the turns' mean."""
+    if len(turns) == 1:
+        return turns[0]
+    cpus = [t.client_cpu for t in turns if t.client_cpu is not None]
+    return _pooled(
+        turns,
+        tool=f"{turns[0].tool}, {len(turns)} turns",
+        rps=sum(t.rps for t in turns) / len(turns),
+        client_cpu=sum(cpus) / len(cpus) if cpus else None,
     )
 
 

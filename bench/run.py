@@ -16,6 +16,11 @@ Modes, each beside the same baseline server:
   (a stream of the run's own, deleted afterwards). Figures only: on 2 cores the
   replicas share the cores with each other and the load tools.
 
+Each level's scenarios run in turns (`--turns`, default 2): every scenario in each turn
+for its share of `--seconds`, the order reversed every other turn, so the scenarios a
+ratio compares (the gateway and the peer, the mesh and the baseline) meet the same
+moments of a shared machine rather than one busy stretch each.
+
 h2load measures gRPC, wrk HTTP/1.1, and an asyncio client order-to-notification
 latency on an open stream. Each tool's own CPU is recorded: a client that saturates
 its core measures itself, not the server.
@@ -48,6 +53,7 @@ from bench.grpcload import Endpoint, grpcload
 from bench.loadtools import (
     Figures,
     h2load_grpc,
+    in_turns,
     lua_binary_request,
     lua_create_orders,
     lua_request,
@@ -335,6 +341,7 @@ class Settings:
     picked: set[str]
     pg_url: str
     broker_url: str
+    turns: int = 2
 
 
 @dataclass
@@ -402,12 +409,23 @@ async def measure_mode(
             signed_in(data_dir, user_id),
             settings.notify_orders,
         )
-        plan = [(s, level) for level in LEVELS for s in scenarios if s.per_level]
-        plan += [(s, 1) for s in scenarios if not s.per_level]
-        for index, (scenario, level) in enumerate(plan, 1):
-            say(f"{mode.name} ({index}/{len(plan)}) {scenario.title}, {level} in flight")
-            figures = await scenario.run(target, scenario.title, level, settings.seconds)
-            section.measured[(scenario.name, level)] = figures
+        per_level = [s for s in scenarios if s.per_level]
+        turns, share = settings.turns, settings.seconds / settings.turns
+        for level in LEVELS:
+            runs: dict[str, list[Figures]] = {s.name: [] for s in per_level}
+            for turn in range(turns):
+                ordered = per_level if turn % 2 == 0 else per_level[::-1]
+                for scenario in ordered:
+                    say(f"{mode.name} turn {turn + 1}/{turns}: {scenario.title}, {level} in flight")
+                    runs[scenario.name].append(
+                        await scenario.run(target, scenario.title, level, share)
+                    )
+            for scenario in per_level:
+                section.measured[(scenario.name, level)] = in_turns(runs[scenario.name])
+        for scenario in (s for s in scenarios if not s.per_level):
+            say(f"{mode.name}: {scenario.title}")
+            figures = await scenario.run(target, scenario.title, 1, settings.seconds)
+            section.measured[(scenario.name, 1)] = figures
         if note := await watch.stop():
             section.notes.append(note)
         if mtls:
@@ -874,12 +892,22 @@ def main() -> None:
         help="the PostgreSQL server to make databases on (default $PG_URL or local)",
     )
     parser.add_argument("--broker-url", default="nats://127.0.0.1:4222", help="NATS for --cluster")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=2,
+        help="turns each level's scenarios take, --seconds shared among them (default 2)",
+    )
     args = parser.parse_args()
     databases = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     modes = [MODES[name] for name in databases]
     if args.cluster:
         modes.append(MODES["cluster"])
-    settings = Settings(args.seconds, args.orders, pick(args.only), args.pg_url, args.broker_url)
+    if args.turns < 1:
+        raise SystemExit("--turns: at least 1")
+    settings = Settings(
+        args.seconds, args.orders, pick(args.only), args.pg_url, args.broker_url, args.turns
+    )
     info = versions()
     sections = asyncio.run(measure(modes, settings))
     report = render(sections, info)
