@@ -345,6 +345,9 @@ async def serve(
         timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
         timeout_graceful_shutdown=None,  # the grace is kept below, without an error logged
     )
+    # uvicorn tells of the lifespan's steps at INFO under "uvicorn.error"; the gateway
+    # says "serving" and "stopped" itself. Its warnings and errors still show.
+    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     server = uvicorn.Server(config)
     config.load()
     config.loaded_app = ending_at_the_stop(config.loaded_app)

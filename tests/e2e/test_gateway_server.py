@@ -181,6 +181,9 @@ async def test_the_gateway_stops_gracefully_with_connections_of_both_kinds_open(
     assert await asyncio.to_thread(_closed_by_server, h1)
     assert await asyncio.to_thread(_closed_by_server, h2_idle)
     assert not [line for line in gateway.stderr_lines if "Traceback" in line]
+    # The gateway's own lines only: uvicorn's lifespan steps are not logged at INFO.
+    loggers = {json.loads(line)["logger"] for line in gateway.stderr_lines if line.startswith("{")}
+    assert not {name for name in loggers if name.startswith("uvicorn")}, loggers
 
 
 async def test_streams_open_at_the_stop_end_within_the_grace_without_an_error_logged(
