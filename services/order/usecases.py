@@ -22,26 +22,29 @@ done, which is safe to repeat: Capture is idempotent, so a capture that failed (
 whose process died) is repeated by the sweeper until it succeeds.
 
 Failures. If anything fails after the claim, the attempt is undone: its payment is
-voided if it may have been authorized (Void is idempotent; no payment means nothing
-was authorized, and a declined one holds nothing), its reservation released, and the
-claim removed, so the key is free again; the caller gets the error (a decline is the
-payment service's FAILED_PRECONDITION PAYMENT_DECLINED, with its details). An attempt
-given up at its payment (declined, or the provider not answering even to the retries)
-is announced with a PaymentFailed event, written in the transaction that marks it
-FAILED (the first step of its undoing), so the user's live stream hears of it: at most
-one per attempt, and none for an attempt the sweeper undoes (its process died, so why
-is not known) or one the payment service itself did not answer (the mesh's failure, not
-the payment's: the client retries with the same key). A payment
-provider that does not answer is UNAVAILABLE from Authorize; the channel's retry
-policy repeats Authorize (it is IDEMPOTENT) under the same order id, and the payment
-service then finds the charge the lost call made instead of charging again; if it
-still fails, the attempt is undone like any other (its hold voided) and a retry with
-the same key is a new attempt. If the process dies mid-way, the sweeper does the
-undoing: a PENDING attempt older than the attempt timeout (plus a margin) becomes
-FAILED with its payment to void, and since PLACED is only ever set on a PENDING
-order, an attempt is either placed or voided, never both. Outgoing calls of an
-attempt carry at most the attempt's time, so nothing of it still runs at a peer when
-the sweeper takes it over.
+voided if it may have been authorized (Void is idempotent; no payment means nothing was
+authorized, and a declined one holds nothing), its reservation released, and the claim
+removed, so the key is free again (a reservation refused outright, or never sent because
+the product service's breaker is open, took nothing and is not released); the caller
+gets the error (a decline is the payment service's FAILED_PRECONDITION PAYMENT_DECLINED,
+with its details). An attempt given up at its payment (declined, or the provider not
+answering even to the retries) is announced with a PaymentFailed event, written in the
+transaction that marks it FAILED (the first step of its undoing), so the user's live
+stream hears of it: at most one per attempt, and none for an attempt the sweeper undoes
+(its process died, so why is not known) or one the payment service itself did not answer
+(the mesh's failure, not the payment's: the client retries with the same key). A retry
+that meets an attempt whose undoing waits on a peer that is down (FAILED, holding the
+key) tries the undoing itself once and, if it still fails, answers UNAVAILABLE
+ORDER_ATTEMPT_UNDOING at once rather than waiting out its deadline. A payment provider
+that does not answer is UNAVAILABLE from Authorize; the channel's retry policy repeats
+Authorize (it is IDEMPOTENT) under the same order id, and the payment service then finds
+the charge the lost call made instead of charging again; if it still fails, the attempt
+is undone like any other (its hold voided) and a retry with the same key is a new
+attempt. If the process dies mid-way, the sweeper does the undoing: a PENDING attempt
+older than the attempt timeout (plus a margin) becomes FAILED with its payment to void,
+and since PLACED is only ever set on a PENDING order, an attempt is either placed or
+voided, never both. Outgoing calls of an attempt carry at most the attempt's time, so
+nothing of it still runs at a peer when the sweeper takes it over.
 
 Cancelling: the order becomes CANCELLED (with its event), its payment is refunded
 under a request id derived from the order id (so a repeated cancel is the same
@@ -88,6 +91,7 @@ from services.order.convert import (
 )
 from services.order.models import (
     DEFAULT_PAYMENT_METHOD,
+    FAILED,
     PAYMENT_AUTHORIZED,
     PAYMENT_CAPTURED,
     PAYMENT_DECLINED,
@@ -129,6 +133,9 @@ REFUSED = {"FAILED_PRECONDITION", "INVALID_ARGUMENT"}
 # What a ReserveStock answers when it refused and therefore took nothing under the id: an
 # unknown product, short stock, a reservation id released already.
 RESERVE_REFUSED = {"NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT"}
+# The reason of a ReserveStock the product service's open circuit breaker refused: never
+# sent, so nothing to release either.
+RESERVE_NOT_SENT = "PRODUCT_CIRCUIT_OPEN"
 # The reason of a call the payment service's open circuit breaker refused: never sent.
 NOT_SENT = "PAYMENT_CIRCUIT_OPEN"
 # The payment service's reason for a refusal by the provider (ErrorInfo metadata
@@ -246,6 +253,7 @@ class Orders:
     ) -> OrderRow:
         method = payment_method or DEFAULT_PAYMENT_METHOD
         request = fingerprint(user_id, lines, method)
+        helped_undo = False
         while True:
             existing = await self._repository.by_key(key)
             if existing is not None:
@@ -256,7 +264,21 @@ class Orders:
                     )
                 if existing.status in VISIBLE:
                     return existing
-                # Another attempt with this key is under way (or being undone): wait for it.
+                if existing.status == FAILED:
+                    # An earlier attempt failed and holds the key until it is undone, which
+                    # may wait on a peer that is down (then the sweeper repeats it): undo
+                    # it here once, then claim the key, or say so at once rather than
+                    # waiting out the caller's deadline.
+                    if helped_undo:
+                        raise Unavailable(
+                            "an earlier attempt with this idempotency key is still being "
+                            "undone; retry with the same key",
+                            "ORDER_ATTEMPT_UNDOING",
+                        )
+                    helped_undo = True
+                    await self._abandon(existing.id)
+                    continue
+                # Another attempt with this key is under way: wait for it.
                 await asyncio.sleep(self._retry_poll)
                 continue
             await self._peers.active_user(user_id)
@@ -283,7 +305,10 @@ class Orders:
                             {line.product_id: line.quantity for line in lines},
                         )
                     except DomainError as refused:
-                        may_reserve = refused.code.name not in RESERVE_REFUSED
+                        may_reserve = (
+                            refused.code.name not in RESERVE_REFUSED
+                            and refused.reason != RESERVE_NOT_SENT
+                        )
                         raise
                     _price(order, lines, products)
                     may_hold = True

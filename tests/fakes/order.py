@@ -249,6 +249,10 @@ class FakePeers:
     reserving: asyncio.Event = field(default_factory=asyncio.Event)
     # How many of the next release() calls fail as an unreachable product service.
     failing_releases: int = 0
+    # How many of the next reserve() calls fail as an unreachable product service (before
+    # doing anything); while product_circuit_open, the breaker refuses them (not sent).
+    failing_reserves: int = 0
+    product_circuit_open: bool = False
     # Order id -> its payment; `authorize_calls` counts the Authorize calls.
     payments: dict[str, FakePayment] = field(default_factory=dict)
     authorize_calls: int = 0
@@ -304,6 +308,11 @@ class FakePeers:
         self.reserving.set()
         if self.hold_reserve is not None:
             await self.hold_reserve.wait()
+        if self.product_circuit_open:
+            raise Unavailable("product service is unavailable", "PRODUCT_CIRCUIT_OPEN")
+        if self.failing_reserves:
+            self.failing_reserves -= 1
+            raise Unavailable("product service is unavailable", "PRODUCT_UNAVAILABLE")
         if reservation_id in self.released:
             # Released before it was made (its attempt was undone meanwhile): refused.
             raise FailedPrecondition(

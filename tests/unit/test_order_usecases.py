@@ -277,6 +277,52 @@ async def test_a_compensation_that_cannot_release_is_finished_by_the_sweeper(
     assert (await orders.create(user, lines({mug: 2}), "k")).status == PLACED
 
 
+async def test_a_reservation_the_breaker_refused_is_not_released(
+    shop: Shop, orders: Orders
+) -> None:
+    """Never sent, it took nothing: the attempt is undone at once, the key free again."""
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    shop.peers.product_circuit_open = True
+    with pytest.raises(Unavailable) as raised:
+        await orders.create(user, lines({mug: 2}), "k")
+    assert raised.value.reason == "PRODUCT_CIRCUIT_OPEN"
+    assert not shop.peers.released and shop.nothing_written()
+
+
+async def test_a_retry_meeting_an_attempt_still_to_undo_undoes_it_or_fails_at_once(
+    shop: Shop, orders: Orders
+) -> None:
+    """The product service went away mid-attempt: the reservation may have been made and
+    its release fails, so the attempt stays FAILED, holding the key. A retry with that
+    key does not wait out its deadline: it tries the undoing itself, and says
+    UNAVAILABLE at once while that still fails; once the product service is back, the
+    retry undoes the earlier attempt and places the order."""
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=5)
+    shop.peers.failing_reserves = 1
+    shop.peers.failing_releases = 2  # the attempt's own undoing, then the retry's
+    with pytest.raises(Unavailable):
+        await orders.create(user, lines({mug: 2}), "k")
+    [failed] = shop.repository.rows.values()
+    assert failed.status == FAILED
+
+    started = asyncio.get_running_loop().time()
+    async with asyncio.timeout(2):
+        with pytest.raises(Unavailable) as raised:
+            await orders.create(user, lines({mug: 2}), "k")
+    assert raised.value.reason == "ORDER_ATTEMPT_UNDOING"
+    assert shop.peers.failing_releases == 0, "the retry tried the release itself"
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert list(shop.repository.rows) == [failed.id]
+
+    shop.peers.failing_releases = 0  # the product service is back
+    placed = await orders.create(user, lines({mug: 2}), "k")
+    assert placed.status == PLACED and placed.id != failed.id
+    assert failed.reservation_id in shop.peers.released
+    assert list(shop.repository.rows) == [placed.id] and shop.peers.stock[mug] == 3
+
+
 async def test_an_attempt_cut_off_at_the_attempt_timeout_is_undone(shop: Shop) -> None:
     orders = shop.orders(attempt_timeout=0.05)
     user = shop.peers.add_user("usr_ann")
