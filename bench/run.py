@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import shutil
@@ -410,7 +411,8 @@ async def measure_mode(
             settings.notify_orders,
         )
         per_level = [s for s in scenarios if s.per_level]
-        turns, share = settings.turns, settings.seconds / settings.turns
+        # wrk and h2load count whole seconds: each turn's share is rounded up.
+        turns, share = settings.turns, float(math.ceil(settings.seconds / settings.turns))
         for level in LEVELS:
             runs: dict[str, list[Figures]] = {s.name: [] for s in per_level}
             for turn in range(turns):
@@ -896,7 +898,8 @@ def main() -> None:
         "--turns",
         type=int,
         default=2,
-        help="turns each level's scenarios take, --seconds shared among them (default 2)",
+        help="turns each level's scenarios take, --seconds shared among them, each turn's "
+        "share rounded up to whole seconds (default 2)",
     )
     args = parser.parse_args()
     databases = ["sqlite", "postgres"] if args.db == "both" else [args.db]
