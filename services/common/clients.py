@@ -20,7 +20,7 @@ import json
 import pkgutil
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +133,13 @@ class OutgoingUnary:
         self, request: Any, timeout: float | None, metadata: Any, options: dict[str, Any]
     ) -> Any:
         timeout, outgoing, span = self._outgoing.start(self._method, timeout, metadata)
+        call = partial(self._call, request, timeout=timeout, metadata=outgoing, **options)
         try:
             if self._breaker is not None:
                 async with await self._breaker.guard():
-                    response = await self._call(
-                        request, timeout=timeout, metadata=outgoing, **options
-                    )
+                    response = await call()
             else:
-                response = await self._call(request, timeout=timeout, metadata=outgoing, **options)
+                response = await call()
         except grpc.aio.AioRpcError as error:
             _end(span, error.code())
             raise
@@ -173,7 +172,33 @@ class OutgoingStream(grpc.aio.UnaryStreamClientInterceptor):
             span.end()
 
 
-class PeerChannel(grpc.aio.Channel):
+class _ChannelOver(grpc.aio.Channel):
+    """A channel standing in for another (`over()`): its state, closing and context
+    manager are that channel's."""
+
+    def over(self) -> grpc.aio.Channel:
+        raise NotImplementedError
+
+    async def close(self, grace: float | None = None) -> None:
+        await self.over().close(grace)
+
+    async def __aenter__(self) -> _ChannelOver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.over().get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self.over().wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.over().channel_ready()
+
+
+class PeerChannel(_ChannelOver):
     """A peer's channel whose unary calls are `OutgoingUnary`: every other kind of call,
     and the channel's state, are the wrapped channel's."""
 
@@ -183,6 +208,9 @@ class PeerChannel(grpc.aio.Channel):
         self.wrapped = channel
         self._outgoing = outgoing
         self._breaker = breaker
+
+    def over(self) -> grpc.aio.Channel:
+        return self.wrapped
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         call = self.wrapped.unary_unary(method, *args, **kwargs)
@@ -196,24 +224,6 @@ class PeerChannel(grpc.aio.Channel):
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.wrapped.stream_stream(method, *args, **kwargs)
-
-    async def close(self, grace: float | None = None) -> None:
-        await self.wrapped.close(grace)
-
-    async def __aenter__(self) -> PeerChannel:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        return self.wrapped.get_state(try_to_connect)
-
-    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        await self.wrapped.wait_for_state_change(last_observed_state)
-
-    async def channel_ready(self) -> None:
-        await self.wrapped.channel_ready()
 
 
 CIRCUIT_OPEN = "(circuit open)"
@@ -357,7 +367,7 @@ ROTATION_CHECK_SECONDS = 10.0
 RETIRED_CHANNEL_SECONDS = 300.0
 
 
-class RotatingChannel(grpc.aio.Channel):
+class RotatingChannel(_ChannelOver):
     """A channel that is made again, with the certificate files as they are now, when
     they change (cert-manager renewing a Secret): new calls go over the new one, calls
     under way finish on the old one, which is closed some minutes later. grpcio reads
@@ -415,26 +425,14 @@ class RotatingChannel(grpc.aio.Channel):
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return _Rotating(self, "stream_stream", method, args, kwargs)
 
+    def over(self) -> grpc.aio.Channel:
+        return self.current
+
     async def close(self, grace: float | None = None) -> None:
         for old in self._retired:
             await old.close(grace)
         self._retired.clear()
         await self.current.close(grace)
-
-    async def __aenter__(self) -> RotatingChannel:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        return self.current.get_state(try_to_connect)
-
-    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        await self.current.wait_for_state_change(last_observed_state)
-
-    async def channel_ready(self) -> None:
-        await self.current.channel_ready()
 
 
 class _Rotating:

@@ -16,7 +16,7 @@ from services.order.models import (
 )
 from shop.common.v1 import money_pb2
 from shop.order.v1 import events_pb2, order_internal_pb2, order_pb2
-from shop.product.v1 import product_pb2
+from shop.product.v1 import product_internal_pb2, product_pb2
 
 # Every order event is a field of the feed message's `event` oneof; its logical subject is
 # the field's name with '_' read as '.' ('order_created' -> 'order.created'), so producer
@@ -145,6 +145,15 @@ def to_feed_message(event: Event) -> order_internal_pb2.StreamOrderEventsRespons
     )
     getattr(response, event.subject.replace(".", "_")).ParseFromString(event.payload)
     return response
+
+
+def reserved_from_proto(product: product_internal_pb2.ReservedProduct) -> PricedProduct:
+    return PricedProduct(
+        id=product.product_id,
+        name=product.name,
+        currency_code=product.price.currency_code,
+        amount_minor=product.price.amount_minor,
+    )
 
 
 def product_from_proto(product: product_pb2.Product) -> PricedProduct:

@@ -18,11 +18,16 @@ from services.common import clients, deadline
 from services.common.config import BreakerSettings
 from services.common.errors import DETAILS_KEY, DomainError, status_of
 from services.common.tls import TlsSettings
-from services.order.convert import product_from_proto
+from services.order.convert import product_from_proto, reserved_from_proto
 from services.order.models import PricedProduct
 from shop.common.v1 import money_pb2
 from shop.payment.v1 import payment_internal_pb2, payment_internal_pb2_grpc, payment_pb2
-from shop.product.v1 import product_internal_pb2, product_internal_pb2_grpc
+from shop.product.v1 import (
+    product_internal_pb2,
+    product_internal_pb2_grpc,
+    product_pb2,
+    product_pb2_grpc,
+)
 from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc
 
 PASSED_THROUGH = {
@@ -97,6 +102,7 @@ class GrpcPeers:
         )
         self._users = user_internal_pb2_grpc.UserInternalServiceStub(self._user_channel)
         self._stock = product_internal_pb2_grpc.ProductInternalServiceStub(self._product_channel)
+        self._products = product_pb2_grpc.ProductServiceStub(self._product_channel)
         self._payments = payment_internal_pb2_grpc.PaymentInternalServiceStub(self._payment_channel)
 
     async def close(self) -> None:
@@ -120,6 +126,19 @@ class GrpcPeers:
         )
         try:
             response = await self._stock.ReserveStock(request)
+        except grpc.aio.AioRpcError as error:
+            raise PeerError("product", error) from None
+        if len(response.products) != len(items):
+            # A product service older than the priced answer (a rolling update that has
+            # not reached it yet): the prices are read as they were before.
+            return await self._prices(list(items))
+        return [reserved_from_proto(product) for product in response.products]
+
+    async def _prices(self, ids: list[str]) -> list[PricedProduct]:
+        try:
+            response = await self._products.BatchGetProducts(
+                product_pb2.BatchGetProductsRequest(ids=ids)
+            )
         except grpc.aio.AioRpcError as error:
             raise PeerError("product", error) from None
         return [product_from_proto(product) for product in response.products]

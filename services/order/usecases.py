@@ -65,10 +65,10 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.common import deadline
 from services.common.errors import (
@@ -160,8 +160,8 @@ class Peers(Protocol):
         self, reservation_id: str, items: Mapping[str, int]
     ) -> Sequence[PricedProduct]:
         """Takes the stock of every item or none of it (repeating an id repeats nothing);
-        the products of `items`, in that order, priced as the reservation took them.
-        Raises naming any product that is unknown or short."""
+        the products of `items`, in that order, priced as the reservation took them (a
+        repeat: as they are now). Raises naming any product that is unknown or short."""
         ...
 
     async def release(self, reservation_id: str) -> None:
@@ -289,7 +289,8 @@ class Orders:
                 continue  # a concurrent attempt claimed the key first: look again
             break
         # Whether stock may be held when the attempt fails, so undoing it releases it (a
-        # refused reservation took nothing: releasing it would leave a tombstone behind).
+        # refused reservation took nothing: releasing it would leave a tombstone behind;
+        # if this undoing fails, the sweeper's releases anyway, which is harmless).
         may_reserve = True
         # Whether a payment may be held when the attempt fails, so undoing it voids it.
         may_hold = False
@@ -328,14 +329,14 @@ class Orders:
                 placed = await self._repository.place(order, utcnow(), order_created)
                 if placed is None:
                     raise Unavailable("the order attempt expired; retry with the same key")
-        except TimeoutError:
-            cleanup = self._spawn_cleanup(order.id, may_reserve, may_hold, _failed(order, failure))
-            await asyncio.shield(cleanup)
-            raise Unavailable("the order attempt took too long; retry with the same key") from None
-        except BaseException:
+        except BaseException as error:
             # Shielded: it goes on even if this call is cancelled at its deadline.
-            cleanup = self._spawn_cleanup(order.id, may_reserve, may_hold, _failed(order, failure))
-            await asyncio.shield(cleanup)
+            undo = self._abandon(order.id, may_hold, _failed(order, failure), release=may_reserve)
+            await asyncio.shield(self._spawn(undo))
+            if isinstance(error, TimeoutError):
+                raise Unavailable(
+                    "the order attempt took too long; retry with the same key"
+                ) from None
             raise
         self._events_committed()
         # The order stands whatever the capture does: one that fails is the sweeper's.
@@ -344,10 +345,8 @@ class Orders:
 
     # -- undoing -------------------------------------------------------------
 
-    def _spawn_cleanup(
-        self, order_id: str, release: bool, void: bool, announce: Announce | None
-    ) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._abandon(order_id, void, announce, release=release))
+    def _spawn(self, cleanup: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(cleanup)
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
         return task

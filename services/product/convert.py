@@ -8,7 +8,14 @@ from typing import Any
 
 from services.common import fieldmask
 from services.common.times import to_timestamp
-from services.product.models import RELEASED, Price, ProductDraft, ProductRow, ReservationRow
+from services.product.models import (
+    RELEASED,
+    Price,
+    ProductDraft,
+    ProductRow,
+    ReservationRow,
+    ReservedProduct,
+)
 from services.product.usecases import UPDATABLE
 from shop.common.v1 import money_pb2
 from shop.product.v1 import product_internal_pb2, product_pb2
@@ -42,6 +49,16 @@ def reservation_to_proto(reservation: ReservationRow) -> product_internal_pb2.Re
         ),
         create_time=to_timestamp(reservation.create_time),
         release_time=to_timestamp(reservation.release_time),
+    )
+
+
+def reserved_product_to_proto(product: ReservedProduct) -> product_internal_pb2.ReservedProduct:
+    return product_internal_pb2.ReservedProduct(
+        product_id=product.id,
+        name=product.name,
+        price=money_pb2.Money(
+            currency_code=product.price.currency_code, amount_minor=product.price.amount_minor
+        ),
     )
 
 

@@ -11,6 +11,7 @@ from services.product.convert import (
     items_from_proto,
     product_to_proto,
     reservation_to_proto,
+    reserved_product_to_proto,
 )
 from services.product.usecases import Catalogue, Reservations
 from shop.product.v1 import (
@@ -75,7 +76,9 @@ class ProductInternalServicer(product_internal_pb2_grpc.ProductInternalServiceSe
         )
         return product_internal_pb2.ReserveStockResponse(
             reservation=reservation_to_proto(reserved.reservation),
-            products=[product_to_proto(reserved.products[i.product_id]) for i in request.items],
+            products=[
+                reserved_product_to_proto(reserved.products[i.product_id]) for i in request.items
+            ],
         )
 
     async def ReleaseStock(

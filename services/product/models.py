@@ -79,12 +79,27 @@ class ProductDraft:
 
 
 @dataclass(frozen=True)
+class ReservedProduct:
+    """What a caller records of a product it reserved: its name and price then."""
+
+    id: str
+    name: str
+    price: Price
+
+    @classmethod
+    def of(cls, product: ProductRow) -> ReservedProduct:
+        return cls(
+            product.id, product.name, Price(product.price_currency, product.price_amount_minor)
+        )
+
+
+@dataclass(frozen=True)
 class Reserved:
-    """A reservation made, and its products as it left them (by id): what the caller
-    prices its order with."""
+    """A reservation made, and its products by id, named and priced as it took them:
+    what the caller prices its order with."""
 
     reservation: ReservationRow
-    products: Mapping[str, ProductRow]
+    products: Mapping[str, ReservedProduct]
 
 
 class ReservationExists(Exception):

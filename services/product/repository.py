@@ -18,12 +18,14 @@ from services.product.models import (
     RELEASED,
     RESERVED,
     InsufficientStock,
+    Price,
     ProductRow,
     ReservationExists,
     ReservationInFlight,
     ReservationItemRow,
     ReservationRow,
     Reserved,
+    ReservedProduct,
     UnknownProducts,
 )
 
@@ -39,12 +41,14 @@ POINT_READS_AT_MOST = 8
 PRODUCT_ID_BY_ID = select(PRODUCTS.c.id).where(PRODUCTS.c.id == bindparam("id"))
 CLAIM = insert(RESERVATIONS)
 INSERT_ITEM = insert(ITEMS)
-# Returns the product as the reservation leaves it: the caller prices what it reserved.
+# Returns the product's name and price as the stock is taken: the caller prices with them.
 TAKE_STOCK = (
     update(PRODUCTS)
     .where(PRODUCTS.c.id == bindparam("product_id"), PRODUCTS.c.stock >= bindparam("quantity"))
     .values(stock=PRODUCTS.c.stock - bindparam("quantity"), update_time=bindparam("now"))
-    .returning(*PRODUCTS.c)
+    .returning(
+        PRODUCTS.c.id, PRODUCTS.c.name, PRODUCTS.c.price_currency, PRODUCTS.c.price_amount_minor
+    )
 )
 GIVE_BACK = (
     update(PRODUCTS)
@@ -87,7 +91,7 @@ class ProductRepository(Protocol):
         self, reservation_id: str, items: Mapping[str, int], now: datetime
     ) -> Reserved:
         """Claims the id and takes every item's stock, all in one transaction or nothing;
-        the reservation and the products as it left them.
+        the reservation and its products, named and priced as it took them.
 
         Raises ReservationExists when the id is taken (also by a concurrent call that
         committed first), UnknownProducts or InsufficientStock.
@@ -111,14 +115,14 @@ class SqlProductRepository:
         self._db = db
 
     async def get(self, product_id: str) -> ProductRow | None:
-        # The hottest read of the mesh (every GetProduct, every order's pricing): a point
-        # read without the ORM session.
+        # The hottest read of the mesh (every GetProduct): a point read without the ORM
+        # session.
         return await self._db.read_model(ProductRow, PRODUCT_BY_ID, {"id": product_id})
 
     async def get_many(self, ids: Collection[str]) -> dict[str, ProductRow]:
-        # Every order's pricing: a point read per id costs less than the ORM session's
-        # one query, on SQLite always (microseconds each), on PostgreSQL up to a few ids
-        # (each is a round trip).
+        # BatchGetProducts: a point read per id costs less than the ORM session's one
+        # query, on SQLite always (microseconds each), on PostgreSQL up to a few ids (each
+        # is a round trip).
         wanted = list(dict.fromkeys(ids))
         if len(wanted) > POINT_READS_AT_MOST and not self._db.is_sqlite:
             async with self._db.read() as session:
@@ -169,7 +173,7 @@ class SqlProductRepository:
                         "release_time": None,
                     },
                 )
-                products: dict[str, ProductRow] = {}
+                products: dict[str, ReservedProduct] = {}
                 failed: list[str] = []
                 for pid, qty in wanted:
                     product = await self.take_stock_in(tx, pid, qty, now)
@@ -275,9 +279,9 @@ class SqlProductRepository:
 
     async def take_stock_in(
         self, tx: Transaction, product_id: str, quantity: int, now: datetime
-    ) -> ProductRow | None:
+    ) -> ReservedProduct | None:
         """Takes `quantity` units in one conditional UPDATE inside the caller's transaction;
-        the product as it leaves it, None when short or unknown. (A step of `reserve`,
+        the product's name and price, None when short or unknown. (A step of `reserve`,
         public so a race test can hold that transaction open here.)
 
         The condition is checked by the database on the row it updates, under the
@@ -287,7 +291,10 @@ class SqlProductRepository:
         taken = await tx.fetch_one(
             TAKE_STOCK, {"product_id": product_id, "quantity": quantity, "now": now}
         )
-        return None if taken is None else loaded(ProductRow, taken)
+        if taken is None:
+            return None
+        price = Price(taken["price_currency"], taken["price_amount_minor"])
+        return ReservedProduct(taken["id"], taken["name"], price)
 
 
 def _reservation(

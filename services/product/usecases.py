@@ -21,6 +21,7 @@ from services.product.models import (
     ReservationInFlight,
     ReservationRow,
     Reserved,
+    ReservedProduct,
     UnknownProducts,
 )
 from services.product.repository import ProductRepository
@@ -102,7 +103,9 @@ class Reservations:
         except ReservationExists as taken:
             reservation = _repeated(taken.reservation, items)
         except UnknownProducts as unknown:
-            raise NotFound("product", *unknown.product_ids) from None
+            # Named in the order asked.
+            missing = set(unknown.product_ids)
+            raise NotFound("product", *(pid for pid in items if pid in missing)) from None
         except InsufficientStock as short:
             raise FailedPrecondition(
                 "not enough stock for " + ", ".join(short.product_ids),
@@ -110,7 +113,8 @@ class Reservations:
                 [f"product:{pid}" for pid in short.product_ids],
                 product_ids=",".join(short.product_ids),
             ) from None
-        return Reserved(reservation, await self._repository.get_many(list(items)))
+        products = await self._repository.get_many(list(items))
+        return Reserved(reservation, {pid: ReservedProduct.of(p) for pid, p in products.items()})
 
     async def release(self, reservation_id: str) -> tuple[ReservationRow, bool]:
         """Gives back what the reservation took, once; True for the call that did.

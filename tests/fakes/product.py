@@ -17,6 +17,7 @@ from services.product.models import (
     ReservationItemRow,
     ReservationRow,
     Reserved,
+    ReservedProduct,
     UnknownProducts,
 )
 
@@ -112,7 +113,8 @@ class InMemoryProducts:
         )
         self.reservations[reservation_id] = reservation
         return Reserved(
-            _reservation(reservation), {pid: _product(self.products[pid]) for pid, _ in wanted}
+            _reservation(reservation),
+            {pid: ReservedProduct.of(self.products[pid]) for pid, _ in wanted},
         )
 
     async def release(self, reservation_id: str, now: datetime) -> tuple[ReservationRow, bool]:

@@ -17,7 +17,7 @@ from services.common import migrate
 from services.common.db import Database
 from services.common.pagination import PageTokens
 from services.common.times import utcnow
-from services.product.models import RELEASED, RESERVED, Price, ProductDraft, ProductRow
+from services.product.models import RELEASED, RESERVED, Price, ProductDraft, ReservedProduct
 from services.product.repository import SqlProductRepository
 from services.product.usecases import Catalogue, Reservations
 from services.product.wiring import SPEC
@@ -73,7 +73,7 @@ async def test_a_release_during_the_reservation_transaction_gives_the_stock_back
 
     async def held_open(
         self: SqlProductRepository, session: Any, product_id: str, quantity: int, now: datetime
-    ) -> ProductRow | None:
+    ) -> ReservedProduct | None:
         inside.set()
         await gate.wait()  # the reservation row is written, its transaction still open
         return await take_stock(self, session, product_id, quantity, now)

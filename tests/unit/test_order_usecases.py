@@ -179,7 +179,7 @@ async def test_the_order_is_priced_as_its_reservation_took_the_stock(
     assert [i.line_amount_minor for i in stored.items] == [1400]
 
 
-async def test_an_unknown_product_is_refused_before_anything_is_written(
+async def test_an_unknown_product_is_refused_and_nothing_is_left_written(
     shop: Shop, orders: Orders
 ) -> None:
     user = shop.peers.add_user("usr_ann")

@@ -126,9 +126,9 @@ async def test_a_reservation_takes_the_stock_of_every_item(
     )
     assert [(i.product_id, i.quantity) for i in reservation.items] == sorted([(a.id, 2), (b.id, 3)])
     assert (store.stock(a.id), store.stock(b.id)) == (3, 2)
-    # The products as the reservation left them: what the order prices its items with.
-    priced = {pid: (p.name, p.price_amount_minor, p.stock) for pid, p in reserved.products.items()}
-    assert priced == {a.id: ("A", 500, 3), b.id: ("B", 500, 2)}
+    # The products named and priced as the reservation took them: what the order records.
+    priced = {pid: (p.id, p.name, p.price) for pid, p in reserved.products.items()}
+    assert priced == {a.id: (a.id, "A", Price("EUR", 500)), b.id: (b.id, "B", Price("EUR", 500))}
 
 
 async def test_one_short_item_takes_nothing_and_leaves_the_id_free(
@@ -168,6 +168,10 @@ async def test_unknown_products_are_named_and_nothing_is_taken(
     assert (raised.value.resource_type, raised.value.names) == ("product", ("prd_missing",))
     assert store.stock(a.id) == 3
     assert "u" not in store.reservations
+    # Several unknown: named in the order asked.
+    with pytest.raises(NotFound) as raised:
+        await reservations.reserve("u", {"prd_zz": 1, a.id: 1, "prd_aa": 1})
+    assert raised.value.names == ("prd_zz", "prd_aa")
 
 
 async def test_a_repeated_reservation_is_a_no_op(
@@ -187,7 +191,7 @@ async def test_a_repeated_reservation_is_a_no_op(
     # A repeat reads its products again, as they are now.
     await catalogue.update(a.id, {"price": Price("EUR", 650)})
     repeat = await reservations.reserve("order-attempt-1", {a.id: 4, b.id: 1})
-    assert {pid: p.price_amount_minor for pid, p in repeat.products.items()} == {
+    assert {pid: p.price.amount_minor for pid, p in repeat.products.items()} == {
         a.id: 650,
         b.id: 500,
     }

@@ -48,8 +48,8 @@ class ProductInternalService(Protocol):
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
         reserving under an id already released is FAILED_PRECONDITION. The answer
-        carries the reserved products as they are at the reservation, so a caller
-        prices what it reserved without another read.
+        carries the reserved products' names and prices, so a caller prices what
+        it reserved without another read.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -150,8 +150,8 @@ class ProductInternalServiceClient(ConnectClient):
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
         reserving under an id already released is FAILED_PRECONDITION. The answer
-        carries the reserved products as they are at the reservation, so a caller
-        prices what it reserved without another read.
+        carries the reserved products' names and prices, so a caller prices what
+        it reserved without another read.
         """
         return await self.execute_unary(
             request=request,
@@ -202,8 +202,8 @@ class ProductInternalServiceSync(Protocol):
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
         reserving under an id already released is FAILED_PRECONDITION. The answer
-        carries the reserved products as they are at the reservation, so a caller
-        prices what it reserved without another read.
+        carries the reserved products' names and prices, so a caller prices what
+        it reserved without another read.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -302,8 +302,8 @@ class ProductInternalServiceClientSync(ConnectClientSync):
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
         reserving under an id already released is FAILED_PRECONDITION. The answer
-        carries the reserved products as they are at the reservation, so a caller
-        prices what it reserved without another read.
+        carries the reserved products' names and prices, so a caller prices what
+        it reserved without another read.
         """
         return self.execute_unary(
             request=request,

@@ -25,10 +25,10 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
-from shop.product.v1 import product_pb2 as shop_dot_product_dot_v1_dot_product__pb2
+from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&shop/product/v1/product_internal.proto\x12\x0fshop.product.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1dshop/product/v1/product.proto\"I\n\tStockItem\x12\x1d\n\nproduct_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12\x1d\n\x08quantity\x18\x02 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06 \x00\"\xe5\x01\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.shop.product.v1.StockItem\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32!.shop.product.v1.ReservationState\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0crelease_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x13ReserveStockRequest\x12\"\n\x0ereservation_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x35\n\x05items\x18\x02 \x03(\x0b\x32\x1a.shop.product.v1.StockItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64:k\xbaHh\x1a\x66\n\x17items.product_id.unique\x12!each product may appear only once\x1a(this.items.map(i, i.product_id).unique()\"u\n\x14ReserveStockResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.shop.product.v1.Reservation\x12*\n\x08products\x18\x02 \x03(\x0b\x32\x18.shop.product.v1.Product\"9\n\x13ReleaseStockRequest\x12\"\n\x0ereservation_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"[\n\x14ReleaseStockResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.shop.product.v1.Reservation\x12\x10\n\x08released\x18\x02 \x01(\x08*u\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATE_RESERVED\x10\x01\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x02\x32\xe4\x01\n\x16ProductInternalService\x12\x64\n\x0cReserveStock\x12$.shop.product.v1.ReserveStockRequest\x1a%.shop.product.v1.ReserveStockResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12\x64\n\x0cReleaseStock\x12$.shop.product.v1.ReleaseStockRequest\x1a%.shop.product.v1.ReleaseStockResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&shop/product/v1/product_internal.proto\x12\x0fshop.product.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/common/v1/money.proto\"I\n\tStockItem\x12\x1d\n\nproduct_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12\x1d\n\x08quantity\x18\x02 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xa0\x8d\x06 \x00\"\xe5\x01\n\x0bReservation\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.shop.product.v1.StockItem\x12\x30\n\x05state\x18\x03 \x01(\x0e\x32!.shop.product.v1.ReservationState\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0crelease_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x13ReserveStockRequest\x12\"\n\x0ereservation_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x35\n\x05items\x18\x02 \x03(\x0b\x32\x1a.shop.product.v1.StockItemB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64:k\xbaHh\x1a\x66\n\x17items.product_id.unique\x12!each product may appear only once\x1a(this.items.map(i, i.product_id).unique()\"}\n\x14ReserveStockResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.shop.product.v1.Reservation\x12\x32\n\x08products\x18\x02 \x03(\x0b\x32 .shop.product.v1.ReservedProduct\"Y\n\x0fReservedProduct\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12$\n\x05price\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.Money\"9\n\x13ReleaseStockRequest\x12\"\n\x0ereservation_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\"[\n\x14ReleaseStockResponse\x12\x31\n\x0breservation\x18\x01 \x01(\x0b\x32\x1c.shop.product.v1.Reservation\x12\x10\n\x08released\x18\x02 \x01(\x08*u\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATE_RESERVED\x10\x01\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x02\x32\xe4\x01\n\x16ProductInternalService\x12\x64\n\x0cReserveStock\x12$.shop.product.v1.ReserveStockRequest\x1a%.shop.product.v1.ReserveStockResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12\x64\n\x0cReleaseStock\x12$.shop.product.v1.ReleaseStockRequest\x1a%.shop.product.v1.ReleaseStockResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,20 +51,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRODUCTINTERNALSERVICE'].methods_by_name['ReserveStock']._serialized_options = b'\220\002\002\260\341\030\004'
   _globals['_PRODUCTINTERNALSERVICE'].methods_by_name['ReleaseStock']._loaded_options = None
   _globals['_PRODUCTINTERNALSERVICE'].methods_by_name['ReleaseStock']._serialized_options = b'\220\002\002\260\341\030\004'
-  _globals['_RESERVATIONSTATE']._serialized_start=983
-  _globals['_RESERVATIONSTATE']._serialized_end=1100
-  _globals['_STOCKITEM']._serialized_start=181
-  _globals['_STOCKITEM']._serialized_end=254
-  _globals['_RESERVATION']._serialized_start=257
-  _globals['_RESERVATION']._serialized_end=486
-  _globals['_RESERVESTOCKREQUEST']._serialized_start=489
-  _globals['_RESERVESTOCKREQUEST']._serialized_end=710
-  _globals['_RESERVESTOCKRESPONSE']._serialized_start=712
-  _globals['_RESERVESTOCKRESPONSE']._serialized_end=829
-  _globals['_RELEASESTOCKREQUEST']._serialized_start=831
-  _globals['_RELEASESTOCKREQUEST']._serialized_end=888
-  _globals['_RELEASESTOCKRESPONSE']._serialized_start=890
-  _globals['_RELEASESTOCKRESPONSE']._serialized_end=981
-  _globals['_PRODUCTINTERNALSERVICE']._serialized_start=1103
-  _globals['_PRODUCTINTERNALSERVICE']._serialized_end=1331
+  _globals['_RESERVATIONSTATE']._serialized_start=1079
+  _globals['_RESERVATIONSTATE']._serialized_end=1196
+  _globals['_STOCKITEM']._serialized_start=178
+  _globals['_STOCKITEM']._serialized_end=251
+  _globals['_RESERVATION']._serialized_start=254
+  _globals['_RESERVATION']._serialized_end=483
+  _globals['_RESERVESTOCKREQUEST']._serialized_start=486
+  _globals['_RESERVESTOCKREQUEST']._serialized_end=707
+  _globals['_RESERVESTOCKRESPONSE']._serialized_start=709
+  _globals['_RESERVESTOCKRESPONSE']._serialized_end=834
+  _globals['_RESERVEDPRODUCT']._serialized_start=836
+  _globals['_RESERVEDPRODUCT']._serialized_end=925
+  _globals['_RELEASESTOCKREQUEST']._serialized_start=927
+  _globals['_RELEASESTOCKREQUEST']._serialized_end=984
+  _globals['_RELEASESTOCKRESPONSE']._serialized_start=986
+  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1077
+  _globals['_PRODUCTINTERNALSERVICE']._serialized_start=1199
+  _globals['_PRODUCTINTERNALSERVICE']._serialized_end=1427
 # @@protoc_insertion_point(module_scope)

@@ -3,7 +3,7 @@ import datetime
 from buf.validate import validate_pb2 as _validate_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from shop.common.v1 import access_pb2 as _access_pb2
-from shop.product.v1 import product_pb2 as _product_pb2
+from shop.common.v1 import money_pb2 as _money_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -57,8 +57,18 @@ class ReserveStockResponse(_message.Message):
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     PRODUCTS_FIELD_NUMBER: _ClassVar[int]
     reservation: Reservation
-    products: _containers.RepeatedCompositeFieldContainer[_product_pb2.Product]
-    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ..., products: _Optional[_Iterable[_Union[_product_pb2.Product, _Mapping]]] = ...) -> None: ...
+    products: _containers.RepeatedCompositeFieldContainer[ReservedProduct]
+    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ..., products: _Optional[_Iterable[_Union[ReservedProduct, _Mapping]]] = ...) -> None: ...
+
+class ReservedProduct(_message.Message):
+    __slots__ = ("product_id", "name", "price")
+    PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    product_id: str
+    name: str
+    price: _money_pb2.Money
+    def __init__(self, product_id: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class ReleaseStockRequest(_message.Message):
     __slots__ = ("reservation_id",)

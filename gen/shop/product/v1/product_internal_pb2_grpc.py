@@ -57,8 +57,8 @@ class ProductInternalServiceServicer:
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
         reserving under an id already released is FAILED_PRECONDITION. The answer
-        carries the reserved products as they are at the reservation, so a caller
-        prices what it reserved without another read.
+        carries the reserved products' names and prices, so a caller prices what
+        it reserved without another read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,8 +39,8 @@ class ProductInternalServiceStub:
     unknown product. Idempotent on reservation_id: repeating a reservation
     returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
     reserving under an id already released is FAILED_PRECONDITION. The answer
-    carries the reserved products as they are at the reservation, so a caller
-    prices what it reserved without another read.
+    carries the reserved products' names and prices, so a caller prices what
+    it reserved without another read.
     """
     ReleaseStock: _grpc.UnaryUnaryMultiCallable[_product_internal_pb2.ReleaseStockRequest, _product_internal_pb2.ReleaseStockResponse]
     """Returns the stock a reservation took, exactly once. Releasing an unknown
@@ -58,8 +58,8 @@ class ProductInternalServiceAsyncStub(ProductInternalServiceStub):
     unknown product. Idempotent on reservation_id: repeating a reservation
     returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
     reserving under an id already released is FAILED_PRECONDITION. The answer
-    carries the reserved products as they are at the reservation, so a caller
-    prices what it reserved without another read.
+    carries the reserved products' names and prices, so a caller prices what
+    it reserved without another read.
     """
     ReleaseStock: _aio.UnaryUnaryMultiCallable[_product_internal_pb2.ReleaseStockRequest, _product_internal_pb2.ReleaseStockResponse]  # type: ignore[assignment]
     """Returns the stock a reservation took, exactly once. Releasing an unknown
@@ -80,8 +80,8 @@ class ProductInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         unknown product. Idempotent on reservation_id: repeating a reservation
         returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
         reserving under an id already released is FAILED_PRECONDITION. The answer
-        carries the reserved products as they are at the reservation, so a caller
-        prices what it reserved without another read.
+        carries the reserved products' names and prices, so a caller prices what
+        it reserved without another read.
         """
 
     @_abc_1.abstractmethod

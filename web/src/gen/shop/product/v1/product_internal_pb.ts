@@ -8,15 +8,15 @@ import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import { file_shop_common_v1_access } from "../../common/v1/access_pb";
-import type { Product } from "./product_pb";
-import { file_shop_product_v1_product } from "./product_pb";
+import type { Money } from "../../common/v1/money_pb";
+import { file_shop_common_v1_money } from "../../common/v1/money_pb";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file shop/product/v1/product_internal.proto.
  */
 export const file_shop_product_v1_product_internal: GenFile = /*@__PURE__*/
-  fileDesc("CiZzaG9wL3Byb2R1Y3QvdjEvcHJvZHVjdF9pbnRlcm5hbC5wcm90bxIPc2hvcC5wcm9kdWN0LnYxIkkKCVN0b2NrSXRlbRIdCgpwcm9kdWN0X2lkGAEgASgJQgm6SAZyBBABGEASHQoIcXVhbnRpdHkYAiABKAVCC7pICBoGGKCNBiAAIuUBCgtSZXNlcnZhdGlvbhIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIpCgVpdGVtcxgCIAMoCzIaLnNob3AucHJvZHVjdC52MS5TdG9ja0l0ZW0SMAoFc3RhdGUYAyABKA4yIS5zaG9wLnByb2R1Y3QudjEuUmVzZXJ2YXRpb25TdGF0ZRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcmVsZWFzZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLdAQoTUmVzZXJ2ZVN0b2NrUmVxdWVzdBIiCg5yZXNlcnZhdGlvbl9pZBgBIAEoCUIKukgHcgUQARiAARI1CgVpdGVtcxgCIAMoCzIaLnNob3AucHJvZHVjdC52MS5TdG9ja0l0ZW1CCrpIB5IBBAgBEGQ6a7pIaBpmChdpdGVtcy5wcm9kdWN0X2lkLnVuaXF1ZRIhZWFjaCBwcm9kdWN0IG1heSBhcHBlYXIgb25seSBvbmNlGih0aGlzLml0ZW1zLm1hcChpLCBpLnByb2R1Y3RfaWQpLnVuaXF1ZSgpInUKFFJlc2VydmVTdG9ja1Jlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuc2hvcC5wcm9kdWN0LnYxLlJlc2VydmF0aW9uEioKCHByb2R1Y3RzGAIgAygLMhguc2hvcC5wcm9kdWN0LnYxLlByb2R1Y3QiOQoTUmVsZWFzZVN0b2NrUmVxdWVzdBIiCg5yZXNlcnZhdGlvbl9pZBgBIAEoCUIKukgHcgUQARiAASJbChRSZWxlYXNlU3RvY2tSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLnNob3AucHJvZHVjdC52MS5SZXNlcnZhdGlvbhIQCghyZWxlYXNlZBgCIAEoCCp1ChBSZXNlcnZhdGlvblN0YXRlEiEKHVJFU0VSVkFUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASHgoaUkVTRVJWQVRJT05fU1RBVEVfUkVTRVJWRUQQARIeChpSRVNFUlZBVElPTl9TVEFURV9SRUxFQVNFRBACMuQBChZQcm9kdWN0SW50ZXJuYWxTZXJ2aWNlEmQKDFJlc2VydmVTdG9jaxIkLnNob3AucHJvZHVjdC52MS5SZXNlcnZlU3RvY2tSZXF1ZXN0GiUuc2hvcC5wcm9kdWN0LnYxLlJlc2VydmVTdG9ja1Jlc3BvbnNlIgeQAgKw4RgEEmQKDFJlbGVhc2VTdG9jaxIkLnNob3AucHJvZHVjdC52MS5SZWxlYXNlU3RvY2tSZXF1ZXN0GiUuc2hvcC5wcm9kdWN0LnYxLlJlbGVhc2VTdG9ja1Jlc3BvbnNlIgeQAgKw4RgEYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_shop_common_v1_access, file_shop_product_v1_product]);
+  fileDesc("CiZzaG9wL3Byb2R1Y3QvdjEvcHJvZHVjdF9pbnRlcm5hbC5wcm90bxIPc2hvcC5wcm9kdWN0LnYxIkkKCVN0b2NrSXRlbRIdCgpwcm9kdWN0X2lkGAEgASgJQgm6SAZyBBABGEASHQoIcXVhbnRpdHkYAiABKAVCC7pICBoGGKCNBiAAIuUBCgtSZXNlcnZhdGlvbhIWCg5yZXNlcnZhdGlvbl9pZBgBIAEoCRIpCgVpdGVtcxgCIAMoCzIaLnNob3AucHJvZHVjdC52MS5TdG9ja0l0ZW0SMAoFc3RhdGUYAyABKA4yIS5zaG9wLnByb2R1Y3QudjEuUmVzZXJ2YXRpb25TdGF0ZRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMcmVsZWFzZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLdAQoTUmVzZXJ2ZVN0b2NrUmVxdWVzdBIiCg5yZXNlcnZhdGlvbl9pZBgBIAEoCUIKukgHcgUQARiAARI1CgVpdGVtcxgCIAMoCzIaLnNob3AucHJvZHVjdC52MS5TdG9ja0l0ZW1CCrpIB5IBBAgBEGQ6a7pIaBpmChdpdGVtcy5wcm9kdWN0X2lkLnVuaXF1ZRIhZWFjaCBwcm9kdWN0IG1heSBhcHBlYXIgb25seSBvbmNlGih0aGlzLml0ZW1zLm1hcChpLCBpLnByb2R1Y3RfaWQpLnVuaXF1ZSgpIn0KFFJlc2VydmVTdG9ja1Jlc3BvbnNlEjEKC3Jlc2VydmF0aW9uGAEgASgLMhwuc2hvcC5wcm9kdWN0LnYxLlJlc2VydmF0aW9uEjIKCHByb2R1Y3RzGAIgAygLMiAuc2hvcC5wcm9kdWN0LnYxLlJlc2VydmVkUHJvZHVjdCJZCg9SZXNlcnZlZFByb2R1Y3QSEgoKcHJvZHVjdF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEiQKBXByaWNlGAMgASgLMhUuc2hvcC5jb21tb24udjEuTW9uZXkiOQoTUmVsZWFzZVN0b2NrUmVxdWVzdBIiCg5yZXNlcnZhdGlvbl9pZBgBIAEoCUIKukgHcgUQARiAASJbChRSZWxlYXNlU3RvY2tSZXNwb25zZRIxCgtyZXNlcnZhdGlvbhgBIAEoCzIcLnNob3AucHJvZHVjdC52MS5SZXNlcnZhdGlvbhIQCghyZWxlYXNlZBgCIAEoCCp1ChBSZXNlcnZhdGlvblN0YXRlEiEKHVJFU0VSVkFUSU9OX1NUQVRFX1VOU1BFQ0lGSUVEEAASHgoaUkVTRVJWQVRJT05fU1RBVEVfUkVTRVJWRUQQARIeChpSRVNFUlZBVElPTl9TVEFURV9SRUxFQVNFRBACMuQBChZQcm9kdWN0SW50ZXJuYWxTZXJ2aWNlEmQKDFJlc2VydmVTdG9jaxIkLnNob3AucHJvZHVjdC52MS5SZXNlcnZlU3RvY2tSZXF1ZXN0GiUuc2hvcC5wcm9kdWN0LnYxLlJlc2VydmVTdG9ja1Jlc3BvbnNlIgeQAgKw4RgEEmQKDFJlbGVhc2VTdG9jaxIkLnNob3AucHJvZHVjdC52MS5SZWxlYXNlU3RvY2tSZXF1ZXN0GiUuc2hvcC5wcm9kdWN0LnYxLlJlbGVhc2VTdG9ja1Jlc3BvbnNlIgeQAgKw4RgEYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp, file_shop_common_v1_access, file_shop_common_v1_money]);
 
 /**
  * What one reservation holds of one product.
@@ -137,13 +137,13 @@ export type ReserveStockResponse = Message<"shop.product.v1.ReserveStockResponse
   reservation?: Reservation | undefined;
 
   /**
-   * The reserved products, in the order of the request's items, as they are
-   * once the stock is taken (name and price are what the order records; a
-   * repeated reservation reads them again).
+   * The reserved products, in the order of the request's items, named and
+   * priced as they were when the stock was taken (a repeated reservation
+   * reads them again).
    *
-   * @generated from field: repeated shop.product.v1.Product products = 2;
+   * @generated from field: repeated shop.product.v1.ReservedProduct products = 2;
    */
-  products: Product[];
+  products: ReservedProduct[];
 };
 
 /**
@@ -152,6 +152,41 @@ export type ReserveStockResponse = Message<"shop.product.v1.ReserveStockResponse
  */
 export const ReserveStockResponseSchema: GenMessage<ReserveStockResponse> = /*@__PURE__*/
   messageDesc(file_shop_product_v1_product_internal, 3);
+
+/**
+ * What a caller records of a product it reserved.
+ *
+ * @generated from message shop.product.v1.ReservedProduct
+ */
+export type ReservedProduct = Message<"shop.product.v1.ReservedProduct"> & {
+  /**
+   * The product's id.
+   *
+   * @generated from field: string product_id = 1;
+   */
+  productId: string;
+
+  /**
+   * Its name when the stock was taken.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Its unit price when the stock was taken.
+   *
+   * @generated from field: shop.common.v1.Money price = 3;
+   */
+  price?: Money | undefined;
+};
+
+/**
+ * Describes the message shop.product.v1.ReservedProduct.
+ * Use `create(ReservedProductSchema)` to create a new message.
+ */
+export const ReservedProductSchema: GenMessage<ReservedProduct> = /*@__PURE__*/
+  messageDesc(file_shop_product_v1_product_internal, 4);
 
 /**
  * The reservation to give back.
@@ -172,7 +207,7 @@ export type ReleaseStockRequest = Message<"shop.product.v1.ReleaseStockRequest">
  * Use `create(ReleaseStockRequestSchema)` to create a new message.
  */
 export const ReleaseStockRequestSchema: GenMessage<ReleaseStockRequest> = /*@__PURE__*/
-  messageDesc(file_shop_product_v1_product_internal, 4);
+  messageDesc(file_shop_product_v1_product_internal, 5);
 
 /**
  * The reservation after the release.
@@ -201,7 +236,7 @@ export type ReleaseStockResponse = Message<"shop.product.v1.ReleaseStockResponse
  * Use `create(ReleaseStockResponseSchema)` to create a new message.
  */
 export const ReleaseStockResponseSchema: GenMessage<ReleaseStockResponse> = /*@__PURE__*/
-  messageDesc(file_shop_product_v1_product_internal, 5);
+  messageDesc(file_shop_product_v1_product_internal, 6);
 
 /**
  * Whether a reservation still holds its stock.
@@ -249,8 +284,8 @@ export const ProductInternalService: GenService<{
    * unknown product. Idempotent on reservation_id: repeating a reservation
    * returns it unchanged; reusing the id for other items is ALREADY_EXISTS;
    * reserving under an id already released is FAILED_PRECONDITION. The answer
-   * carries the reserved products as they are at the reservation, so a caller
-   * prices what it reserved without another read.
+   * carries the reserved products' names and prices, so a caller prices what
+   * it reserved without another read.
    *
    * @generated from rpc shop.product.v1.ProductInternalService.ReserveStock
    */
