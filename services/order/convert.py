@@ -148,18 +148,15 @@ def to_feed_message(event: Event) -> order_internal_pb2.StreamOrderEventsRespons
 
 
 def reserved_from_proto(product: product_internal_pb2.ReservedProduct) -> PricedProduct:
-    return PricedProduct(
-        id=product.product_id,
-        name=product.name,
-        currency_code=product.price.currency_code,
-        amount_minor=product.price.amount_minor,
-    )
+    return _priced(product.product_id, product.name, product.price)
 
 
 def product_from_proto(product: product_pb2.Product) -> PricedProduct:
+    """A product service's product (BatchGetProducts) as the order prices it."""
+    return _priced(product.id, product.name, product.price)
+
+
+def _priced(product_id: str, name: str, price: money_pb2.Money) -> PricedProduct:
     return PricedProduct(
-        id=product.id,
-        name=product.name,
-        currency_code=product.price.currency_code,
-        amount_minor=product.price.amount_minor,
+        id=product_id, name=name, currency_code=price.currency_code, amount_minor=price.amount_minor
     )
