@@ -19,7 +19,7 @@ import importlib
 import json
 import pkgutil
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -136,8 +136,7 @@ class OutgoingUnary:
         call = partial(self._call, request, timeout=timeout, metadata=outgoing, **options)
         try:
             if self._breaker is not None:
-                async with await self._breaker.guard():
-                    response = await call()
+                response = await self._breaker.around(call)
             else:
                 response = await call()
         except grpc.aio.AioRpcError as error:
@@ -250,18 +249,27 @@ class PeerBreaker:
             default_threshold=settings.threshold,
             default_ttl=settings.reset_after,
             # Only the peer being unreachable or too slow counts: a NOT_FOUND is an answer.
-            exclude=[
-                (grpc.aio.AioRpcError, _not_a_peer_failure),
-                asyncio.CancelledError,
-            ],
+            exclude=[(grpc.aio.AioRpcError, _not_a_peer_failure)],
         )
 
-    async def guard(self) -> AsyncCircuitBreaker:
-        """The peer's breaker, to wrap a call in (`async with`): raises OpenedState while
-        it is open. Looked up once: the in-memory breaker keeps its state in one object."""
-        if self._breaker is None:
+    async def around(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()` under the peer's breaker: raises OpenedState while it is open. A call
+        cancelled before its outcome counts neither way: as a success it would reset the
+        count of failures, and a peer that hangs (its callers' deadlines cancelling them)
+        would never open the circuit."""
+        if self._breaker is None:  # one object keeps the in-memory breaker's state
             self._breaker = await self._breakers.get_breaker(self.peer)
-        return self._breaker
+        breaker = self._breaker
+        await breaker.__aenter__()
+        try:
+            response = await call()
+        except asyncio.CancelledError:
+            raise  # no outcome: the breaker is left as the call found it
+        except BaseException as error:
+            await breaker.__aexit__(type(error), error, error.__traceback__)
+            raise
+        await breaker.__aexit__(None, None, None)
+        return response
 
     def refusal(self) -> grpc.aio.AioRpcError:
         """The UNAVAILABLE of a call the open circuit refused (never sent)."""

@@ -143,3 +143,46 @@ async def test_an_open_circuit_refuses_unary_calls_without_sending_them() -> Non
         assert asyncio.get_running_loop().time() - started < 0.1
     finally:
         await channel.close()
+
+
+async def test_a_cancelled_call_does_not_reset_the_count_of_failures() -> None:
+    """A peer that hangs: calls that reach their deadline count as failures; a call its
+    caller cancels (its own deadline cancelling the handler) says nothing of the peer and
+    must not reset the count, or the circuit of a hung peer would never open."""
+    import grpc
+
+    from services.common.config import BreakerSettings
+
+    async def hang(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await asyncio.sleep(30)
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(hang)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    breaker = BreakerSettings(threshold=2, reset_after=60)
+    channel = clients.channel(f"127.0.0.1:{port}", peer="hung", breaker=breaker)
+    try:
+        say: Any = channel.unary_unary("/test.Echo/Say")
+        with pytest.raises(grpc.aio.AioRpcError) as first:
+            await say(b"1", timeout=0.2)
+        assert first.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        cancelled = asyncio.create_task(say(b"2", timeout=5))
+        await asyncio.sleep(0.2)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        with pytest.raises(grpc.aio.AioRpcError) as second:
+            await say(b"3", timeout=0.2)
+        assert second.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # Two failures in a row (the cancelled call between them counted neither way).
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await say(b"4", timeout=0.2)
+        assert clients.refused_by_breaker(refused.value)
+    finally:
+        await channel.close()
+        await server.stop(0)
