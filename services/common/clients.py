@@ -9,7 +9,8 @@ behind a circuit breaker, and with the caller's deadline.
   (`retryThrottling`): when more than about 10% of calls fail, retries stop.
 - Circuit breaker (purgatory), one per peer service: after `threshold` calls in a row
   fail with UNAVAILABLE or DEADLINE_EXCEEDED, calls fail at once with UNAVAILABLE for
-  `reset_after` seconds; then one call is let through, and its success closes it.
+  `reset_after` seconds; then one call is let through (the others still fail at once
+  until its outcome), and its success closes it. A cancelled call counts neither way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from purgatory import AsyncCircuitBreakerFactory
-from purgatory.domain.model import OpenedState
+from purgatory.domain.model import HALF_OPENED, OpenedState
 from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
 
 from services.common import deadline
@@ -245,6 +246,8 @@ class PeerBreaker:
     def __init__(self, peer: str, settings: BreakerSettings) -> None:
         self.peer = peer
         self._breaker: AsyncCircuitBreaker | None = None
+        # A call is probing the half-open circuit: the others are refused meanwhile.
+        self._probing = False
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=settings.threshold,
             default_ttl=settings.reset_after,
@@ -253,14 +256,19 @@ class PeerBreaker:
         )
 
     async def around(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """`call()` under the peer's breaker: raises OpenedState while it is open. A call
+        """`call()` under the peer's breaker: raises OpenedState while it is open, and
+        while it is half-open to every call but the one probing the peer. A call
         cancelled before its outcome counts neither way: as a success it would reset the
         count of failures, and a peer that hangs (its callers' deadlines cancelling them)
         would never open the circuit."""
         if self._breaker is None:  # one object keeps the in-memory breaker's state
             self._breaker = await self._breakers.get_breaker(self.peer)
         breaker = self._breaker
+        if self._probing and breaker.context.state == HALF_OPENED:
+            raise OpenedState(self.peer)  # the probe's outcome decides for the others
         await breaker.__aenter__()
+        probe = breaker.context.state == HALF_OPENED
+        self._probing = self._probing or probe
         try:
             response = await call()
         except asyncio.CancelledError:
@@ -268,6 +276,9 @@ class PeerBreaker:
         except BaseException as error:
             await breaker.__aexit__(type(error), error, error.__traceback__)
             raise
+        finally:
+            if probe:
+                self._probing = False
         await breaker.__aexit__(None, None, None)
         return response
 

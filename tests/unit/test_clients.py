@@ -186,3 +186,45 @@ async def test_a_cancelled_call_does_not_reset_the_count_of_failures() -> None:
     finally:
         await channel.close()
         await server.stop(0)
+
+
+async def test_a_half_open_circuit_lets_one_probe_through_at_a_time() -> None:
+    """Once the reset window has passed, one call probes the peer; the others are refused
+    until its outcome, as a closed circuit would not: a peer still hung takes one call's
+    deadline, not every caller's."""
+    import grpc
+
+    from services.common.config import BreakerSettings
+
+    async def hang(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await asyncio.sleep(30)
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(hang)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    breaker = BreakerSettings(threshold=1, reset_after=0.3)
+    channel = clients.channel(f"127.0.0.1:{port}", peer="hung", breaker=breaker)
+    try:
+        say: Any = channel.unary_unary("/test.Echo/Say")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await say(b"1", timeout=0.2)  # the circuit opens
+        await asyncio.sleep(0.4)  # the reset window passes
+        probe = asyncio.create_task(say(b"probe", timeout=1.0))
+        await asyncio.sleep(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as meanwhile:
+            await say(b"2", timeout=1.0)
+        assert clients.refused_by_breaker(meanwhile.value)
+        with pytest.raises(grpc.aio.AioRpcError) as probed:
+            await probe
+        assert probed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.aio.AioRpcError) as reopened:
+            await say(b"3", timeout=1.0)
+        assert clients.refused_by_breaker(reopened.value)
+    finally:
+        await channel.close()
+        await server.stop(0)
