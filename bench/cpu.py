@@ -49,6 +49,22 @@ def _pids() -> list[int]:
     return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
 
 
+def descendants_cpu() -> float:
+    """CPU seconds of this process's descendants still running (the mesh's processes,
+    between two load runs: a load tool that has exited is not among them)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for pid in _pids():
+        if (found := _stat(pid)) is not None:
+            parents[pid], cpu[pid] = found
+    mine: set[int] = set()
+    frontier = {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
+        mine |= frontier
+    return sum(cpu[pid] for pid in mine)
+
+
 class Watch:
     """`start()` ... `await stop()`: the machine's busy time between the two, and the
     benchmark's share of it, as a sentence for a section's notes."""
@@ -81,27 +97,13 @@ class Watch:
             if self._marked(pid) and (found := _stat(pid)) is not None:
                 self._marked_last[pid] = found[1]
 
-    def _descendants(self) -> float:
-        """CPU seconds of the descendants still running."""
-        parents: dict[int, int] = {}
-        cpu: dict[int, float] = {}
-        for pid in _pids():
-            if (found := _stat(pid)) is not None:
-                parents[pid], cpu[pid] = found
-        mine: set[int] = set()
-        frontier = {os.getpid()}
-        while frontier:
-            frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
-            mine |= frontier
-        return sum(cpu[pid] for pid in mine)
-
     def _own(self) -> float:
         own = resource.getrusage(resource.RUSAGE_SELF)
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
 
     def _sample(self) -> tuple[float, float, float, float]:
-        return _machine_busy(), self._own(), self._descendants(), time.monotonic()
+        return _machine_busy(), self._own(), descendants_cpu(), time.monotonic()
 
     async def _poll(self) -> None:
         while True:

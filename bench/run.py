@@ -415,15 +415,22 @@ async def measure_mode(
         turns, share = settings.turns, float(math.ceil(settings.seconds / settings.turns))
         for level in LEVELS:
             runs: dict[str, list[Figures]] = {s.name: [] for s in per_level}
+            order_cpu = 0.0  # the mesh's CPU seconds while CreateOrder ran
             for turn in range(turns):
                 ordered = per_level if turn % 2 == 0 else per_level[::-1]
                 for scenario in ordered:
                     say(f"{mode.name} turn {turn + 1}/{turns}: {scenario.title}, {level} in flight")
+                    before = cpu.descendants_cpu()
                     runs[scenario.name].append(
                         await scenario.run(target, scenario.title, level, share)
                     )
+                    if scenario.name == "create-order":
+                        order_cpu += cpu.descendants_cpu() - before
             for scenario in per_level:
                 section.measured[(scenario.name, level)] = in_turns(runs[scenario.name])
+            if orders := runs.get("create-order"):
+                placed = sum(f.requests - f.errors for f in orders)
+                section.notes.append(cpu_per_order(order_cpu, placed, level, mode.postgres))
         for scenario in (s for s in scenarios if not s.per_level):
             say(f"{mode.name}: {scenario.title}")
             figures = await scenario.run(target, scenario.title, 1, settings.seconds)
@@ -434,6 +441,17 @@ async def measure_mode(
             sections.append(await measure_mtls(mesh, product_id, settings.seconds, mode, markers))
         say(f"{mode.name}: stopping everything")
     return sections
+
+
+def cpu_per_order(seconds: float, orders: int, level: int, postgres: bool) -> str:
+    """The CPU an order took across the mesh's processes: a figure that does not swing
+    with what else the machine runs, as throughput does."""
+    per_order = seconds / orders * 1000 if orders else float("nan")
+    also = " (PostgreSQL's own work not counted)" if postgres else ""
+    return (
+        f"CPU per order at {level} in flight: {per_order:.1f} ms across the mesh's "
+        f"processes{also}, {orders} orders (their /proc times around the CreateOrder runs)."
+    )
 
 
 async def measure_mtls(
