@@ -143,10 +143,6 @@ class OutgoingUnary:
         except grpc.aio.AioRpcError as error:
             _end(span, error.code())
             raise
-        except OpenedState:
-            _end(span, grpc.StatusCode.UNAVAILABLE)
-            assert self._breaker is not None
-            raise self._breaker.refusal() from None
         except BaseException:
             _end(span, grpc.StatusCode.CANCELLED)
             raise
@@ -256,8 +252,8 @@ class PeerBreaker:
         )
 
     async def around(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        """`call()` under the peer's breaker: raises OpenedState while it is open, and
-        while it is half-open to every call but the one probing the peer. A call
+        """`call()` under the peer's breaker: refused (UNAVAILABLE, never sent) while it is
+        open, and while it is half-open to every call but the one probing the peer. A call
         cancelled before its outcome counts neither way: as a success it would reset the
         count of failures, and a peer that hangs (its callers' deadlines cancelling them)
         would never open the circuit."""
@@ -265,8 +261,11 @@ class PeerBreaker:
             self._breaker = await self._breakers.get_breaker(self.peer)
         breaker = self._breaker
         if self._probing and breaker.context.state == HALF_OPENED:
-            raise OpenedState(self.peer)  # the probe's outcome decides for the others
-        await breaker.__aenter__()
+            raise self._refusal()  # the probe's outcome decides for the others
+        try:
+            await breaker.__aenter__()
+        except OpenedState:
+            raise self._refusal() from None
         probe = breaker.context.state == HALF_OPENED
         self._probing = self._probing or probe
         try:
@@ -282,7 +281,7 @@ class PeerBreaker:
         await breaker.__aexit__(None, None, None)
         return response
 
-    def refusal(self) -> grpc.aio.AioRpcError:
+    def _refusal(self) -> grpc.aio.AioRpcError:
         """The UNAVAILABLE of a call the open circuit refused (never sent)."""
         return grpc.aio.AioRpcError(
             grpc.StatusCode.UNAVAILABLE,
