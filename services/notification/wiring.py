@@ -6,7 +6,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common import clients
 from services.common.events.consumer import Consumer
+from services.common.events.feed import FeedFollower, opener
 from services.common.events.nats import NatsSource, connect_broker
 from services.common.metrics import Metrics
 from services.common.server import Platform, Servicer, ServiceSpec, Wired
@@ -14,11 +16,11 @@ from services.notification import order_events
 from services.notification.handlers import NotificationServicer
 from services.notification.hub import Hub
 from services.notification.models import ConsumerPositionRow, ProcessedEventRow
-from services.notification.order_events import FeedSource
 from services.notification.repository import SqlNotificationRepository
 from services.notification.usecases import Notifications
 from services.notification.wakeups import Listener
 from shop.notification.v1 import notification_pb2, notification_pb2_grpc
+from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc
 
 # The durable name of the order-event consumer (processed events, NATS consumer).
 CONSUMER = "notification"
@@ -54,9 +56,11 @@ async def wire(platform: Platform) -> Wired[NotificationParts]:
         closers.append(bus.client.close)
         background.append(NatsSource(bus, consumer).run)
     else:
-        feed = FeedSource(config.peer("order"), consumer, config.tls)
-        background.append(feed.run)
-        closers.append(feed.close)
+        channel = clients.channel(config.peer("order"), default_timeout=None, tls=config.tls)
+        closers.append(channel.close)
+        stream = order_internal_pb2_grpc.OrderInternalServiceStub(channel).StreamOrderEvents
+        feed = opener(stream, order_internal_pb2.StreamOrderEventsRequest)
+        background.append(FeedFollower("order", feed, consumer).run)
     _gauges(platform.metrics, hub, consumer)
     return Wired(
         parts=NotificationParts(consumer=consumer, hub=hub, notifications=notifications),

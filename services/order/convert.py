@@ -5,6 +5,7 @@ what an order needs of it."""
 from __future__ import annotations
 
 from services.common.events.envelope import Event
+from services.common.events.feed import feed_message, outbox_event, subjects
 from services.common.ids import new_id
 from services.common.times import to_timestamp, utcnow
 from services.order.models import (
@@ -18,15 +19,8 @@ from shop.common.v1 import money_pb2
 from shop.order.v1 import events_pb2, order_internal_pb2, order_pb2
 from shop.product.v1 import product_internal_pb2, product_pb2
 
-# Every order event is a field of the feed message's `event` oneof; its logical subject is
-# the field's name with '_' read as '.' ('order_created' -> 'order.created'), so producer
-# and consumers derive it from the contract and share no constant.
-_FEED_FIELDS = order_internal_pb2.StreamOrderEventsResponse.DESCRIPTOR.oneofs_by_name["event"]
-SUBJECTS: dict[str, str] = {
-    field.message_type.full_name: field.name.replace("_", ".")
-    for field in _FEED_FIELDS.fields
-    if field.message_type is not None
-}
+# Every order event is a field of the feed message's `event` oneof, which names its subject.
+SUBJECTS = subjects(order_internal_pb2.StreamOrderEventsResponse)
 
 
 def order_to_proto(order: OrderRow) -> order_pb2.Order:
@@ -131,20 +125,12 @@ _EventMessage = (
 
 
 def _event(message: _EventMessage) -> Event:
-    return Event(
-        event_id=message.event_id,
-        subject=SUBJECTS[message.DESCRIPTOR.full_name],
-        payload=message.SerializeToString(),
-    )
+    return outbox_event(message, SUBJECTS)
 
 
 def to_feed_message(event: Event) -> order_internal_pb2.StreamOrderEventsResponse:
     """An outbox event as the embedded feed streams it."""
-    response = order_internal_pb2.StreamOrderEventsResponse(
-        sequence=event.sequence, headers=dict(event.headers)
-    )
-    getattr(response, event.subject.replace(".", "_")).ParseFromString(event.payload)
-    return response
+    return feed_message(order_internal_pb2.StreamOrderEventsResponse, event)
 
 
 def reserved_from_proto(product: product_internal_pb2.ReservedProduct) -> PricedProduct:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from services.common.auth import require_owner
+from services.common.events.feed import Feed, open_feed
 from services.common.interceptors import Context
 from services.order.convert import order_to_proto, to_feed_message
 from services.order.models import Line
-from services.order.usecases import Feed, Orders
+from services.order.usecases import Orders
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2, order_pb2_grpc
 
 
@@ -59,5 +60,6 @@ class OrderInternalServicer(order_internal_pb2_grpc.OrderInternalServiceServicer
     async def StreamOrderEvents(
         self, request: order_internal_pb2.StreamOrderEventsRequest, context: Context
     ) -> AsyncIterator[order_internal_pb2.StreamOrderEventsResponse]:
+        await open_feed(context)
         async for event in self._feed.events(request.after_sequence):
             yield to_feed_message(event)

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from opentelemetry import propagate
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from services.common.db import Database, loaded
+from services.common.db import Database
 from services.common.events.envelope import Event
-from services.common.times import utcnow
+from services.common.events.feed import OutboxReader
+from services.common.events.outbox import outbox_values
 from services.order.models import (
     CANCELLED,
     FAILED,
@@ -167,12 +167,6 @@ PLACE = (
         update_time=bindparam("at"),
     )
 )
-FEED_PAGE = (
-    select(OUTBOX)
-    .where(OUTBOX.c.position > bindparam("position"))
-    .order_by(OUTBOX.c.position)
-    .limit(bindparam("limit"))
-)
 CAPTURED = (
     update(ORDERS)
     .where(ORDERS.c.id == bindparam("order_id"), ORDERS.c.payment_state == PAYMENT_AUTHORIZED)
@@ -183,6 +177,7 @@ CAPTURED = (
 class SqlOrderRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._feed = OutboxReader(db, OutboxRow)
 
     async def get(self, order_id: str) -> OrderRow | None:
         async with self._db.read() as session:
@@ -220,7 +215,7 @@ class SqlOrderRepository:
             items = [{"order_id": order.id, **_values(i, ITEM_COLUMNS)} for i in order.items]
             await tx.execute_many(INSERT_ITEM, items)
             order.status, order.update_time = PLACED, at  # the attempt's own copy
-            await tx.execute(INSERT_EVENT, _outbox_values(announce(order)))
+            await tx.execute(INSERT_EVENT, outbox_values(announce(order)))
         return order
 
     async def cancel(
@@ -360,26 +355,12 @@ class SqlOrderRepository:
             return (await session.scalars(query)).all()
 
     async def published_after(self, position: int, limit: int) -> Sequence[Event]:
-        rows = await self._db.read_all(FEED_PAGE, {"position": position, "limit": limit})
-        return [loaded(OutboxRow, row).to_event() for row in rows]
+        return await self._feed.published_after(position, limit)
 
 
 def _values(row: object, names: Sequence[str]) -> dict[str, Any]:
     return {name: getattr(row, name) for name in names}
 
 
-def _outbox_values(event: Event) -> dict[str, Any]:
-    """The event as an outbox row, carrying the trace context of the change it announces."""
-    headers = dict(event.headers)
-    propagate.inject(headers)
-    return {
-        "event_id": event.event_id,
-        "subject": event.subject,
-        "payload": event.payload,
-        "headers": headers,
-        "create_time": utcnow(),
-    }
-
-
 def _outbox_row(event: Event) -> OutboxRow:
-    return OutboxRow(**_outbox_values(event))
+    return OutboxRow(**outbox_values(event))

@@ -65,7 +65,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any, Protocol
@@ -78,8 +78,6 @@ from services.common.errors import (
     NotFound,
     Unavailable,
 )
-from services.common.events.envelope import Event
-from services.common.events.outbox import Signal
 from services.common.ids import new_id
 from services.common.pagination import PageTokens, page_size
 from services.common.times import utcnow
@@ -596,29 +594,3 @@ def _failed(order: OrderRow, failure: PaymentFailure | None) -> Announce | None:
     if failure is None:
         return None
     return lambda _stored: payment_failed(order, failure)
-
-
-# How many events one read of the feed takes.
-FEED_BATCH = 200
-# How long a caught-up stream waits before looking again (for another replica's relay).
-IDLE_POLL = 0.5
-
-
-class Feed:
-    """The embedded event feed: the published outbox, in feed order, for consumers to
-    follow over gRPC; `published` wakes every follower when the relay published more."""
-
-    def __init__(self, repository: OrderRepository) -> None:
-        self._repository = repository
-        self.published = Signal()
-
-    async def events(self, after: int) -> AsyncGenerator[Event, None]:
-        """Every published event after position `after`, then each new one, for ever."""
-        last = after
-        while True:
-            events = await self._repository.published_after(last, FEED_BATCH)
-            for event in events:
-                yield event
-                last = event.sequence or last
-            if len(events) < FEED_BATCH:
-                await self.published.wait(IDLE_POLL)

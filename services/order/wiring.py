@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.events.feed import Feed
 from services.common.events.nats import NatsSink, connect_broker
 from services.common.events.outbox import NoSink, Relay, Sink
 from services.common.server import Platform, Servicer, ServiceSpec, Wired
@@ -13,7 +14,7 @@ from services.order.handlers import OrderInternalServicer, OrderServicer
 from services.order.models import OutboxRow
 from services.order.peers import GrpcPeers
 from services.order.repository import SqlOrderRepository
-from services.order.usecases import Feed, Orders
+from services.order.usecases import Orders
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2, order_pb2_grpc
 
 
@@ -43,12 +44,9 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
         bus = await connect_broker(config, "shop-order")
         closers.append(bus.client.close)
         sink = NatsSink(bus)
-    feed = Feed(repository)
+    feed = Feed(repository.published_after)
 
-    async def published() -> None:
-        feed.published.fire()
-
-    relay = Relay(platform.db, OutboxRow, sink, name="order", on_published=published)
+    relay = Relay(platform.db, OutboxRow, sink, name="order", on_published=feed.on_published)
     orders = Orders(
         repository,
         peers,
@@ -56,14 +54,7 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
         events_committed=relay.wake,
         attempt_timeout=config.order_attempt_timeout,
     )
-    platform.metrics.gauge(
-        "outbox_backlog_events", "Committed events not yet published.", lambda: relay.backlog
-    )
-    platform.metrics.gauge(
-        "outbox_oldest_unsent_age_seconds",
-        "Age of the oldest committed event not yet published (0 when none).",
-        relay.oldest_unsent_age,
-    )
+    relay.export(platform.metrics)
     return Wired(
         parts=OrderParts(orders=orders, relay=relay, feed=feed),
         servicers=[

@@ -11,6 +11,7 @@ import pytest
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.events.envelope import Event
+from services.common.events.feed import event_of
 from services.common.pagination import PageTokens
 from services.notification import models, order_events
 from services.notification.hub import Hub
@@ -104,7 +105,7 @@ def test_a_feed_message_becomes_the_event_it_carries() -> None:
     message = order_internal_pb2.StreamOrderEventsResponse(
         sequence=42, headers={"traceparent": "00-x"}, order_created=created
     )
-    event = order_events.from_feed_message(message)
+    event = event_of(message)
     assert (event.event_id, event.subject, event.sequence) == ("evt_9", "order.created", 42)
     assert dict(event.headers) == {"traceparent": "00-x"}
     assert events_pb2.OrderCreated.FromString(event.payload) == created
@@ -383,6 +384,6 @@ def test_a_feed_event_this_build_does_not_know_is_passed_over_not_stuck_on() -> 
     # a feed message whose oneof it cannot read: applied as nothing, so the feed moves on.
     newer = order_internal_pb2.StreamOrderEventsResponse(sequence=7)
     newer.MergeFromString(b"\xfa\x01\x02\x08\x01")  # field 31: unknown to this build
-    event = order_events.from_feed_message(newer)
+    event = event_of(newer)
     assert (event.event_id, event.subject, event.sequence) == ("feed-7", "unknown", 7)
     assert order_events.parse(event) is None

@@ -18,6 +18,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.events.envelope import Event
+from services.common.events.feed import Feed
 from services.common.times import to_timestamp
 from services.order.convert import order_to_proto, to_feed_message
 from services.order.models import (
@@ -34,7 +35,7 @@ from services.order.models import (
     OrderRow,
     PricedProduct,
 )
-from services.order.usecases import Feed, Orders
+from services.order.usecases import Orders
 from shop.order.v1 import events_pb2
 from tests.fakes.order import InMemoryOrders, Shop, lines, pending_row
 
@@ -727,7 +728,7 @@ async def test_the_feed_streams_from_a_position_then_each_new_event(
     user = shop.peers.add_user("usr_ann")
     mug = shop.peers.add_product("mug", stock=10)
     placed = [await orders.create(user, lines({mug: 1}), f"k{i}") for i in range(2)]
-    feed = Feed(shop.repository)
+    feed = Feed(shop.repository.published_after)
     stream = feed.events(1)
 
     second = await anext(stream)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from services.common.events.envelope import Event
+from services.common.events.feed import event_of
 from services.common.pagination import PageTokens
 from services.notification import models, order_events
 from services.notification.convert import notification_to_proto
@@ -178,7 +179,7 @@ def test_a_feed_message_of_a_payment_event_becomes_that_event(
 ) -> None:
     feed = order_internal_pb2.StreamOrderEventsResponse(sequence=5)
     getattr(feed, field).CopyFrom(message)
-    event = order_events.from_feed_message(feed)
+    event = event_of(feed)
     assert (event.event_id, event.subject, event.sequence) == ("evt_9", field.replace("_", "."), 5)
     parsed = order_events.parse(event)
     assert parsed is not None and parsed.order_id == "ord_9"

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from opentelemetry import propagate
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from services.common.db import Database, loaded
 from services.common.events.envelope import Event
 from services.common.events.tracing import CREATE_TIME, publishing
+from services.common.metrics import Metrics
 from services.common.times import as_utc, utcnow
 
 log = logging.getLogger("shop.outbox")
@@ -66,6 +68,19 @@ class OutboxMixin:
             headers={**(self.headers or {}), CREATE_TIME: as_utc(self.create_time).isoformat()},
             sequence=self.position or 0,
         )
+
+
+def outbox_values(event: Event) -> dict[str, Any]:
+    """The event as an outbox row, carrying the trace context of the change it announces."""
+    headers = dict(event.headers)
+    propagate.inject(headers)
+    return {
+        "event_id": event.event_id,
+        "subject": event.subject,
+        "payload": event.payload,
+        "headers": headers,
+        "create_time": utcnow(),
+    }
 
 
 class Sink(Protocol):
@@ -125,6 +140,17 @@ class Relay:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def export(self, metrics: Metrics) -> None:
+        """The relay's gauges: how far publishing is behind."""
+        metrics.gauge(
+            "outbox_backlog_events", "Committed events not yet published.", lambda: self.backlog
+        )
+        metrics.gauge(
+            "outbox_oldest_unsent_age_seconds",
+            "Age of the oldest committed event not yet published (0 when none).",
+            self.oldest_unsent_age,
+        )
 
     async def run(self) -> None:
         """The relay loop, for the life of the service.

@@ -1,0 +1,192 @@
+"""The embedded event feed, both ends: a service's published outbox streamed in feed
+order over gRPC (`Feed`, `OutboxReader`, `feed_message`), and a consumer following such
+a stream from its stored position (`FeedFollower`, `event_of`). It is the transport when
+no broker is configured; the feed messages are each producer's Stream*EventsResponse
+(a sequence, headers, and the event in a oneof `event`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import grpc
+from google.protobuf.message import Message
+from sqlalchemy import Table, bindparam, select
+
+from services.common.db import Database, loaded
+from services.common.events.consumer import Consumer
+from services.common.events.envelope import Event
+from services.common.events.outbox import Signal
+
+log = logging.getLogger("shop.feed")
+
+# How many events one read of the feed takes.
+FEED_BATCH = 200
+# How long a caught-up stream waits before looking again (for another replica's relay).
+IDLE_POLL = 0.5
+# What an event this build does not know is applied as: recorded, and nothing done.
+UNKNOWN_SUBJECT = "unknown"
+
+FeedMessage = TypeVar("FeedMessage", bound=Message)
+
+
+def subjects(feed_message: type[Message]) -> dict[str, str]:
+    """Event message type -> logical subject, from a feed message's `event` oneof: the
+    field's name with '_' read as '.' ('order_created' -> 'order.created'), so producer
+    and consumers derive it from the contract and share no constant."""
+    fields = feed_message.DESCRIPTOR.oneofs_by_name["event"].fields
+    return {
+        field.message_type.full_name: field.name.replace("_", ".")
+        for field in fields
+        if field.message_type is not None
+    }
+
+
+def outbox_event(message: Any, subjects_by_type: dict[str, str]) -> Event:
+    """An event message (with its `event_id`) as the outbox stores it, under the subject
+    the feed message names it by (`subjects`)."""
+    return Event(
+        event_id=message.event_id,
+        subject=subjects_by_type[message.DESCRIPTOR.full_name],
+        payload=message.SerializeToString(),
+    )
+
+
+class OutboxReader:
+    """Reads a service's published outbox rows (`model`: its OutboxMixin table)."""
+
+    def __init__(self, db: Database, model: type[Any]) -> None:
+        self._db = db
+        self._model = model
+        table = cast(Table, model.__table__)
+        self._page = (
+            select(table)
+            .where(table.c.position > bindparam("position"))
+            .order_by(table.c.position)
+            .limit(bindparam("limit"))
+        )
+
+    async def published_after(self, position: int, limit: int) -> Sequence[Event]:
+        """Up to `limit` published events after feed position `position`, in feed order."""
+        rows = await self._db.read_all(self._page, {"position": position, "limit": limit})
+        return [loaded(self._model, row).to_event() for row in rows]
+
+
+class Feed:
+    """The published outbox, in feed order, for consumers to follow over gRPC;
+    `published` wakes every follower when the relay published more."""
+
+    def __init__(self, published_after: Callable[[int, int], Awaitable[Sequence[Event]]]) -> None:
+        self._published_after = published_after
+        self.published = Signal()
+
+    async def on_published(self) -> None:
+        """The relay's hook: wakes every follower."""
+        self.published.fire()
+
+    async def events(self, after: int) -> AsyncGenerator[Event, None]:
+        """Every published event after position `after`, then each new one, for ever."""
+        last = after
+        while True:
+            events = await self._published_after(last, FEED_BATCH)
+            for event in events:
+                yield event
+                last = event.sequence or last
+            if len(events) < FEED_BATCH:
+                await self.published.wait(IDLE_POLL)
+
+
+async def open_feed(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """The producer's side of `following`: the stream's headers go out at once, not
+    with its first event (a caught-up feed may have none for a long time)."""
+    await context.send_initial_metadata(())
+
+
+def feed_message(message_type: type[FeedMessage], event: Event) -> FeedMessage:
+    """An outbox event as the embedded feed streams it."""
+    response = message_type(sequence=event.sequence, headers=dict(event.headers))
+    getattr(response, event.subject.replace(".", "_")).ParseFromString(event.payload)
+    return response
+
+
+def event_of(response: Any) -> Event:
+    """A feed message as the consumer applies it."""
+    field = response.WhichOneof("event")
+    if field is None:
+        # An event added to the contract after this build: applied as "nothing to do",
+        # so the feed's position moves past it instead of stopping there for ever.
+        return Event(
+            event_id=f"feed-{response.sequence}",
+            subject=UNKNOWN_SUBJECT,
+            payload=b"",
+            headers=dict(response.headers),
+            sequence=response.sequence,
+        )
+    message = getattr(response, field)
+    return Event(
+        event_id=message.event_id,
+        subject=field.replace("_", "."),
+        payload=message.SerializeToString(),
+        headers=dict(response.headers),
+        sequence=response.sequence,
+    )
+
+
+def opener(
+    method: Callable[..., grpc.aio.UnaryStreamCall[Any, Any]], request_type: type[Message]
+) -> Callable[[int], grpc.aio.UnaryStreamCall[Any, Any]]:
+    """How a FeedFollower opens a producer's Stream*Events method after a position."""
+
+    def open_after(after: int) -> grpc.aio.UnaryStreamCall[Any, Any]:
+        return method(request_type(after_sequence=after), wait_for_ready=True)
+
+    return open_after
+
+
+class FeedFollower:
+    """Follows a producer's feed over gRPC (`stream(after)` opens the call), from the
+    consumer's stored position.
+
+    Reconnects with backoff when the producer is away; since the position is stored
+    with each applied event, nothing is skipped or applied twice. `following` is set
+    while the stream is open (the producer answered with its headers; a producer gone
+    silently is noticed by the channel's keepalive): what the consumer knows is then as
+    fresh as the feed.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stream: Callable[[int], grpc.aio.UnaryStreamCall[Any, Any]],
+        consumer: Consumer,
+    ) -> None:
+        self._name = name
+        self._stream = stream
+        self._consumer = consumer
+        self._open = False
+
+    def following(self) -> bool:
+        return self._open
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            position = await self._consumer.position()
+            try:
+                call = self._stream(position)
+                await call.initial_metadata()
+                self._open = True
+                async for response in call:
+                    await self._consumer.apply(event_of(response), position=response.sequence)
+                    backoff = 0.1
+            except grpc.aio.AioRpcError as error:
+                log.warning(
+                    "event feed interrupted; reconnecting",
+                    extra={"feed": self._name, "code": error.code().name, "retry_in_s": backoff},
+                )
+            finally:
+                self._open = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
