@@ -32,6 +32,7 @@ from shop.product.v1 import product_internal_pb2_grpc, product_pb2, product_pb2_
 from shop.user.v1 import user_pb2, user_pb2_grpc
 from tests import tokens
 from tests.conftest import postgres_database
+from tests.waits import eventually
 
 SPECS = {
     "user": USER,
@@ -164,6 +165,33 @@ class Mesh:
         async with self.services[service].platform.db.engine.begin() as connection:
             result = await connection.execute(text(statement))
             return result.scalar() if result.returns_rows else None
+
+    async def user_status(self, user_id: str) -> bool | None:
+        """Whether the order service's replica holds the user active; None: not known."""
+        active = await self.sql(
+            "order", f"SELECT active FROM user_statuses WHERE user_id = '{user_id}'"
+        )
+        return None if active is None else bool(active)
+
+    async def replica_holds(self, user_id: str, active: bool) -> float:
+        """Waits until the order service's replica holds the user as `active`; the
+        seconds it took."""
+
+        async def holds() -> bool:
+            return await self.user_status(user_id) is active
+
+        return await eventually(holds, f"the user's status ({active}) in the order service")
+
+    def validations(self) -> float:
+        """How many ValidateUser calls the user service has answered."""
+        registry = self.services["user"].platform.metrics.registry
+        return sum(
+            sample.value
+            for metric in registry.collect()
+            if metric.name == "rpc_server_requests"
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels["method"].endswith("/ValidateUser")
+        )
 
     async def rows(self, service: str, statement: str) -> list[Any]:
         """Every row a query on a service's own database returns (named tuples)."""

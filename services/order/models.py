@@ -1,5 +1,5 @@
-"""The order service's tables (orders, their items, the outbox of their events) and its
-small domain types."""
+"""The order service's tables (orders, their items, the outbox of their events, the
+replica of users' statuses and its consumer's bookkeeping) and its small domain types."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from services.common.db import Base, new_metadata
+from services.common.events.consumer import PositionMixin, ProcessedEventMixin
 from services.common.events.outbox import OutboxMixin
 
 # PENDING: the idempotency key is claimed and the flow is under way (never shown to
@@ -88,6 +89,25 @@ class OrderItemRow(OrderBase):
 
 class OutboxRow(OrderBase, OutboxMixin):
     __tablename__ = "outbox"
+
+
+class UserStatusRow(OrderBase):
+    """Whether a user is active, as the user service's events last said
+    (UserStatusChanged of the highest version seen)."""
+
+    __tablename__ = "user_statuses"
+
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    active: Mapped[bool]
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProcessedEventRow(OrderBase, ProcessedEventMixin):
+    __tablename__ = "processed_events"
+
+
+class ConsumerPositionRow(OrderBase, PositionMixin):
+    __tablename__ = "consumer_positions"
 
 
 @dataclass(frozen=True)

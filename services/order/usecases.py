@@ -1,10 +1,11 @@
 """Order use cases: placing an order across user, product and payment, all or nothing;
-cancelling it (money and stock back); reading orders and the event feed; cleaning up
+cancelling it (money and stock back); reading orders; cleaning up
 after attempts that failed.
 
 Placing an order, in order: return the stored order if the idempotency key was
-used for the same request before; check the user (a read, so an inactive or unknown
-user writes nothing); claim the key with a PENDING row; reserve the stock under a
+used for the same request before; check the user (a read of the replica of users'
+statuses, or a question to the user service: services/order/users.py; so an inactive or
+unknown user writes nothing); claim the key with a PENDING row; reserve the stock under a
 reservation id of this order, which answers with the products' names and prices as
 the reservation took them (no read of its own: one call fewer per order); price the
 items; authorize the payment (the total, on the request's payment method, under the
@@ -65,7 +66,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any, Protocol
@@ -231,9 +232,13 @@ class Orders:
         events_committed: Callable[[], None],
         attempt_timeout: float = ATTEMPT_TIMEOUT,
         retry_poll: float = 0.05,
+        active_user: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._repository = repository
         self._peers = peers
+        # Raises unless the user may order: the replica of users' statuses where there is
+        # one (services/order/users.py), else the user service.
+        self._active_user = active_user or peers.active_user
         self._tokens = page_tokens
         # Tells the outbox relay an event was committed, so it publishes without waiting.
         self._events_committed = events_committed
@@ -279,7 +284,7 @@ class Orders:
                 # Another attempt with this key is under way: wait for it.
                 await asyncio.sleep(self._retry_poll)
                 continue
-            await self._peers.active_user(user_id)
+            await self._active_user(user_id)
             order = _pending_order(user_id, key, request)
             try:
                 await self._repository.claim(order)

@@ -6,16 +6,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.events.feed import Feed
-from services.common.events.nats import NatsSink, connect_broker
+from services.common import clients
+from services.common.events.consumer import Consumer
+from services.common.events.feed import Feed, FeedFollower, opener
+from services.common.events.nats import NatsSink, NatsSource, connect_broker
 from services.common.events.outbox import NoSink, Relay, Sink
 from services.common.server import Platform, Servicer, ServiceSpec, Wired
+from services.order import users
 from services.order.handlers import OrderInternalServicer, OrderServicer
-from services.order.models import OutboxRow
+from services.order.models import ConsumerPositionRow, OutboxRow, ProcessedEventRow
 from services.order.peers import GrpcPeers
 from services.order.repository import SqlOrderRepository
 from services.order.usecases import Orders
+from services.order.users import UserCheck, UserStatuses
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2, order_pb2_grpc
+from shop.user.v1 import user_internal_pb2, user_internal_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class OrderParts:
     # Publishes the outbox (to NATS when BROKER_URL is set) and stamps feed positions.
     relay: Relay
     feed: Feed
+    # Whether the replica of users' statuses is kept up right now (its events followed).
+    users_followed: Callable[[], bool]
 
 
 async def wire(platform: Platform) -> Wired[OrderParts]:
@@ -40,12 +47,28 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
     closers.append(peers.close)
     # Without a broker the outbox itself is the log consumers read (the embedded feed).
     sink: Sink = NoSink()
+    bus = None
     if config.broker_url:
         bus = await connect_broker(config, "shop-order")
         closers.append(bus.client.close)
         sink = NatsSink(bus)
     feed = Feed(repository.published_after)
-
+    # Who may order, kept from the user service's events (by the broker, or its feed).
+    statuses = UserStatuses(platform.db)
+    consumer = Consumer(
+        platform.db, users.CONSUMER, statuses.handle, ProcessedEventRow, ConsumerPositionRow
+    )
+    follower: NatsSource | FeedFollower
+    if bus is not None:
+        follower = NatsSource(bus, consumer, subjects=users.USER_SUBJECTS)
+    else:
+        channel = clients.channel(config.peer("user"), default_timeout=None, tls=config.tls)
+        closers.append(channel.close)
+        stream = user_internal_pb2_grpc.UserInternalServiceStub(channel).StreamUserEvents
+        follower = FeedFollower(
+            "user", opener(stream, user_internal_pb2.StreamUserEventsRequest), consumer
+        )
+    check = UserCheck(statuses, peers.active_user, follower.following)
     relay = Relay(platform.db, OutboxRow, sink, name="order", on_published=feed.on_published)
     orders = Orders(
         repository,
@@ -53,10 +76,11 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
         platform.page_tokens,
         events_committed=relay.wake,
         attempt_timeout=config.order_attempt_timeout,
+        active_user=check.active_user,
     )
     relay.export(platform.metrics)
     return Wired(
-        parts=OrderParts(orders=orders, relay=relay, feed=feed),
+        parts=OrderParts(orders=orders, relay=relay, feed=feed, users_followed=follower.following),
         servicers=[
             Servicer(
                 order_pb2.DESCRIPTOR.services_by_name["OrderService"],
@@ -69,7 +93,7 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
                 order_internal_pb2_grpc.add_OrderInternalServiceServicer_to_server,
             ),
         ],
-        background=[relay.run, orders.run_sweeper],
+        background=[relay.run, orders.run_sweeper, follower.run],
         closers=closers,
     )
 

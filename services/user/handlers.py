@@ -3,10 +3,13 @@ the proto out; nothing else."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from services.common import fieldmask, tls
 from services.common.auth import require_admin, require_owner
+from services.common.events.feed import Feed, open_feed
 from services.common.interceptors import Context
-from services.user.convert import tokens_to_proto, user_to_proto
+from services.user.convert import to_feed_message, tokens_to_proto, user_to_proto
 from services.user.signin import SignIns
 from services.user.usecases import UPDATABLE, Users
 from shop.user.v1 import (
@@ -58,14 +61,22 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
 
 
 class UserInternalServicer(user_internal_pb2_grpc.UserInternalServiceServicer):
-    def __init__(self, users: Users) -> None:
+    def __init__(self, users: Users, feed: Feed) -> None:
         self._users = users
+        self._feed = feed
 
     async def ValidateUser(
         self, request: user_internal_pb2.ValidateUserRequest, context: Context
     ) -> user_internal_pb2.ValidateUserResponse:
         user = await self._users.require_active(request.user_id)
         return user_internal_pb2.ValidateUserResponse(user=user_to_proto(user))
+
+    async def StreamUserEvents(
+        self, request: user_internal_pb2.StreamUserEventsRequest, context: Context
+    ) -> AsyncIterator[user_internal_pb2.StreamUserEventsResponse]:
+        await open_feed(context)
+        async for event in self._feed.events(request.after_sequence):
+            yield to_feed_message(event)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.common.db import Base, new_metadata
+from services.common.events.outbox import OutboxMixin
 
 
 class UserBase(Base):
@@ -24,6 +25,8 @@ class UserRow(UserBase):
     active: Mapped[bool]
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Grows with every change (1 when created): orders the user's events for consumers.
+    version: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
 
 
 class CredentialRow(UserBase):
@@ -66,6 +69,12 @@ class SignInFailureRow(UserBase):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(64))
     fail_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxRow(UserBase, OutboxMixin):
+    """The user service's events (UserStatusChanged), written with the change."""
+
+    __tablename__ = "outbox"
 
 
 class EmailTaken(Exception):

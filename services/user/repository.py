@@ -3,7 +3,7 @@ cases see `UserRepository`, so their tests can hand them an in-memory one."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -11,14 +11,20 @@ from sqlalchemy import CursorResult, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db import Database
+from services.common.events.envelope import Event
+from services.common.events.outbox import outbox_values
 from services.common.times import as_utc
 from services.user.models import (
     CredentialRow,
     EmailTaken,
+    OutboxRow,
     RefreshTokenRow,
     SignInFailureRow,
     UserRow,
 )
+
+# Makes the event of a user just changed, inside the transaction that changed it.
+Announce = Callable[[UserRow], Event]
 
 USERS = UserRow.__table__
 USER_BY_ID = select(USERS).where(USERS.c.id == bindparam("id"))
@@ -31,18 +37,24 @@ class UserRepository(Protocol):
         """Up to `limit` users after `after_id`, oldest first (ids sort by creation time)."""
         ...
 
-    async def add(self, user: UserRow) -> None:
-        """Stores a new user; raises EmailTaken when another user has the email."""
+    async def add(self, user: UserRow, announce: Announce) -> None:
+        """Stores a new user with the event `announce` makes of it; raises EmailTaken
+        when another user has the email."""
         ...
 
-    async def update(self, user_id: str, values: Mapping[str, Any]) -> UserRow | None:
-        """Sets `values` on the user (None when there is none); raises EmailTaken."""
+    async def update(
+        self, user_id: str, values: Mapping[str, Any], announce: Announce | None = None
+    ) -> UserRow | None:
+        """Sets `values` on the user, one version up, with the event `announce` makes of
+        it (None when there is no such user); raises EmailTaken."""
         ...
 
 
 class SqlUserRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events_committed: Callable[[], None] = lambda: None) -> None:
         self._db = db
+        # Tells the outbox relay an event was committed, so it publishes without waiting.
+        self._events_committed = events_committed
 
     async def get(self, user_id: str) -> UserRow | None:
         # Every GetUser and every order's ValidateUser: a point read without the ORM session.
@@ -55,31 +67,46 @@ class SqlUserRepository:
         async with self._db.read() as session:
             return (await session.scalars(query)).all()
 
-    async def add(self, user: UserRow) -> None:
+    async def add(self, user: UserRow, announce: Announce) -> None:
         try:
             async with self._db.write() as session:
                 session.add(user)
+                session.add(_outbox_row(announce(user)))
         except IntegrityError:
             raise EmailTaken(user.email) from None
+        self._events_committed()
 
-    async def update(self, user_id: str, values: Mapping[str, Any]) -> UserRow | None:
+    async def update(
+        self, user_id: str, values: Mapping[str, Any], announce: Announce | None = None
+    ) -> UserRow | None:
         try:
             async with self._db.write() as session:
-                user = await session.get(UserRow, user_id)
+                # Locked: two changes of one user never share a version.
+                user = await session.get(UserRow, user_id, with_for_update=True)
                 if user is None:
                     return None
                 for name, value in values.items():
                     setattr(user, name, value)
+                user.version += 1
+                if announce is not None:
+                    session.add(_outbox_row(announce(user)))
         except IntegrityError:
             raise EmailTaken(str(values.get("email", ""))) from None
+        if announce is not None:
+            self._events_committed()
         return user
+
+
+def _outbox_row(event: Event) -> OutboxRow:
+    return OutboxRow(**outbox_values(event))
 
 
 class CredentialRepository(Protocol):
     """What the built-in sign-in stores: passwords, refresh tokens, failed attempts."""
 
-    async def add_user(self, user: UserRow, password_hash: str) -> None:
-        """Stores a new user and its password in one transaction; raises EmailTaken."""
+    async def add_user(self, user: UserRow, password_hash: str, announce: Announce) -> None:
+        """Stores a new user, its password and the event `announce` makes of the user in
+        one transaction; raises EmailTaken."""
         ...
 
     async def by_email(self, email: str) -> tuple[UserRow, str] | None:
@@ -121,10 +148,12 @@ FAILURES = SignInFailureRow
 
 
 class SqlCredentialRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events_committed: Callable[[], None] = lambda: None) -> None:
         self._db = db
+        # Tells the outbox relay an event was committed, so it publishes without waiting.
+        self._events_committed = events_committed
 
-    async def add_user(self, user: UserRow, password_hash: str) -> None:
+    async def add_user(self, user: UserRow, password_hash: str, announce: Announce) -> None:
         try:
             async with self._db.write() as session:
                 session.add(user)
@@ -134,8 +163,10 @@ class SqlCredentialRepository:
                         user_id=user.id, password_hash=password_hash, update_time=user.create_time
                     )
                 )
+                session.add(_outbox_row(announce(user)))
         except IntegrityError:
             raise EmailTaken(user.email) from None
+        self._events_committed()
 
     async def by_email(self, email: str) -> tuple[UserRow, str] | None:
         query = select(UserRow, CredentialRow.password_hash).join(

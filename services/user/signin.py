@@ -40,6 +40,7 @@ from services.common.auth import mint
 from services.common.config import SignInSettings
 from services.common.errors import FailedPrecondition, ResourceExhausted, Unauthenticated
 from services.common.times import as_utc, utcnow
+from services.user.convert import user_status_changed
 from services.user.models import EmailTaken, RefreshTokenRow, UserRow
 from services.user.repository import CredentialRepository, UserRepository
 from services.user.usecases import email_taken, new_user, normalised_email
@@ -148,7 +149,7 @@ class SignIns:
         user = new_user(email, display_name)
         password_hash = await self._passwords.hash(password)
         try:
-            await self._credentials.add_user(user, password_hash)
+            await self._credentials.add_user(user, password_hash, user_status_changed)
         except EmailTaken:
             raise email_taken(user.email) from None
         return user, await self._issue(user, secrets.token_hex(16), self._clock())

@@ -9,6 +9,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, 
 from services.common.ids import new_id
 from services.common.pagination import PageTokens, page_size
 from services.common.times import utcnow
+from services.user.convert import user_status_changed
 from services.user.models import EmailTaken, UserRow
 from services.user.repository import UserRepository
 
@@ -36,6 +37,7 @@ def new_user(email: str, display_name: str) -> UserRow:
         active=True,
         create_time=now,
         update_time=now,
+        version=1,
     )
 
 
@@ -47,7 +49,7 @@ class Users:
     async def create(self, email: str, display_name: str) -> UserRow:
         user = new_user(email, display_name)
         try:
-            await self._repository.add(user)
+            await self._repository.add(user, user_status_changed)
         except EmailTaken:
             raise email_taken(user.email) from None
         return user
@@ -79,7 +81,10 @@ class Users:
             values["display_name"] = str(values["display_name"]).strip()
         values["update_time"] = utcnow()
         try:
-            user = await self._repository.update(user_id, values)
+            # Other services keep who is active (UserStatusChanged); nothing else of the
+            # user is announced.
+            announce = user_status_changed if "active" in values else None
+            user = await self._repository.update(user_id, values, announce)
         except EmailTaken:
             raise email_taken(values["email"]) from None
         if user is None:

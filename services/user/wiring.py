@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.auth import signing_kid
 from services.common.config import ServiceConfig
+from services.common.events.feed import Feed, OutboxReader
+from services.common.events.nats import NatsSink, connect_broker
+from services.common.events.outbox import NoSink, Relay, Sink
 from services.common.server import Platform, Servicer, ServiceSpec, Wired
 from services.user.handlers import AuthServicer, UserInternalServicer, UserServicer
+from services.user.models import OutboxRow
 from services.user.repository import SqlCredentialRepository, SqlUserRepository
 from services.user.signin import Passwords, SignIns, TokenSigner
 from services.user.usecases import Users
@@ -29,6 +34,8 @@ log = logging.getLogger("shop.user")
 class UserParts:
     users: Users
     sign_ins: SignIns
+    # Publishes the outbox (to NATS when BROKER_URL is set) and stamps feed positions.
+    relay: Relay
 
 
 def token_signer(config: ServiceConfig) -> TokenSigner | None:
@@ -51,18 +58,29 @@ def token_signer(config: ServiceConfig) -> TokenSigner | None:
 
 
 async def wire(platform: Platform) -> Wired[UserParts]:
-    repository = SqlUserRepository(platform.db)
-    users = Users(repository, platform.page_tokens)
     config = platform.config
+    closers: list[Callable[[], object]] = []
+    # Without a broker the outbox itself is the log consumers read (the embedded feed).
+    sink: Sink = NoSink()
+    if config.broker_url:
+        bus = await connect_broker(config, "shop-user")
+        closers.append(bus.client.close)
+        sink = NatsSink(bus)
+    feed = Feed(OutboxReader(platform.db, OutboxRow).published_after)
+
+    relay = Relay(platform.db, OutboxRow, sink, name="user", on_published=feed.on_published)
+    relay.export(platform.metrics)
+    repository = SqlUserRepository(platform.db, relay.wake)
+    users = Users(repository, platform.page_tokens)
     sign_ins = SignIns(
         repository,
-        SqlCredentialRepository(platform.db),
+        SqlCredentialRepository(platform.db, relay.wake),
         Passwords(),
         token_signer(config),
         config.sign_in,
     )
     return Wired(
-        parts=UserParts(users, sign_ins),
+        parts=UserParts(users, sign_ins, relay),
         servicers=[
             Servicer(
                 auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
@@ -76,10 +94,12 @@ async def wire(platform: Platform) -> Wired[UserParts]:
             ),
             Servicer(
                 user_internal_pb2.DESCRIPTOR.services_by_name["UserInternalService"],
-                UserInternalServicer(users),
+                UserInternalServicer(users, feed),
                 user_internal_pb2_grpc.add_UserInternalServiceServicer_to_server,
             ),
         ],
+        background=[relay.run],
+        closers=closers,
     )
 
 

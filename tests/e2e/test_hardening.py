@@ -173,6 +173,7 @@ async def test_a_deactivated_user_cannot_reactivate_himself(stack: Stack, tmp_pa
         refused_cleanly(answer, protocol, 7, 403)
     stored = await mesh.users.GetUser(user_pb2.GetUserRequest(id=ann.id))
     assert stored.user.active is False and stored.user.display_name == "T"  # nothing written
+    await mesh.replica_holds(ann.id, False)  # the order service has heard of it
     error = await fails(
         mesh.orders.CreateOrder(
             mesh.order_request(ann.id, {product.id: 1}),

@@ -162,18 +162,28 @@ async def assert_nothing_happened(mesh: Mesh, user_id: str) -> None:
     assert await notifications_of(mesh, user_id) == []
 
 
-async def test_inactive_user_is_refused_before_any_stock_moves(mesh: Mesh) -> None:
+async def set_active(mesh: Mesh, user_id: str, active: bool) -> None:
     from google.protobuf import field_mask_pb2
 
     from shop.user.v1 import user_pb2
 
-    user = await mesh.user()
     await mesh.users.UpdateUser(
         user_pb2.UpdateUserRequest(
-            user=user_pb2.User(id=user.id, active=False),
+            user=user_pb2.User(id=user_id, active=active),
             update_mask=field_mask_pb2.FieldMask(paths=["active"]),
         )
     )
+
+
+async def test_inactive_user_is_refused_before_any_stock_moves(mesh: Mesh) -> None:
+    """The order service checks users against its replica of their statuses (the user
+    service's events): a deactivation reaches it within the feed's lag, then orders are
+    refused as the user service refuses them."""
+    user = await mesh.user()
+    await mesh.replica_holds(user.id, True)
+    await set_active(mesh, user.id, False)
+    lag = await mesh.replica_holds(user.id, False)
+    assert lag < 2.0
     mug = await mesh.product(stock=3)
     error = await fails(
         mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1})),
@@ -183,6 +193,65 @@ async def test_inactive_user_is_refused_before_any_stock_moves(mesh: Mesh) -> No
     assert await mesh.stock_of(mug.id) == [3]
     assert await reservation_count(mesh) == 0
     await assert_nothing_happened(mesh, user.id)
+    # Active again: orders go through again, once the replica has it.
+    await set_active(mesh, user.id, True)
+    await mesh.replica_holds(user.id, True)
+    await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1}))
+    assert await mesh.stock_of(mug.id) == [2]
+
+
+async def test_users_the_replica_knows_active_are_not_asked_about(mesh: Mesh) -> None:
+    """One question fewer per order: the user service is asked about a user only while
+    the replica cannot answer for it (not known yet, or not active)."""
+    mug = await mesh.product(stock=10)
+    user = await mesh.user()
+    await mesh.replica_holds(user.id, True)
+    asked = mesh.validations()
+    for n in range(3):
+        await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1}, f"known-{n}"))
+    assert mesh.validations() == asked
+    # A user the replica does not know (never announced: written behind the user
+    # service's back) is asked about: the user service's answer decides.
+    await mesh.sql(
+        "user",
+        "INSERT INTO users (id, email, display_name, active, create_time, update_time,"
+        " version) VALUES ('usr_unannounced', 'u@x.io', 'U', true, CURRENT_TIMESTAMP,"
+        " CURRENT_TIMESTAMP, 1)",
+    )
+    await mesh.orders.CreateOrder(mesh.order_request("usr_unannounced", {mug.id: 1}, "unknown"))
+    assert mesh.validations() == asked + 1
+    error = await fails(
+        mesh.orders.CreateOrder(mesh.order_request("usr_missing", {mug.id: 1}, "missing")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert detail(error, error_details_pb2.ErrorInfo).reason == "USER_NOT_FOUND"
+    assert mesh.validations() == asked + 2
+    assert await mesh.stock_of(mug.id) == [6]
+
+
+async def test_without_the_user_service_only_a_followed_replica_answers(mesh: Mesh) -> None:
+    """With a broker, the replica is kept up while the user service is away, so users it
+    knows as active still order. Over the user service's own feed it is not (a silent
+    feed cannot tell "no changes" from "cut off"): orders wait for the user service,
+    UNAVAILABLE, and nothing moves."""
+    mug = await mesh.product(stock=5)
+    user = await mesh.user()
+    await mesh.replica_holds(user.id, True)
+    await mesh.stop("user")
+    request = mesh.order_request(user.id, {mug.id: 1}, "user-service-away")
+    if mesh.broker_url:
+        await mesh.orders.CreateOrder(request)
+        assert await mesh.stock_of(mug.id) == [4]
+    else:
+        order = mesh.services["order"].parts
+        await eventually(lambda: not order.users_followed(), "the feed seen gone")
+        await fails(mesh.orders.CreateOrder(request), grpc.StatusCode.UNAVAILABLE)
+        assert await mesh.stock_of(mug.id) == [5]
+    await mesh.start("user")
+    await eventually(
+        lambda: mesh.services["order"].parts.users_followed(), "the feed back", within=15
+    )
+    await mesh.orders.CreateOrder(request)
 
 
 async def test_one_short_item_of_three_moves_no_stock(mesh: Mesh) -> None:

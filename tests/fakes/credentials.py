@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from services.user.models import RefreshTokenRow, UserRow
+from services.user.repository import Announce
 from tests.fakes.user import InMemoryUsers
 
 
@@ -18,8 +19,8 @@ class InMemoryCredentials:
         self.tokens: dict[str, RefreshTokenRow] = {}  # token hash -> row
         self.failures: list[tuple[str, datetime]] = []
 
-    async def add_user(self, user: UserRow, password_hash: str) -> None:
-        await self.users.add(user)
+    async def add_user(self, user: UserRow, password_hash: str, announce: Announce) -> None:
+        await self.users.add(user, announce)
         self.passwords[user.id] = password_hash
 
     async def by_email(self, email: str) -> tuple[UserRow, str] | None:

@@ -21,10 +21,10 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .user_internal_pb2 import ValidateUserRequest, ValidateUserResponse
+from .user_internal_pb2 import StreamUserEventsRequest, StreamUserEventsResponse, ValidateUserRequest, ValidateUserResponse
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Iterable, Mapping
+    from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 
     from connectrpc.codec import Codec
     from connectrpc.compression import Compression
@@ -45,6 +45,15 @@ class UserInternalService(Protocol):
         """
         Succeeds when the user exists and is active: NOT_FOUND for an unknown
         user, FAILED_PRECONDITION (reason USER_INACTIVE) for an inactive one.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def stream_user_events(self, request: StreamUserEventsRequest, ctx: RequestContext[StreamUserEventsRequest, StreamUserEventsResponse], /) -> AsyncIterator[StreamUserEventsResponse]:
+        """
+        Streams the user service's outbox from after_sequence on, in order, then
+        every new event as it is committed (the embedded event feed: followed when
+        no broker is configured). A consumer stores the last sequence it processed
+        and resumes from it.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -72,6 +81,17 @@ class UserInternalServiceASGIApplication(ConnectASGIApplication[UserInternalServ
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.validate_user,
+                ),
+                "/shop.user.v1.UserInternalService/StreamUserEvents": Endpoint.server_stream(
+                    method=MethodInfo(
+                        name="StreamUserEvents",
+                        service_name="shop.user.v1.UserInternalService",
+                        input=StreamUserEventsRequest,
+                        output=StreamUserEventsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=svc.stream_user_events,
                 ),
             },
             interceptors=interceptors,
@@ -140,6 +160,32 @@ class UserInternalServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
             use_get=use_get,
         )
+    def stream_user_events(
+        self,
+        request: StreamUserEventsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[StreamUserEventsResponse]:
+        """
+        Streams the user service's outbox from after_sequence on, in order, then
+        every new event as it is committed (the embedded event feed: followed when
+        no broker is configured). A consumer stores the last sequence it processed
+        and resumes from it.
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="StreamUserEvents",
+                service_name="shop.user.v1.UserInternalService",
+                input=StreamUserEventsRequest,
+                output=StreamUserEventsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class UserInternalServiceSync(Protocol):
     """
@@ -149,6 +195,15 @@ class UserInternalServiceSync(Protocol):
         """
         Succeeds when the user exists and is active: NOT_FOUND for an unknown
         user, FAILED_PRECONDITION (reason USER_INACTIVE) for an inactive one.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def stream_user_events(self, request: StreamUserEventsRequest, ctx: RequestContext[StreamUserEventsRequest, StreamUserEventsResponse], /) -> Iterator[StreamUserEventsResponse]:
+        """
+        Streams the user service's outbox from after_sequence on, in order, then
+        every new event as it is committed (the embedded event feed: followed when
+        no broker is configured). A consumer stores the last sequence it processed
+        and resumes from it.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -174,6 +229,17 @@ class UserInternalServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.validate_user,
+                ),
+                "/shop.user.v1.UserInternalService/StreamUserEvents": EndpointSync.server_stream(
+                    method=MethodInfo(
+                        name="StreamUserEvents",
+                        service_name="shop.user.v1.UserInternalService",
+                        input=StreamUserEventsRequest,
+                        output=StreamUserEventsResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=service.stream_user_events,
                 ),
             },
             interceptors=interceptors,
@@ -241,4 +307,30 @@ class UserInternalServiceClientSync(ConnectClientSync):
             headers=headers,
             timeout_ms=timeout_ms,
             use_get=use_get,
+        )
+    def stream_user_events(
+        self,
+        request: StreamUserEventsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> Iterator[StreamUserEventsResponse]:
+        """
+        Streams the user service's outbox from after_sequence on, in order, then
+        every new event as it is committed (the embedded event feed: followed when
+        no broker is configured). A consumer stores the last sequence it processed
+        and resumes from it.
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="StreamUserEvents",
+                service_name="shop.user.v1.UserInternalService",
+                input=StreamUserEventsRequest,
+                output=StreamUserEventsResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
         )

@@ -1,6 +1,8 @@
 from buf.validate import validate_pb2 as _validate_pb2
 from shop.common.v1 import access_pb2 as _access_pb2
+from shop.user.v1 import events_pb2 as _events_pb2
 from shop.user.v1 import user_pb2 as _user_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -19,3 +21,26 @@ class ValidateUserResponse(_message.Message):
     USER_FIELD_NUMBER: _ClassVar[int]
     user: _user_pb2.User
     def __init__(self, user: _Optional[_Union[_user_pb2.User, _Mapping]] = ...) -> None: ...
+
+class StreamUserEventsRequest(_message.Message):
+    __slots__ = ("after_sequence",)
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
+
+class StreamUserEventsResponse(_message.Message):
+    __slots__ = ("sequence", "headers", "user_status_changed")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    USER_STATUS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    headers: _containers.ScalarMap[str, str]
+    user_status_changed: _events_pb2.UserStatusChanged
+    def __init__(self, sequence: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., user_status_changed: _Optional[_Union[_events_pb2.UserStatusChanged, _Mapping]] = ...) -> None: ...

@@ -40,6 +40,11 @@ class UserInternalServiceStub:
                 request_serializer=shop_dot_user_dot_v1_dot_user__internal__pb2.ValidateUserRequest.SerializeToString,
                 response_deserializer=shop_dot_user_dot_v1_dot_user__internal__pb2.ValidateUserResponse.FromString,
                 _registered_method=True)
+        self.StreamUserEvents = channel.unary_stream(
+                '/shop.user.v1.UserInternalService/StreamUserEvents',
+                request_serializer=shop_dot_user_dot_v1_dot_user__internal__pb2.StreamUserEventsRequest.SerializeToString,
+                response_deserializer=shop_dot_user_dot_v1_dot_user__internal__pb2.StreamUserEventsResponse.FromString,
+                _registered_method=True)
 
 
 class UserInternalServiceServicer:
@@ -54,6 +59,16 @@ class UserInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamUserEvents(self, request, context):
+        """Streams the user service's outbox from after_sequence on, in order, then
+        every new event as it is committed (the embedded event feed: followed when
+        no broker is configured). A consumer stores the last sequence it processed
+        and resumes from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +76,11 @@ def add_UserInternalServiceServicer_to_server(servicer, server):
                     servicer.ValidateUser,
                     request_deserializer=shop_dot_user_dot_v1_dot_user__internal__pb2.ValidateUserRequest.FromString,
                     response_serializer=shop_dot_user_dot_v1_dot_user__internal__pb2.ValidateUserResponse.SerializeToString,
+            ),
+            'StreamUserEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamUserEvents,
+                    request_deserializer=shop_dot_user_dot_v1_dot_user__internal__pb2.StreamUserEventsRequest.FromString,
+                    response_serializer=shop_dot_user_dot_v1_dot_user__internal__pb2.StreamUserEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +111,33 @@ class UserInternalService:
             '/shop.user.v1.UserInternalService/ValidateUser',
             shop_dot_user_dot_v1_dot_user__internal__pb2.ValidateUserRequest.SerializeToString,
             shop_dot_user_dot_v1_dot_user__internal__pb2.ValidateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamUserEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shop.user.v1.UserInternalService/StreamUserEvents',
+            shop_dot_user_dot_v1_dot_user__internal__pb2.StreamUserEventsRequest.SerializeToString,
+            shop_dot_user_dot_v1_dot_user__internal__pb2.StreamUserEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

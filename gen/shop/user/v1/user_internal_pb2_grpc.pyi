@@ -37,6 +37,12 @@ class UserInternalServiceStub:
     """Succeeds when the user exists and is active: NOT_FOUND for an unknown
     user, FAILED_PRECONDITION (reason USER_INACTIVE) for an inactive one.
     """
+    StreamUserEvents: _grpc.UnaryStreamMultiCallable[_user_internal_pb2.StreamUserEventsRequest, _user_internal_pb2.StreamUserEventsResponse]
+    """Streams the user service's outbox from after_sequence on, in order, then
+    every new event as it is committed (the embedded event feed: followed when
+    no broker is configured). A consumer stores the last sequence it processed
+    and resumes from it.
+    """
 
 @_typing.type_check_only
 class UserInternalServiceAsyncStub(UserInternalServiceStub):
@@ -46,6 +52,12 @@ class UserInternalServiceAsyncStub(UserInternalServiceStub):
     ValidateUser: _aio.UnaryUnaryMultiCallable[_user_internal_pb2.ValidateUserRequest, _user_internal_pb2.ValidateUserResponse]  # type: ignore[assignment]
     """Succeeds when the user exists and is active: NOT_FOUND for an unknown
     user, FAILED_PRECONDITION (reason USER_INACTIVE) for an inactive one.
+    """
+    StreamUserEvents: _aio.UnaryStreamMultiCallable[_user_internal_pb2.StreamUserEventsRequest, _user_internal_pb2.StreamUserEventsResponse]  # type: ignore[assignment]
+    """Streams the user service's outbox from after_sequence on, in order, then
+    every new event as it is committed (the embedded event feed: followed when
+    no broker is configured). A consumer stores the last sequence it processed
+    and resumes from it.
     """
 
 class UserInternalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -59,6 +71,18 @@ class UserInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_user_internal_pb2.ValidateUserResponse, _abc.Awaitable[_user_internal_pb2.ValidateUserResponse]]:
         """Succeeds when the user exists and is active: NOT_FOUND for an unknown
         user, FAILED_PRECONDITION (reason USER_INACTIVE) for an inactive one.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamUserEvents(
+        self,
+        request: _user_internal_pb2.StreamUserEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_user_internal_pb2.StreamUserEventsResponse], _abc.AsyncIterator[_user_internal_pb2.StreamUserEventsResponse]]:
+        """Streams the user service's outbox from after_sequence on, in order, then
+        every new event as it is committed (the embedded event feed: followed when
+        no broker is configured). A consumer stores the last sequence it processed
+        and resumes from it.
         """
 
 def add_UserInternalServiceServicer_to_server(servicer: UserInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

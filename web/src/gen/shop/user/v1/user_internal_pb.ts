@@ -6,6 +6,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
 import { file_shop_common_v1_access } from "../../common/v1/access_pb";
+import type { UserStatusChanged } from "./events_pb";
+import { file_shop_user_v1_events } from "./events_pb";
 import type { User } from "./user_pb";
 import { file_shop_user_v1_user } from "./user_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/user/v1/user_internal.proto.
  */
 export const file_shop_user_v1_user_internal: GenFile = /*@__PURE__*/
-  fileDesc("CiBzaG9wL3VzZXIvdjEvdXNlcl9pbnRlcm5hbC5wcm90bxIMc2hvcC51c2VyLnYxIjEKE1ZhbGlkYXRlVXNlclJlcXVlc3QSGgoHdXNlcl9pZBgBIAEoCUIJukgGcgQQARhAIjgKFFZhbGlkYXRlVXNlclJlc3BvbnNlEiAKBHVzZXIYASABKAsyEi5zaG9wLnVzZXIudjEuVXNlcjJ1ChNVc2VySW50ZXJuYWxTZXJ2aWNlEl4KDFZhbGlkYXRlVXNlchIhLnNob3AudXNlci52MS5WYWxpZGF0ZVVzZXJSZXF1ZXN0GiIuc2hvcC51c2VyLnYxLlZhbGlkYXRlVXNlclJlc3BvbnNlIgeQAgGw4RgEYgZwcm90bzM", [file_buf_validate_validate, file_shop_common_v1_access, file_shop_user_v1_user]);
+  fileDesc("CiBzaG9wL3VzZXIvdjEvdXNlcl9pbnRlcm5hbC5wcm90bxIMc2hvcC51c2VyLnYxIjEKE1ZhbGlkYXRlVXNlclJlcXVlc3QSGgoHdXNlcl9pZBgBIAEoCUIJukgGcgQQARhAIjgKFFZhbGlkYXRlVXNlclJlc3BvbnNlEiAKBHVzZXIYASABKAsyEi5zaG9wLnVzZXIudjEuVXNlciI6ChdTdHJlYW1Vc2VyRXZlbnRzUmVxdWVzdBIfCg5hZnRlcl9zZXF1ZW5jZRgBIAEoA0IHukgEIgIoACLrAQoYU3RyZWFtVXNlckV2ZW50c1Jlc3BvbnNlEhAKCHNlcXVlbmNlGAEgASgDEkQKB2hlYWRlcnMYAiADKAsyMy5zaG9wLnVzZXIudjEuU3RyZWFtVXNlckV2ZW50c1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRI+ChN1c2VyX3N0YXR1c19jaGFuZ2VkGAMgASgLMh8uc2hvcC51c2VyLnYxLlVzZXJTdGF0dXNDaGFuZ2VkSAAaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBwoFZXZlbnQy4wEKE1VzZXJJbnRlcm5hbFNlcnZpY2USXgoMVmFsaWRhdGVVc2VyEiEuc2hvcC51c2VyLnYxLlZhbGlkYXRlVXNlclJlcXVlc3QaIi5zaG9wLnVzZXIudjEuVmFsaWRhdGVVc2VyUmVzcG9uc2UiB5ACAbDhGAQSbAoQU3RyZWFtVXNlckV2ZW50cxIlLnNob3AudXNlci52MS5TdHJlYW1Vc2VyRXZlbnRzUmVxdWVzdBomLnNob3AudXNlci52MS5TdHJlYW1Vc2VyRXZlbnRzUmVzcG9uc2UiB5ACAbDhGAQwAWIGcHJvdG8z", [file_buf_validate_validate, file_shop_common_v1_access, file_shop_user_v1_events, file_shop_user_v1_user]);
 
 /**
  * Which user to check.
@@ -59,6 +61,69 @@ export const ValidateUserResponseSchema: GenMessage<ValidateUserResponse> = /*@_
   messageDesc(file_shop_user_v1_user_internal, 1);
 
 /**
+ * Where to start reading the event feed.
+ *
+ * @generated from message shop.user.v1.StreamUserEventsRequest
+ */
+export type StreamUserEventsRequest = Message<"shop.user.v1.StreamUserEventsRequest"> & {
+  /**
+   * 0 to start from the first event.
+   *
+   * @generated from field: int64 after_sequence = 1;
+   */
+  afterSequence: bigint;
+};
+
+/**
+ * Describes the message shop.user.v1.StreamUserEventsRequest.
+ * Use `create(StreamUserEventsRequestSchema)` to create a new message.
+ */
+export const StreamUserEventsRequestSchema: GenMessage<StreamUserEventsRequest> = /*@__PURE__*/
+  messageDesc(file_shop_user_v1_user_internal, 2);
+
+/**
+ * One outbox event with its position in the feed.
+ *
+ * @generated from message shop.user.v1.StreamUserEventsResponse
+ */
+export type StreamUserEventsResponse = Message<"shop.user.v1.StreamUserEventsResponse"> & {
+  /**
+   * Strictly increasing position in the user service's outbox.
+   *
+   * @generated from field: int64 sequence = 1;
+   */
+  sequence: bigint;
+
+  /**
+   * Transport headers, such as the W3C trace context of the request that
+   * caused the event.
+   *
+   * @generated from field: map<string, string> headers = 2;
+   */
+  headers: { [key: string]: string };
+
+  /**
+   * @generated from oneof shop.user.v1.StreamUserEventsResponse.event
+   */
+  event: {
+    /**
+     * A user was created, activated or deactivated.
+     *
+     * @generated from field: shop.user.v1.UserStatusChanged user_status_changed = 3;
+     */
+    value: UserStatusChanged;
+    case: "userStatusChanged";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message shop.user.v1.StreamUserEventsResponse.
+ * Use `create(StreamUserEventsResponseSchema)` to create a new message.
+ */
+export const StreamUserEventsResponseSchema: GenMessage<StreamUserEventsResponse> = /*@__PURE__*/
+  messageDesc(file_shop_user_v1_user_internal, 3);
+
+/**
  * RPCs that only other services call; the gateway never exposes them.
  *
  * @generated from service shop.user.v1.UserInternalService
@@ -74,6 +139,19 @@ export const UserInternalService: GenService<{
     methodKind: "unary";
     input: typeof ValidateUserRequestSchema;
     output: typeof ValidateUserResponseSchema;
+  },
+  /**
+   * Streams the user service's outbox from after_sequence on, in order, then
+   * every new event as it is committed (the embedded event feed: followed when
+   * no broker is configured). A consumer stores the last sequence it processed
+   * and resumes from it.
+   *
+   * @generated from rpc shop.user.v1.UserInternalService.StreamUserEvents
+   */
+  streamUserEvents: {
+    methodKind: "server_streaming";
+    input: typeof StreamUserEventsRequestSchema;
+    output: typeof StreamUserEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_shop_user_v1_user_internal, 0);

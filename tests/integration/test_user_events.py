@@ -1,0 +1,209 @@
+"""The user service announces who is active (UserStatusChanged, through its outbox) and
+streams its feed; the order service keeps a replica of it, newest version first. Over
+real gRPC and on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from pathlib import Path
+
+import grpc
+import pytest
+from alembic import command
+from google.protobuf import field_mask_pb2
+from sqlalchemy import Connection, text
+
+from services.common import migrate
+from services.common.db import Database
+from services.common.errors import Unavailable
+from services.common.events.consumer import Consumer
+from services.common.events.envelope import Event
+from services.order.models import ConsumerPositionRow, ProcessedEventRow
+from services.order.users import USER_STATUS_CHANGED, UserCheck, UserStatuses
+from services.order.wiring import SPEC as ORDER
+from services.user.wiring import SPEC as USER
+from shop.user.v1 import events_pb2, user_internal_pb2, user_internal_pb2_grpc, user_pb2
+from shop.user.v1 import user_pb2_grpc as user_grpc
+from tests.conftest import running
+from tests.rpc import next_message
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def feed(
+    channel: grpc.aio.Channel, after: int = 0, wait: float = 1.0
+) -> list[user_internal_pb2.StreamUserEventsResponse]:
+    """The user service's feed after `after`, read until `wait` passes quietly."""
+    stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
+    call = stub.StreamUserEvents(user_internal_pb2.StreamUserEventsRequest(after_sequence=after))
+    received = []
+    try:
+        while True:
+            received.append(await next_message(call, wait))
+    except TimeoutError:
+        pass
+    finally:
+        call.cancel()
+    return received
+
+
+def statuses(
+    responses: list[user_internal_pb2.StreamUserEventsResponse],
+) -> list[tuple[str, bool, int]]:
+    return [
+        (r.user_status_changed.user_id, r.user_status_changed.active, r.user_status_changed.version)
+        for r in responses
+    ]
+
+
+async def test_users_are_announced_when_created_and_when_their_status_changes(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with running(USER, database_url, tmp_path) as (_, channel):
+        users = user_grpc.UserServiceStub(channel)
+        ann = (
+            await users.CreateUser(user_pb2.CreateUserRequest(email="ann@x.io", display_name="A"))
+        ).user
+
+        async def update(paths: list[str], **fields: object) -> None:
+            await users.UpdateUser(
+                user_pb2.UpdateUserRequest(
+                    user=user_pb2.User(id=ann.id, **fields),  # type: ignore[arg-type]
+                    update_mask=field_mask_pb2.FieldMask(paths=paths),
+                )
+            )
+
+        await update(["display_name"], display_name="Ann")  # not a status: no event
+        await update(["active"], active=False)
+        await update(["active"], active=True)
+        events = await feed(channel)
+        assert statuses(events) == [(ann.id, True, 1), (ann.id, False, 3), (ann.id, True, 4)]
+        assert [e.sequence for e in events] == [1, 2, 3]
+        assert all(e.user_status_changed.event_id.startswith("evt_") for e in events)
+        assert events[0].user_status_changed.occurred_at == ann.create_time
+        # A consumer resumes after the last sequence it applied.
+        assert statuses(await feed(channel, after=2)) == [(ann.id, True, 4)]
+        # Bad input: a negative position is refused, in the caller's protocol.
+        stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
+        call = stub.StreamUserEvents(user_internal_pb2.StreamUserEventsRequest(after_sequence=-1))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call.read()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_feed_opens_with_its_headers_before_any_event(
+    database_url: str, tmp_path: Path
+) -> None:
+    """An empty feed answers at once: its follower knows it is following."""
+    async with running(USER, database_url, tmp_path) as (_, channel):
+        stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
+        call = stub.StreamUserEvents(user_internal_pb2.StreamUserEventsRequest(after_sequence=0))
+        try:
+            async with asyncio.timeout(5):
+                await call.initial_metadata()
+        finally:
+            call.cancel()
+
+
+async def test_the_migration_announces_every_user_there_was(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+
+        def to_0002(connection: Connection) -> None:
+            command.upgrade(migrate.alembic_config(USER.migrations, connection), "0002")
+
+        async with db.engine.connect() as connection:
+            await connection.run_sync(to_0002)
+            await connection.execute(
+                text(
+                    "INSERT INTO users (id, email, display_name, active, create_time,"
+                    " update_time) VALUES ('usr_old', 'old@x.io', 'Old', true,"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP), ('usr_gone', 'gone@x.io', 'Gone',"
+                    " false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+            await connection.commit()
+        await migrate.upgrade(db, USER.migrations, USER.name)
+        async with db.engine.connect() as connection:
+            versions = (await connection.execute(text("SELECT version FROM users"))).all()
+            rows = (
+                await connection.execute(text("SELECT subject, payload FROM outbox ORDER BY id"))
+            ).all()
+        assert [v for (v,) in versions] == [1, 1]
+        assert {subject for subject, _ in rows} == {USER_STATUS_CHANGED}
+        announced = [events_pb2.UserStatusChanged.FromString(payload) for _, payload in rows]
+        assert sorted((e.user_id, e.active, e.version) for e in announced) == [
+            ("usr_gone", False, 1),
+            ("usr_old", True, 1),
+        ]
+    finally:
+        await db.close()
+
+
+def status_event(event_id: str, user_id: str, active: bool, version: int) -> Event:
+    message = events_pb2.UserStatusChanged(
+        event_id=event_id, user_id=user_id, active=active, version=version
+    )
+    return Event(event_id, USER_STATUS_CHANGED, message.SerializeToString())
+
+
+async def test_the_replica_keeps_each_users_newest_status(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        await migrate.upgrade(db, ORDER.migrations, ORDER.name)
+        replica = UserStatuses(db)
+        consumer = Consumer(db, "test", replica.handle, ProcessedEventRow, ConsumerPositionRow)
+        assert not await replica.known_active("usr_ann")
+        assert await consumer.apply(status_event("e1", "usr_ann", True, 1))
+        assert await replica.known_active("usr_ann")
+        assert await consumer.apply(status_event("e3", "usr_ann", False, 3))
+        assert not await replica.known_active("usr_ann")
+        # Delivered late (another replica, a redelivery): an older version changes nothing.
+        assert await consumer.apply(status_event("e2", "usr_ann", True, 2))
+        assert not await replica.known_active("usr_ann")
+        # Delivered again: skipped.
+        assert not await consumer.apply(status_event("e3", "usr_ann", False, 3))
+        assert await consumer.apply(status_event("e4", "usr_ann", True, 4))
+        assert await replica.known_active("usr_ann")
+        # Another user's status is its own; an event of another kind is recorded, nothing more.
+        assert not await replica.known_active("usr_bob")
+        assert await consumer.apply(Event("e5", "user.renamed", b"\x00"))
+        assert await replica.known_active("usr_ann") and not await replica.known_active("usr_bob")
+    finally:
+        await db.close()
+
+
+async def test_the_check_asks_the_user_service_unless_the_replica_spares_it(
+    database_url: str,
+) -> None:
+    db = Database(database_url)
+    try:
+        await migrate.upgrade(db, ORDER.migrations, ORDER.name)
+        replica = UserStatuses(db)
+        consumer = Consumer(db, "test", replica.handle, ProcessedEventRow, ConsumerPositionRow)
+        await consumer.apply(status_event("e1", "usr_ann", True, 1))
+        await consumer.apply(status_event("e2", "usr_bob", False, 2))
+        asked: list[str] = []
+        following = True
+
+        async def ask(user_id: str) -> None:
+            asked.append(user_id)
+            raise Unavailable("user service is unavailable", "USER_UNAVAILABLE")
+
+        check = UserCheck(replica, ask, lambda: following)
+        await check.active_user("usr_ann")  # known active, kept up: not asked
+        assert asked == []
+        for user_id in ("usr_bob", "usr_new"):  # inactive, unknown: the user service says
+            await fails_with_unavailable(check.active_user(user_id))
+        assert asked == ["usr_bob", "usr_new"]
+        following = False  # not kept up: even a known active user is asked about
+        await fails_with_unavailable(check.active_user("usr_ann"))
+        assert asked == ["usr_bob", "usr_new", "usr_ann"]
+    finally:
+        await db.close()
+
+
+async def fails_with_unavailable(call: Awaitable[None]) -> None:
+    with pytest.raises(Unavailable):
+        await call
