@@ -168,9 +168,9 @@ class Mesh:
 
     async def user_status(self, user_id: str) -> bool | None:
         """Whether the order service's replica holds the user active; None: not known."""
-        active = await self.sql(
-            "order", f"SELECT active FROM user_statuses WHERE user_id = '{user_id}'"
-        )
+        statement = text("SELECT active FROM user_statuses WHERE user_id = :user_id")
+        async with self.services["order"].platform.db.engine.begin() as connection:
+            active = (await connection.execute(statement, {"user_id": user_id})).scalar()
         return None if active is None else bool(active)
 
     async def replica_holds(self, user_id: str, active: bool) -> float:

@@ -20,7 +20,6 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.db import Database
 from services.common.events.envelope import Event
-from services.common.events.feed import OutboxReader
 from services.common.events.outbox import outbox_values
 from services.order.models import (
     CANCELLED,
@@ -131,10 +130,6 @@ class OrderRepository(Protocol):
         newest first (ids sort by creation time)."""
         ...
 
-    async def published_after(self, position: int, limit: int) -> Sequence[Event]:
-        """Up to `limit` published events after feed position `position`, in feed order."""
-        ...
-
 
 ORDERS = cast(Table, OrderRow.__table__)
 ITEMS = cast(Table, OrderItemRow.__table__)
@@ -177,7 +172,6 @@ CAPTURED = (
 class SqlOrderRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._feed = OutboxReader(db, OutboxRow)
 
     async def get(self, order_id: str) -> OrderRow | None:
         async with self._db.read() as session:
@@ -353,9 +347,6 @@ class SqlOrderRepository:
             query = query.where(OrderRow.id < before_id)
         async with self._db.read() as session:
             return (await session.scalars(query)).all()
-
-    async def published_after(self, position: int, limit: int) -> Sequence[Event]:
-        return await self._feed.published_after(position, limit)
 
 
 def _values(row: object, names: Sequence[str]) -> dict[str, Any]:

@@ -1,17 +1,20 @@
 """Who may place orders, without asking the user service for every order: a replica of
 users' statuses, kept in this service's database from the user service's events
-(UserStatusChanged, the highest version of each user).
+(UserStatusChanged, the highest version of each user), read over its feed
+(StreamUserEvents) whatever the broker.
 
 The replica only ever spares the question: a user it knows as active, while it is kept
-up (the user service's feed, or the broker, is followed), is not asked about; a user it
-does not know or knows as inactive, and every user while it is not kept up, is asked of
-the user service as before, whose answer (and error) is the authoritative one. A user
-deactivated is therefore refused once the event has been applied here: the feed's lag,
-milliseconds while it is followed (the user service exports its relay's backlog as
-`outbox_oldest_unsent_age_seconds`)."""
+up (the feed is open and this service has applied it up to the head it opened with),
+is not asked about; a user it does not know or knows as inactive, and every user while
+the replica is not kept up, is asked of the user service as before, whose answer (and
+error) is the authoritative one. A user deactivated is therefore refused once the event
+has been applied here: milliseconds while the feed is followed; a user service replica
+that vanishes without closing the stream is noticed by the channel's keepalive (about
+15 s), and one whose relay falls behind shows it in `outbox_oldest_unsent_age_seconds`."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -21,17 +24,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from services.common.db import Database
 from services.common.events.envelope import Event
 from services.common.events.feed import subjects
+from services.common.metrics import Metrics
 from services.common.transactions import Transaction
 from services.order.models import UserStatusRow
 from shop.user.v1 import events_pb2, user_internal_pb2
 
-# The durable name of the user-event consumer (processed events, NATS consumer).
+log = logging.getLogger("shop.order")
+
+# The user-event consumer's name (its processed events and feed position).
 CONSUMER = "order-user-status"
 USER_STATUS_CHANGED = subjects(user_internal_pb2.StreamUserEventsResponse)[
     events_pb2.UserStatusChanged.DESCRIPTOR.full_name
 ]
-# The logical subjects the consumer takes from the broker: the user service's events.
-USER_SUBJECTS = USER_STATUS_CHANGED.split(".", 1)[0] + ".>"
 
 STATUSES = cast(Table, UserStatusRow.__table__)
 ACTIVE = select(STATUSES.c.active).where(STATUSES.c.user_id == bindparam("user_id"))
@@ -83,8 +87,38 @@ class UserCheck:
         # Whether the replica is kept up right now.
         self._following = following
 
+        # How the checks were answered since start (the gauges).
+        self.spared = 0
+        self.asked = 0
+
     async def active_user(self, user_id: str) -> None:
         """Raises unless the user exists and is active."""
-        if self._following() and await self._statuses.known_active(user_id):
+        if self._following() and await self._known_active(user_id):
+            self.spared += 1
             return
+        self.asked += 1
         await self._ask(user_id)
+
+    async def _known_active(self, user_id: str) -> bool:
+        try:
+            return await self._statuses.known_active(user_id)
+        except Exception as error:  # the replica is an optimisation: the user service answers
+            log.warning("user status replica unreadable", extra={"error": type(error).__name__})
+            return False
+
+    def export(self, metrics: Metrics) -> None:
+        metrics.gauge(
+            "user_replica_following",
+            "1 while the replica of users' statuses follows the user service's feed.",
+            lambda: float(self._following()),
+        )
+        metrics.gauge(
+            "user_checks_spared",
+            "Order user checks the replica answered (users it knows as active).",
+            lambda: self.spared,
+        )
+        metrics.gauge(
+            "user_checks_asked",
+            "Order user checks asked of the user service (ValidateUser).",
+            lambda: self.asked,
+        )

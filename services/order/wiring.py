@@ -8,8 +8,8 @@ from pathlib import Path
 
 from services.common import clients
 from services.common.events.consumer import Consumer
-from services.common.events.feed import Feed, FeedFollower, opener
-from services.common.events.nats import NatsSink, NatsSource, connect_broker
+from services.common.events.feed import Feed, FeedFollower, OutboxReader, opener
+from services.common.events.nats import NatsSink, connect_broker
 from services.common.events.outbox import NoSink, Relay, Sink
 from services.common.server import Platform, Servicer, ServiceSpec, Wired
 from services.order import users
@@ -47,28 +47,24 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
     closers.append(peers.close)
     # Without a broker the outbox itself is the log consumers read (the embedded feed).
     sink: Sink = NoSink()
-    bus = None
     if config.broker_url:
         bus = await connect_broker(config, "shop-order")
         closers.append(bus.client.close)
         sink = NatsSink(bus)
-    feed = Feed(repository.published_after)
-    # Who may order, kept from the user service's events (by the broker, or its feed).
+    feed = Feed(OutboxReader(platform.db, OutboxRow))
+    # Who may order, kept from the user service's events (its feed, whatever the broker).
     statuses = UserStatuses(platform.db)
     consumer = Consumer(
         platform.db, users.CONSUMER, statuses.handle, ProcessedEventRow, ConsumerPositionRow
     )
-    follower: NatsSource | FeedFollower
-    if bus is not None:
-        follower = NatsSource(bus, consumer, subjects=users.USER_SUBJECTS)
-    else:
-        channel = clients.channel(config.peer("user"), default_timeout=None, tls=config.tls)
-        closers.append(channel.close)
-        stream = user_internal_pb2_grpc.UserInternalServiceStub(channel).StreamUserEvents
-        follower = FeedFollower(
-            "user", opener(stream, user_internal_pb2.StreamUserEventsRequest), consumer
-        )
+    channel = clients.channel(config.peer("user"), default_timeout=None, tls=config.tls)
+    closers.append(channel.close)
+    stream = user_internal_pb2_grpc.UserInternalServiceStub(channel).StreamUserEvents
+    follower = FeedFollower(
+        "user", opener(stream, user_internal_pb2.StreamUserEventsRequest), consumer
+    )
     check = UserCheck(statuses, peers.active_user, follower.following)
+    check.export(platform.metrics)
     relay = Relay(platform.db, OutboxRow, sink, name="order", on_published=feed.on_published)
     orders = Orders(
         repository,

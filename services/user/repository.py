@@ -43,10 +43,10 @@ class UserRepository(Protocol):
         ...
 
     async def update(
-        self, user_id: str, values: Mapping[str, Any], announce: Announce | None = None
+        self, user_id: str, values: Mapping[str, Any], announce: Announce
     ) -> UserRow | None:
         """Sets `values` on the user, one version up, with the event `announce` makes of
-        it (None when there is no such user); raises EmailTaken."""
+        it when they set `active` (None when there is no such user); raises EmailTaken."""
         ...
 
 
@@ -77,8 +77,11 @@ class SqlUserRepository:
         self._events_committed()
 
     async def update(
-        self, user_id: str, values: Mapping[str, Any], announce: Announce | None = None
+        self, user_id: str, values: Mapping[str, Any], announce: Announce
     ) -> UserRow | None:
+        # Other services keep who is active (UserStatusChanged); nothing else of the user
+        # is announced.
+        announced = "active" in values
         try:
             async with self._db.write() as session:
                 # Locked: two changes of one user never share a version.
@@ -88,11 +91,11 @@ class SqlUserRepository:
                 for name, value in values.items():
                     setattr(user, name, value)
                 user.version += 1
-                if announce is not None:
+                if announced:
                     session.add(_outbox_row(announce(user)))
         except IntegrityError:
             raise EmailTaken(str(values.get("email", ""))) from None
-        if announce is not None:
+        if announced:
             self._events_committed()
         return user
 

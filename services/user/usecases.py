@@ -81,10 +81,7 @@ class Users:
             values["display_name"] = str(values["display_name"]).strip()
         values["update_time"] = utcnow()
         try:
-            # Other services keep who is active (UserStatusChanged); nothing else of the
-            # user is announced.
-            announce = user_status_changed if "active" in values else None
-            user = await self._repository.update(user_id, values, announce)
+            user = await self._repository.update(user_id, values, user_status_changed)
         except EmailTaken:
             raise email_taken(values["email"]) from None
         if user is None:

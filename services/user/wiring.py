@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.auth import signing_kid
 from services.common.config import ServiceConfig
 from services.common.events.feed import Feed, OutboxReader
-from services.common.events.nats import NatsSink, connect_broker
-from services.common.events.outbox import NoSink, Relay, Sink
+from services.common.events.outbox import NoSink, Relay
 from services.common.server import Platform, Servicer, ServiceSpec, Wired
 from services.user.handlers import AuthServicer, UserInternalServicer, UserServicer
 from services.user.models import OutboxRow
@@ -34,7 +32,7 @@ log = logging.getLogger("shop.user")
 class UserParts:
     users: Users
     sign_ins: SignIns
-    # Publishes the outbox (to NATS when BROKER_URL is set) and stamps feed positions.
+    # Stamps the outbox's feed positions (the feed is the user events' only transport).
     relay: Relay
 
 
@@ -59,16 +57,12 @@ def token_signer(config: ServiceConfig) -> TokenSigner | None:
 
 async def wire(platform: Platform) -> Wired[UserParts]:
     config = platform.config
-    closers: list[Callable[[], object]] = []
-    # Without a broker the outbox itself is the log consumers read (the embedded feed).
-    sink: Sink = NoSink()
-    if config.broker_url:
-        bus = await connect_broker(config, "shop-user")
-        closers.append(bus.client.close)
-        sink = NatsSink(bus)
-    feed = Feed(OutboxReader(platform.db, OutboxRow).published_after)
+    # The user service's events are read over its feed (StreamUserEvents), whatever the
+    # broker: a follower then knows whether it has caught up and is still following,
+    # which is what lets the order service trust its replica of users' statuses.
+    feed = Feed(OutboxReader(platform.db, OutboxRow))
 
-    relay = Relay(platform.db, OutboxRow, sink, name="user", on_published=feed.on_published)
+    relay = Relay(platform.db, OutboxRow, NoSink(), name="user", on_published=feed.on_published)
     relay.export(platform.metrics)
     repository = SqlUserRepository(platform.db, relay.wake)
     users = Users(repository, platform.page_tokens)
@@ -99,7 +93,6 @@ async def wire(platform: Platform) -> Wired[UserParts]:
             ),
         ],
         background=[relay.run],
-        closers=closers,
     )
 
 

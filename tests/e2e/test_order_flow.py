@@ -229,29 +229,26 @@ async def test_users_the_replica_knows_active_are_not_asked_about(mesh: Mesh) ->
     assert await mesh.stock_of(mug.id) == [6]
 
 
-async def test_without_the_user_service_only_a_followed_replica_answers(mesh: Mesh) -> None:
-    """With a broker, the replica is kept up while the user service is away, so users it
-    knows as active still order. Over the user service's own feed it is not (a silent
-    feed cannot tell "no changes" from "cut off"): orders wait for the user service,
-    UNAVAILABLE, and nothing moves."""
+async def test_without_the_user_service_the_replica_answers_for_no_one(mesh: Mesh) -> None:
+    """The replica is trusted only while the user service's feed is followed (a silent
+    feed cannot tell "no changes" from "cut off"): with the user service away, orders
+    wait for it, UNAVAILABLE, and nothing moves; back, its feed is followed again."""
     mug = await mesh.product(stock=5)
     user = await mesh.user()
     await mesh.replica_holds(user.id, True)
+    order = mesh.services["order"].parts
+    assert order.users_followed()
     await mesh.stop("user")
+    await eventually(lambda: not order.users_followed(), "the feed seen gone")
     request = mesh.order_request(user.id, {mug.id: 1}, "user-service-away")
-    if mesh.broker_url:
-        await mesh.orders.CreateOrder(request)
-        assert await mesh.stock_of(mug.id) == [4]
-    else:
-        order = mesh.services["order"].parts
-        await eventually(lambda: not order.users_followed(), "the feed seen gone")
-        await fails(mesh.orders.CreateOrder(request), grpc.StatusCode.UNAVAILABLE)
-        assert await mesh.stock_of(mug.id) == [5]
+    await fails(mesh.orders.CreateOrder(request), grpc.StatusCode.UNAVAILABLE)
+    assert await mesh.stock_of(mug.id) == [5]
     await mesh.start("user")
-    await eventually(
-        lambda: mesh.services["order"].parts.users_followed(), "the feed back", within=15
-    )
+    await eventually(order.users_followed, "the feed followed again", within=15)
+    asked = mesh.validations()
     await mesh.orders.CreateOrder(request)
+    assert await mesh.stock_of(mug.id) == [4]
+    assert mesh.validations() == asked  # spared again
 
 
 async def test_one_short_item_of_three_moves_no_stock(mesh: Mesh) -> None:

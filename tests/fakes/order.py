@@ -206,8 +206,12 @@ class InMemoryOrders:
         )
         return [clone(self.rows[i]) for i in ids[:limit]]
 
+    # The feed's source (services/common/events/feed.py PublishedEvents), as the outbox.
     async def published_after(self, position: int, limit: int) -> Sequence[Event]:
         return [event for event in self.events if event.sequence > position][:limit]
+
+    async def head(self) -> int:
+        return max((event.sequence for event in self.events), default=0)
 
 
 # The test payment methods the fake payment service knows (the simulated provider's).

@@ -31,7 +31,7 @@ class InMemoryUsers:
         self.events.append(announce(user))
 
     async def update(
-        self, user_id: str, values: Mapping[str, Any], announce: Announce | None = None
+        self, user_id: str, values: Mapping[str, Any], announce: Announce
     ) -> UserRow | None:
         row = self.rows.get(user_id)
         if row is None:
@@ -41,7 +41,7 @@ class InMemoryUsers:
         for name, value in values.items():
             setattr(row, name, value)
         row.version += 1
-        if announce is not None:
+        if "active" in values:
             self.events.append(announce(row))
         return copy.copy(row)
 

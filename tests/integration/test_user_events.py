@@ -13,12 +13,15 @@ import pytest
 from alembic import command
 from google.protobuf import field_mask_pb2
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
 from services.common import migrate
 from services.common.db import Database
 from services.common.errors import Unavailable
 from services.common.events.consumer import Consumer
 from services.common.events.envelope import Event
+from services.common.events.feed import HEAD, FeedFollower, opener
+from services.common.transactions import Transaction
 from services.order.models import ConsumerPositionRow, ProcessedEventRow
 from services.order.users import USER_STATUS_CHANGED, UserCheck, UserStatuses
 from services.order.wiring import SPEC as ORDER
@@ -27,6 +30,7 @@ from shop.user.v1 import events_pb2, user_internal_pb2, user_internal_pb2_grpc, 
 from shop.user.v1 import user_pb2_grpc as user_grpc
 from tests.conftest import running
 from tests.rpc import next_message
+from tests.waits import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,21 +96,39 @@ async def test_users_are_announced_when_created_and_when_their_status_changes(
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_the_feed_opens_with_its_headers_before_any_event(
+async def test_the_feed_opens_with_its_head_before_any_event(
     database_url: str, tmp_path: Path
 ) -> None:
-    """An empty feed answers at once: its follower knows it is following."""
+    """A feed answers at once with the position of its last event (none yet: 0), so its
+    follower knows it is connected and when it has caught up."""
     async with running(USER, database_url, tmp_path) as (_, channel):
         stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
         call = stub.StreamUserEvents(user_internal_pb2.StreamUserEventsRequest(after_sequence=0))
         try:
             async with asyncio.timeout(5):
-                await call.initial_metadata()
+                headers = await call.initial_metadata()
+            assert (HEAD, "0") in list(headers)
+            assert not call.done()  # open, not refused
         finally:
             call.cancel()
+        users = user_grpc.UserServiceStub(channel)
+        for n in range(2):
+            await users.CreateUser(user_pb2.CreateUserRequest(email=f"u{n}@x.io", display_name="U"))
+        await eventually(lambda: _head_is(channel, "2"), "the head moved on")
 
 
-async def test_the_migration_announces_every_user_there_was(database_url: str) -> None:
+async def _head_is(channel: grpc.aio.Channel, expected: str) -> bool:
+    stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
+    call = stub.StreamUserEvents(user_internal_pb2.StreamUserEventsRequest(after_sequence=0))
+    try:
+        return (HEAD, expected) in list(await call.initial_metadata())
+    finally:
+        call.cancel()
+
+
+async def test_the_migration_announces_every_user_there_was_and_guards_the_status(
+    database_url: str,
+) -> None:
     db = Database(database_url)
     try:
 
@@ -137,6 +159,27 @@ async def test_the_migration_announces_every_user_there_was(database_url: str) -
             ("usr_gone", False, 1),
             ("usr_old", True, 1),
         ]
+        # Every change of `active` needs a new version (and so its event): a writer
+        # that does not announce (an older replica) is refused, and nothing changes.
+        async with db.engine.connect() as connection:
+            with pytest.raises(IntegrityError):
+                await connection.execute(
+                    text("UPDATE users SET active = false WHERE id = 'usr_old'")
+                )
+            await connection.rollback()
+            await connection.execute(
+                text("UPDATE users SET display_name = 'Older' WHERE id = 'usr_old'")
+            )
+            await connection.execute(
+                text("UPDATE users SET active = false, version = 2 WHERE id = 'usr_old'")
+            )
+            await connection.commit()
+            stored = (
+                await connection.execute(
+                    text("SELECT display_name, active, version FROM users WHERE id = 'usr_old'")
+                )
+            ).one()
+        assert (stored[0], bool(stored[1]), stored[2]) == ("Older", False, 2)
     finally:
         await db.close()
 
@@ -207,3 +250,59 @@ async def test_the_check_asks_the_user_service_unless_the_replica_spares_it(
 async def fails_with_unavailable(call: Awaitable[None]) -> None:
     with pytest.raises(Unavailable):
         await call
+
+
+async def test_the_follower_follows_once_it_has_caught_up_with_the_head(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Stored statuses are trusted only once the replica has applied the feed up to the
+    head it opened with; a stream without a head (refused, or an older producer) never
+    counts as followed."""
+    async with running(USER, database_url, tmp_path) as (_, channel):
+        users = user_grpc.UserServiceStub(channel)
+        ids = [
+            (
+                await users.CreateUser(
+                    user_pb2.CreateUserRequest(email=f"f{n}@x.io", display_name="F")
+                )
+            ).user.id
+            for n in range(3)
+        ]
+        await eventually(lambda: _head_is(channel, "3"), "three users announced")
+        replica_db = Database(f"sqlite+aiosqlite:///{tmp_path / 'order.db'}")
+        await migrate.upgrade(replica_db, ORDER.migrations, ORDER.name)
+        replica = UserStatuses(replica_db)
+        gate = asyncio.Event()
+
+        async def handle(tx: Transaction, event: Event) -> None:
+            await gate.wait()
+            await replica.handle(tx, event)
+
+        consumer = Consumer(replica_db, "test", handle, ProcessedEventRow, ConsumerPositionRow)
+        stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
+        follower = FeedFollower(
+            "user",
+            opener(stub.StreamUserEvents, user_internal_pb2.StreamUserEventsRequest),
+            consumer,
+        )
+        refused = FeedFollower(
+            "nothing",
+            opener(
+                channel.unary_stream("/shop.user.v1.UserInternalService/StreamNothing"),
+                user_internal_pb2.StreamUserEventsRequest,
+            ),
+            consumer,
+        )
+        tasks = [asyncio.create_task(f.run()) for f in (follower, refused)]
+        try:
+            await asyncio.sleep(0.5)
+            assert not follower.following(), "open, but three events behind"
+            gate.set()
+            await eventually(follower.following, "caught up")
+            assert [await replica.known_active(i) for i in ids] == [True, True, True]
+            assert not refused.following()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await replica_db.close()

@@ -728,7 +728,7 @@ async def test_the_feed_streams_from_a_position_then_each_new_event(
     user = shop.peers.add_user("usr_ann")
     mug = shop.peers.add_product("mug", stock=10)
     placed = [await orders.create(user, lines({mug: 1}), f"k{i}") for i in range(2)]
-    feed = Feed(shop.repository.published_after)
+    feed = Feed(shop.repository)
     stream = feed.events(1)
 
     second = await anext(stream)

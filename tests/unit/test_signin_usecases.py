@@ -16,7 +16,9 @@ from services.common.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from services.user.convert import user_status_changed
 from services.user.signin import IssuedTokens, Passwords, SignIns, TokenSigner, digest
+from shop.user.v1 import events_pb2
 from tests import tokens
 from tests.fakes.credentials import InMemoryCredentials
 from tests.fakes.user import InMemoryUsers
@@ -193,7 +195,7 @@ async def test_an_inactive_user_is_signed_in_no_more(
     sign_ins: SignIns, store: InMemoryCredentials
 ) -> None:
     user, issued = await sign_ins.sign_up("ann@example.com", "Ann", PASSWORD)
-    await store.users.update(user.id, {"active": False})
+    await store.users.update(user.id, {"active": False}, user_status_changed)
     assert await reason(sign_ins.sign_in("ann@example.com", PASSWORD), FailedPrecondition) == (
         "USER_INACTIVE"
     )
@@ -226,3 +228,20 @@ async def test_accounts_listed_in_admin_emails_get_the_admin_role(
     assert verifier.verify(
         (await sign_ins.refresh(ann_tokens.refresh_token)).access_token
     ).roles == (frozenset())
+
+
+async def test_a_user_signed_up_is_announced_active(
+    sign_ins: SignIns, store: InMemoryCredentials
+) -> None:
+    user, _ = await sign_ins.sign_up("ann@example.com", "Ann", PASSWORD)
+    [event] = store.users.events
+    announced = events_pb2.UserStatusChanged.FromString(event.payload)
+    assert (event.subject, announced.user_id, announced.active, announced.version) == (
+        "user.status.changed",
+        user.id,
+        True,
+        1,
+    )
+    # A sign-up refused (the email taken) announces nothing.
+    await reason(sign_ins.sign_up("ANN@example.com", "Ann", PASSWORD), AlreadyExists)
+    assert len(store.users.events) == 1

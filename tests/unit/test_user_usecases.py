@@ -7,12 +7,35 @@ import pytest
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from services.common.pagination import PageTokens
 from services.user.usecases import Users
+from shop.user.v1 import events_pb2
 from tests.fakes.user import InMemoryUsers
 
 
 @pytest.fixture
-def users() -> Users:
-    return Users(InMemoryUsers(), PageTokens("unit-test-secret"))
+def repository() -> InMemoryUsers:
+    return InMemoryUsers()
+
+
+@pytest.fixture
+def users(repository: InMemoryUsers) -> Users:
+    return Users(repository, PageTokens("unit-test-secret"))
+
+
+def announced(repository: InMemoryUsers) -> list[tuple[str, bool, int]]:
+    """The users' statuses announced so far (UserStatusChanged), in order."""
+    messages = [events_pb2.UserStatusChanged.FromString(e.payload) for e in repository.events]
+    return [(m.user_id, m.active, m.version) for m in messages]
+
+
+async def test_a_user_is_announced_when_created_and_when_its_status_changes(
+    users: Users, repository: InMemoryUsers
+) -> None:
+    ann = await users.create("ann@example.com", "Ann")
+    await users.update(ann.id, {"display_name": "Annie"}, by_admin=False)  # not announced
+    await users.update(ann.id, {"active": False}, by_admin=True)
+    with pytest.raises(PermissionDenied):  # refused: nothing written, nothing announced
+        await users.update(ann.id, {"active": True}, by_admin=False)
+    assert announced(repository) == [(ann.id, True, 1), (ann.id, False, 3)]
 
 
 async def test_sign_up_normalises_email_and_name(users: Users) -> None:

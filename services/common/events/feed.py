@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, func, select
 
 from services.common.db import Database, loaded
 from services.common.events.consumer import Consumer
@@ -28,6 +28,9 @@ FEED_BATCH = 200
 IDLE_POLL = 0.5
 # What an event this build does not know is applied as: recorded, and nothing done.
 UNKNOWN_SUBJECT = "unknown"
+# The header the feed opens with: the position of the last event published when it
+# opened. A follower that has applied up to it has caught up.
+HEAD = "x-feed-head"
 
 FeedMessage = TypeVar("FeedMessage", bound=Message)
 
@@ -54,6 +57,16 @@ def outbox_event(message: Any, subjects_by_type: dict[str, str]) -> Event:
     )
 
 
+class PublishedEvents(Protocol):
+    async def published_after(self, position: int, limit: int) -> Sequence[Event]:
+        """Up to `limit` published events after feed position `position`, in feed order."""
+        ...
+
+    async def head(self) -> int:
+        """The position of the last event published (0: none yet)."""
+        ...
+
+
 class OutboxReader:
     """Reads a service's published outbox rows (`model`: its OutboxMixin table)."""
 
@@ -67,20 +80,29 @@ class OutboxReader:
             .order_by(table.c.position)
             .limit(bindparam("limit"))
         )
+        self._head = select(func.coalesce(func.max(table.c.position), 0).label("head"))
 
     async def published_after(self, position: int, limit: int) -> Sequence[Event]:
-        """Up to `limit` published events after feed position `position`, in feed order."""
         rows = await self._db.read_all(self._page, {"position": position, "limit": limit})
         return [loaded(self._model, row).to_event() for row in rows]
+
+    async def head(self) -> int:
+        row = await self._db.read_one(self._head, {})
+        return int(row["head"]) if row is not None else 0
 
 
 class Feed:
     """The published outbox, in feed order, for consumers to follow over gRPC;
     `published` wakes every follower when the relay published more."""
 
-    def __init__(self, published_after: Callable[[int, int], Awaitable[Sequence[Event]]]) -> None:
-        self._published_after = published_after
+    def __init__(self, outbox: PublishedEvents) -> None:
+        self._outbox = outbox
         self.published = Signal()
+
+    async def open(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Sends the stream's headers at once (a caught-up feed may have no event for a
+        long time), with the head a follower must reach to have caught up."""
+        await context.send_initial_metadata(((HEAD, str(await self._outbox.head())),))
 
     async def on_published(self) -> None:
         """The relay's hook: wakes every follower."""
@@ -90,18 +112,12 @@ class Feed:
         """Every published event after position `after`, then each new one, for ever."""
         last = after
         while True:
-            events = await self._published_after(last, FEED_BATCH)
+            events = await self._outbox.published_after(last, FEED_BATCH)
             for event in events:
                 yield event
                 last = event.sequence or last
             if len(events) < FEED_BATCH:
                 await self.published.wait(IDLE_POLL)
-
-
-async def open_feed(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    """The producer's side of `following`: the stream's headers go out at once, not
-    with its first event (a caught-up feed may have none for a long time)."""
-    await context.send_initial_metadata(())
 
 
 def feed_message(message_type: type[FeedMessage], event: Event) -> FeedMessage:
@@ -149,11 +165,11 @@ class FeedFollower:
     """Follows a producer's feed over gRPC (`stream(after)` opens the call), from the
     consumer's stored position.
 
-    Reconnects with backoff when the producer is away; since the position is stored
-    with each applied event, nothing is skipped or applied twice. `following` is set
-    while the stream is open (the producer answered with its headers; a producer gone
-    silently is noticed by the channel's keepalive): what the consumer knows is then as
-    fresh as the feed.
+    Reconnects with backoff when the producer is away or the consumer fails; since the
+    position is stored with each applied event, nothing is skipped or applied twice.
+    `following()` is True while the stream is open and the consumer has caught up with
+    the head it opened with: what the consumer knows is then as fresh as the feed (a
+    producer gone silently is noticed by the channel's keepalive, within about 15 s).
     """
 
     def __init__(
@@ -165,28 +181,46 @@ class FeedFollower:
         self._name = name
         self._stream = stream
         self._consumer = consumer
-        self._open = False
+        self._caught_up = False
 
     def following(self) -> bool:
-        return self._open
+        return self._caught_up
 
     async def run(self) -> None:
         backoff = 0.1
         while True:
-            position = await self._consumer.position()
+            call: grpc.aio.UnaryStreamCall[Any, Any] | None = None
             try:
+                position = await self._consumer.position()
                 call = self._stream(position)
-                await call.initial_metadata()
-                self._open = True
+                # None: a producer that sends no head (older, or refusing the call).
+                head = _head(await call.initial_metadata())
+                self._caught_up = head is not None and position >= head
                 async for response in call:
                     await self._consumer.apply(event_of(response), position=response.sequence)
+                    if head is not None and response.sequence >= head:
+                        self._caught_up = True
                     backoff = 0.1
             except grpc.aio.AioRpcError as error:
                 log.warning(
                     "event feed interrupted; reconnecting",
                     extra={"feed": self._name, "code": error.code().name, "retry_in_s": backoff},
                 )
+            except Exception:
+                log.exception("event feed failed; reconnecting", extra={"feed": self._name})
             finally:
-                self._open = False
+                self._caught_up = False
+                if call is not None:
+                    call.cancel()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+
+def _head(metadata: Any) -> int | None:
+    for key, value in metadata or ():
+        if key == HEAD:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

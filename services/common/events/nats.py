@@ -117,39 +117,27 @@ class NatsSink:
 
 class NatsSource:
     """A durable pull consumer shared by every replica of a service: JetStream hands
-    each message to one of them (a work queue), and redelivers what is not acked.
-    `subjects` filters the logical subjects it takes (every event by default).
-    `following()` is True while its fetches reach the broker: what the consumer knows is
-    then as fresh as the stream."""
+    each message to one of them (a work queue), and redelivers what is not acked."""
 
-    def __init__(
-        self, bus: Bus, consumer: Consumer, *, subjects: str = ">", batch: int = 64
-    ) -> None:
+    def __init__(self, bus: Bus, consumer: Consumer, *, batch: int = 64) -> None:
         self._bus = bus
         self._consumer = consumer
-        self._subjects = subjects
         self._batch = batch
-        self._fetching = False
-
-    def following(self) -> bool:
-        return self._fetching and self._bus.client.is_connected
 
     async def run(self) -> None:
         bus = self._bus
         subscription = await bus.js.pull_subscribe(
-            bus.subject(self._subjects),
+            f"{bus.prefix}.>",
             durable=self._consumer.name,
             stream=bus.stream,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=-1),
         )
         while True:
-            self._fetching = True
             try:
                 messages = await subscription.fetch(self._batch, timeout=1)
             except NatsTimeout:
                 continue
             except Exception as error:  # disconnected: the client reconnects by itself
-                self._fetching = False
                 log.warning("fetch failed; retrying", extra={"error": type(error).__name__})
                 await asyncio.sleep(0.5)
                 continue
