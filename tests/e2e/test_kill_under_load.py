@@ -62,7 +62,10 @@ class Cluster:
         return env
 
     async def start(self, name: str, port: int = 0) -> ServiceProcess:
-        env = {**self.env_for(name), "PORT": str(port)}
+        # Only the serving port is kept over a restart (callers know it); the metrics and
+        # health ports are any free ones: PORT + 1000 / + 2000 may be taken meanwhile by
+        # another connection's local port.
+        env = {**self.env_for(name), "PORT": str(port), "METRICS_PORT": "0", "HEALTH_PORT": "0"}
         return await self._stack.enter_async_context(service_process(name, env))
 
     async def kill_and_restart(self, name: str, index: int) -> None:
