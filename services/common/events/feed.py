@@ -1,8 +1,9 @@
 """The embedded event feed, both ends: a service's published outbox streamed in feed
 order over gRPC (`Feed`, `OutboxReader`, `feed_message`), and a consumer following such
-a stream from its stored position (`FeedFollower`, `event_of`). It is the transport when
-no broker is configured; the feed messages are each producer's Stream*EventsResponse
-(a sequence, headers, and the event in a oneof `event`)."""
+a stream from its stored position (`FeedFollower`, `event_of`). It carries the order
+service's events when no broker is configured, and the user service's always; the feed
+messages are each producer's Stream*EventsResponse (a sequence, headers, and the event in
+a oneof `event`)."""
 
 from __future__ import annotations
 
