@@ -13,7 +13,7 @@ import pytest
 from alembic import command
 from google.protobuf import field_mask_pb2
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from services.common import migrate
 from services.common.db import Database
@@ -162,7 +162,7 @@ async def test_the_migration_announces_every_user_there_was_and_guards_the_statu
         # Every change of `active` needs a new version (and so its event): a writer
         # that does not announce (an older replica) is refused, and nothing changes.
         async with db.engine.connect() as connection:
-            with pytest.raises(IntegrityError):
+            with pytest.raises(DBAPIError, match="must come with a new version"):
                 await connection.execute(
                     text("UPDATE users SET active = false WHERE id = 'usr_old'")
                 )
@@ -256,8 +256,9 @@ async def test_the_follower_follows_once_it_has_caught_up_with_the_head(
     database_url: str, tmp_path: Path
 ) -> None:
     """Stored statuses are trusted only once the replica has applied the feed up to the
-    head it opened with; a stream without a head (refused, or an older producer) never
-    counts as followed."""
+    head it opened with; a stream without a head (refused, or an older producer), or a
+    consumer already past the head (the producer's outbox went back), never counts as
+    followed."""
     async with running(USER, database_url, tmp_path) as (_, channel):
         users = user_grpc.UserServiceStub(channel)
         ids = [
@@ -272,37 +273,61 @@ async def test_the_follower_follows_once_it_has_caught_up_with_the_head(
         replica_db = Database(f"sqlite+aiosqlite:///{tmp_path / 'order.db'}")
         await migrate.upgrade(replica_db, ORDER.migrations, ORDER.name)
         replica = UserStatuses(replica_db)
-        gate = asyncio.Event()
+        gate, blocked = asyncio.Event(), asyncio.Event()
 
         async def handle(tx: Transaction, event: Event) -> None:
+            blocked.set()
             await gate.wait()
             await replica.handle(tx, event)
 
-        consumer = Consumer(replica_db, "test", handle, ProcessedEventRow, ConsumerPositionRow)
+        def consumer(name: str) -> Consumer:
+            return Consumer(replica_db, name, handle, ProcessedEventRow, ConsumerPositionRow)
+
         stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
-        follower = FeedFollower(
-            "user",
-            opener(stub.StreamUserEvents, user_internal_pb2.StreamUserEventsRequest),
-            consumer,
+        feed = opener(stub.StreamUserEvents, user_internal_pb2.StreamUserEventsRequest)
+        follower = FeedFollower("user", feed, consumer("test"))
+        nothing = channel.unary_stream(
+            "/shop.user.v1.UserInternalService/StreamNothing",
+            request_serializer=user_internal_pb2.StreamUserEventsRequest.SerializeToString,
+            response_deserializer=user_internal_pb2.StreamUserEventsResponse.FromString,
         )
         refused = FeedFollower(
-            "nothing",
-            opener(
-                channel.unary_stream("/shop.user.v1.UserInternalService/StreamNothing"),
-                user_internal_pb2.StreamUserEventsRequest,
-            ),
-            consumer,
+            "nothing", opener(nothing, user_internal_pb2.StreamUserEventsRequest), consumer("x")
         )
-        tasks = [asyncio.create_task(f.run()) for f in (follower, refused)]
+        # A consumer that has applied up to position 10 of a feed whose head is now 3.
+        ahead_of_it = Consumer(
+            replica_db, "ahead", replica.handle, ProcessedEventRow, ConsumerPositionRow
+        )
+        await ahead_of_it.apply(status_event("e-old", "usr_zed", True, 1), position=10)
+        ahead = FeedFollower("user", feed, ahead_of_it)
+        tasks = [asyncio.create_task(f.run()) for f in (follower, refused, ahead)]
         try:
-            await asyncio.sleep(0.5)
+            async with asyncio.timeout(5):
+                await blocked.wait()
             assert not follower.following(), "open, but three events behind"
             gate.set()
             await eventually(follower.following, "caught up")
             assert [await replica.known_active(i) for i in ids] == [True, True, True]
-            assert not refused.following()
+            for _ in range(50):  # for a while, through the refused stream's retries
+                assert not refused.following() and not ahead.following()
+                await asyncio.sleep(0.01)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await replica_db.close()
+
+
+async def test_a_replica_that_cannot_be_read_leaves_the_answer_to_the_user_service() -> None:
+    class Unreadable:
+        async def known_active(self, user_id: str) -> bool:
+            raise OSError("disk I/O error")
+
+    asked: list[str] = []
+
+    async def ask(user_id: str) -> None:
+        asked.append(user_id)
+
+    check = UserCheck(Unreadable(), ask, lambda: True)  # type: ignore[arg-type]
+    await check.active_user("usr_ann")
+    assert asked == ["usr_ann"] and (check.spared, check.asked) == (0, 1)

@@ -167,7 +167,8 @@ class FeedFollower:
     consumer's stored position.
 
     Reconnects with backoff when the producer is away or the consumer fails; since the
-    position is stored with each applied event, nothing is skipped or applied twice.
+    position is stored with each applied event, nothing is skipped or applied twice (unless
+    the producer's outbox goes back behind the stored position: then it is never trusted).
     `following()` is True while the stream is open and the consumer has caught up with
     the head it opened with: what the consumer knows is then as fresh as the feed (a
     producer gone silently is noticed by the channel's keepalive, within about 15 s).
@@ -196,19 +197,36 @@ class FeedFollower:
                 call = self._stream(position)
                 # None: a producer that sends no head (older, or refusing the call).
                 head = _head(await call.initial_metadata())
-                self._caught_up = head is not None and position >= head
+                if head is not None:
+                    backoff = 0.1
+                # Past the head: the producer's outbox went back (restored, recreated), and
+                # its events between the head and this position would never come. Never
+                # trusted; recovering (resetting the position) is an operator's decision.
+                behind_us = head is not None and position > head
+                if behind_us:
+                    log.error(
+                        "event feed is behind this consumer's position; not trusted",
+                        extra={"feed": self._name, "position": position, "head": head},
+                    )
+                self._caught_up = head is not None and position == head
                 async for response in call:
                     await self._consumer.apply(event_of(response), position=response.sequence)
-                    if head is not None and response.sequence >= head:
+                    if head is not None and not behind_us and response.sequence >= head:
                         self._caught_up = True
-                    backoff = 0.1
             except grpc.aio.AioRpcError as error:
                 log.warning(
                     "event feed interrupted; reconnecting",
                     extra={"feed": self._name, "code": error.code().name, "retry_in_s": backoff},
                 )
-            except Exception:
-                log.exception("event feed failed; reconnecting", extra={"feed": self._name})
+            except Exception as error:
+                # The traceback once; then a line per retry while it lasts.
+                if backoff == 0.1:
+                    log.exception("event feed failed; reconnecting", extra={"feed": self._name})
+                else:
+                    log.warning(
+                        "event feed failed again; reconnecting",
+                        extra={"feed": self._name, "error": type(error).__name__},
+                    )
             finally:
                 self._caught_up = False
                 if call is not None:

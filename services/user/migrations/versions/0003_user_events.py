@@ -5,7 +5,8 @@ that does not announce (a replica older than this, in a rolling update) fails lo
 instead of leaving the replicas stale.
 
 Self-contained (the event is built here, not by the service's code), so that it stays
-what it was when the service changes.
+what it was when the service changes. On SQLite, a later migration that rebuilds `users`
+(Alembic's batch mode) drops the trigger with the table: it must create it again.
 
 Revision ID: 0003
 Revises: 0002
@@ -42,7 +43,7 @@ POSTGRES_FUNCTION = f"""
 CREATE FUNCTION users_active_needs_a_version() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF NEW.active IS DISTINCT FROM OLD.active AND NEW.version = OLD.version THEN
-    RAISE EXCEPTION '{REFUSAL}' USING ERRCODE = 'check_violation';
+    RAISE EXCEPTION '{REFUSAL}';
   END IF;
   RETURN NEW;
 END $$
