@@ -48,3 +48,16 @@ async def next_message(call: Any, timeout: float = 5.0) -> Any:
     message = await asyncio.wait_for(call.read(), timeout)
     assert message is not grpc.aio.EOF, "the stream ended"
     return message
+
+
+async def until_quiet(call: Any, wait: float) -> list[Any]:
+    """Every message of a server stream until `wait` passes without one; then cancels it."""
+    received: list[Any] = []
+    try:
+        while True:
+            received.append(await next_message(call, wait))
+    except TimeoutError:
+        pass
+    finally:
+        call.cancel()
+    return received

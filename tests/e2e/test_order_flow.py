@@ -17,7 +17,7 @@ from shop.notification.v1 import notification_pb2
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2
 from tests.conftest import require
 from tests.mesh import Mesh, running_mesh
-from tests.rpc import detail, fails, next_message
+from tests.rpc import detail, fails, next_message, until_quiet
 from tests.waits import eventually
 
 
@@ -45,16 +45,8 @@ async def feed_events(
 ) -> list[order_internal_pb2.StreamOrderEventsResponse]:
     """Everything in the order service's event feed (read until `wait` passes quietly)."""
     stub = order_internal_pb2_grpc.OrderInternalServiceStub(mesh.channels["order"])
-    received: list[order_internal_pb2.StreamOrderEventsResponse] = []
     call = stub.StreamOrderEvents(order_internal_pb2.StreamOrderEventsRequest(after_sequence=0))
-    try:
-        while True:
-            received.append(await next_message(call, wait))
-    except TimeoutError:
-        pass
-    finally:
-        call.cancel()
-    return received
+    return await until_quiet(call, wait)
 
 
 async def notifications_of(mesh: Mesh, user_id: str) -> list[notification_pb2.Notification]:

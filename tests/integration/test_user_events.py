@@ -29,7 +29,7 @@ from services.user.wiring import SPEC as USER
 from shop.user.v1 import events_pb2, user_internal_pb2, user_internal_pb2_grpc, user_pb2
 from shop.user.v1 import user_pb2_grpc as user_grpc
 from tests.conftest import running
-from tests.rpc import next_message
+from tests.rpc import until_quiet
 from tests.waits import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,15 +41,7 @@ async def feed(
     """The user service's feed after `after`, read until `wait` passes quietly."""
     stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
     call = stub.StreamUserEvents(user_internal_pb2.StreamUserEventsRequest(after_sequence=after))
-    received = []
-    try:
-        while True:
-            received.append(await next_message(call, wait))
-    except TimeoutError:
-        pass
-    finally:
-        call.cancel()
-    return received
+    return await until_quiet(call, wait)
 
 
 def statuses(
