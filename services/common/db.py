@@ -23,7 +23,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import MetaData, Select, event, text
+from sqlalchemy import MetaData, Select, Table, event, text
+from sqlalchemy.dialects import postgresql as postgresql_dml
+from sqlalchemy.dialects import sqlite as sqlite_dml
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -212,6 +214,11 @@ class Database:
         )
         self._sqlite_writer: sqlite3.Connection | None = None
         self._sqlite_compiled = Compiled(SQLITE)
+
+    def insert(self, table: Table) -> sqlite_dml.Insert | postgresql_dml.Insert:
+        """An INSERT into `table` in this engine's dialect, so it takes ON CONFLICT
+        clauses (do nothing, do update ... where) the same way on SQLite and PostgreSQL."""
+        return sqlite_dml.insert(table) if self.is_sqlite else postgresql_dml.insert(table)
 
     async def read_one(
         self, statement: Select[Any], params: Mapping[str, Any]

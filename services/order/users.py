@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from sqlalchemy import Table, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from services.common.db import Database
 from services.common.events.envelope import Event
@@ -46,8 +45,7 @@ class UserStatuses:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        insert = sqlite.insert if db.is_sqlite else postgresql.insert
-        upsert = insert(STATUSES)
+        upsert = db.insert(STATUSES)
         # Forward only: an older version (delivered late, or again) never undoes a newer.
         self._apply = upsert.on_conflict_do_update(
             index_elements=[STATUSES.c.user_id],
@@ -86,7 +84,6 @@ class UserCheck:
         self._ask = ask
         # Whether the replica is kept up right now.
         self._following = following
-
         # How the checks were answered since start (the gauges).
         self.spared = 0
         self.asked = 0

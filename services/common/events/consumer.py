@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, DateTime, String, Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -65,13 +64,12 @@ class Consumer:
         self._handler = handler
         self._position = position_model
         # The statements, built once (then compiled once): the tables are the service's.
-        dialect_insert = sqlite.insert if db.is_sqlite else postgresql.insert
         processed = cast(Table, processed_model.__table__)
         # No row when the event was recorded before: a redelivery, or a twin delivery
         # on another replica, whose commit this insert waits for on the primary key.
-        self._record = dialect_insert(processed).on_conflict_do_nothing()
+        self._record = db.insert(processed).on_conflict_do_nothing()
         positions = cast(Table, position_model.__table__)
-        save = dialect_insert(positions)
+        save = db.insert(positions)
         # Forward only: a replay of older events never moves it back.
         self._save = save.on_conflict_do_update(
             index_elements=[positions.c.consumer],
