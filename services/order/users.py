@@ -4,13 +4,14 @@ users' statuses, kept in this service's database from the user service's events
 (StreamUserEvents) whatever the broker.
 
 The replica only ever spares the question: a user it knows as active, while it is kept
-up (the feed is open and this service has applied it up to the head it opened with),
-is not asked about; a user it does not know or knows as inactive, and every user while
-the replica is not kept up, is asked of the user service as before, whose answer (and
-error) is the authoritative one. A user deactivated is therefore refused once the event
-has been applied here: milliseconds while the feed is followed; a user service replica
-that vanishes without closing the stream is noticed by the channel's keepalive (about
-15 s), and one whose relay falls behind shows it in `outbox_oldest_unsent_age_seconds`."""
+up (the feed is open, heard from within the last MISSED_HEARTBEATS heartbeats, and this
+service has applied it up to the head it opened with or last heard), is not asked about;
+a user it does not know or knows as inactive, and every user while the replica is not
+kept up, is asked of the user service as before, whose answer (and error) is the
+authoritative one. A user deactivated is therefore refused once the event has been
+applied here: milliseconds while the feed is followed, and at most about
+UNNUMBERED_GRACE + MISSED_HEARTBEATS * HEARTBEAT (5 s) when the user service hangs, is
+cut off silently, or its relay is stuck (services/common/events/feed.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ log = logging.getLogger("shop.order")
 
 # The user-event consumer's name (its processed events and feed position).
 CONSUMER = "order-user-status"
+# How often the user service's feed says it is alive while it has no event to send: the
+# replica stops being trusted after MISSED_HEARTBEATS of them are missed.
+HEARTBEAT = 1.0
 USER_STATUS_CHANGED = subjects(user_internal_pb2.StreamUserEventsResponse)[
     events_pb2.UserStatusChanged.DESCRIPTOR.full_name
 ]

@@ -60,9 +60,8 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
     channel = clients.channel(config.peer("user"), default_timeout=None, tls=config.tls)
     closers.append(channel.close)
     stream = user_internal_pb2_grpc.UserInternalServiceStub(channel).StreamUserEvents
-    follower = FeedFollower(
-        "user", opener(stream, user_internal_pb2.StreamUserEventsRequest), consumer
-    )
+    request = user_internal_pb2.StreamUserEventsRequest
+    follower = FeedFollower("user", opener(stream, request, users.HEARTBEAT), consumer)
     check = UserCheck(statuses, peers.active_user, follower.following)
     check.export(platform.metrics)
     relay = Relay(platform.db, OutboxRow, sink, name="order", on_published=feed.on_published)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from services.common.events.envelope import Event
-from services.common.events.feed import feed_message, outbox_event, subjects
+from services.common.events.feed import Heartbeat, feed_message, outbox_event, subjects
 from services.common.ids import new_id
 from services.common.times import to_timestamp
 from services.user.models import UserRow
@@ -53,6 +53,6 @@ def user_status_changed(user: UserRow) -> Event:
     )
 
 
-def to_feed_message(event: Event) -> user_internal_pb2.StreamUserEventsResponse:
-    """An outbox event as the embedded feed streams it."""
+def to_feed_message(event: Event | Heartbeat) -> user_internal_pb2.StreamUserEventsResponse:
+    """An outbox event (or a heartbeat) as the feed streams it."""
     return feed_message(user_internal_pb2.StreamUserEventsResponse, event)

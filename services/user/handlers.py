@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from services.common import fieldmask, tls
 from services.common.auth import require_admin, require_owner
-from services.common.events.feed import Feed
+from services.common.events.feed import Feed, heartbeat_interval
 from services.common.interceptors import Context
 from services.user.convert import to_feed_message, tokens_to_proto, user_to_proto
 from services.user.signin import SignIns
@@ -74,9 +74,10 @@ class UserInternalServicer(user_internal_pb2_grpc.UserInternalServiceServicer):
     async def StreamUserEvents(
         self, request: user_internal_pb2.StreamUserEventsRequest, context: Context
     ) -> AsyncIterator[user_internal_pb2.StreamUserEventsResponse]:
-        await self._feed.open(context)
-        async for event in self._feed.events(request.after_sequence):
-            yield to_feed_message(event)
+        heartbeat = heartbeat_interval(request)
+        await self._feed.open(context, heartbeat)
+        async for item in self._feed.events_and_heartbeats(request.after_sequence, heartbeat):
+            yield to_feed_message(item)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):

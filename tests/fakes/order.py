@@ -213,6 +213,9 @@ class InMemoryOrders:
     async def head(self) -> int:
         return max((event.sequence for event in self.events), default=0)
 
+    async def oldest_unnumbered(self) -> datetime | None:
+        return None  # numbered as they are stored
+
 
 # The test payment methods the fake payment service knows (the simulated provider's).
 DECLINING = {"card_decline": "card_declined", "card_insufficient_funds": "insufficient_funds"}

@@ -5,14 +5,18 @@ real gRPC and on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Awaitable
+from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
 from alembic import command
-from google.protobuf import field_mask_pb2
-from sqlalchemy import Connection, text
+from google.protobuf import duration_pb2, field_mask_pb2
+from sqlalchemy import Connection, Table, insert, text, update
 from sqlalchemy.exc import DBAPIError
 
 from services.common import migrate
@@ -20,15 +24,28 @@ from services.common.db import Database
 from services.common.errors import Unavailable
 from services.common.events.consumer import Consumer
 from services.common.events.envelope import Event
-from services.common.events.feed import HEAD, FeedFollower, opener
+from services.common.events.feed import (
+    HEAD,
+    HEARTBEAT,
+    UNNUMBERED_GRACE,
+    Feed,
+    FeedFollower,
+    Heartbeat,
+    OutboxReader,
+    opener,
+)
+from services.common.times import utcnow
 from services.common.transactions import Transaction
 from services.order.models import ConsumerPositionRow, ProcessedEventRow
 from services.order.users import USER_STATUS_CHANGED, UserCheck, UserStatuses
 from services.order.wiring import SPEC as ORDER
+from services.user.models import OutboxRow
 from services.user.wiring import SPEC as USER
 from shop.user.v1 import events_pb2, user_internal_pb2, user_internal_pb2_grpc, user_pb2
 from shop.user.v1 import user_pb2_grpc as user_grpc
+from tests import tokens
 from tests.conftest import running
+from tests.processes import service_process
 from tests.rpc import until_quiet
 from tests.waits import eventually
 
@@ -323,3 +340,160 @@ async def test_a_replica_that_cannot_be_read_leaves_the_answer_to_the_user_servi
     check = UserCheck(Unreadable(), ask, lambda: True)  # type: ignore[arg-type]
     await check.active_user("usr_ann")
     assert asked == ["usr_ann"] and (check.spared, check.asked) == (0, 1)
+
+
+async def message_of(call: Any) -> user_internal_pb2.StreamUserEventsResponse:
+    message = await call.read()
+    assert isinstance(message, user_internal_pb2.StreamUserEventsResponse), message
+    return message
+
+
+def every(seconds: float) -> duration_pb2.Duration:
+    interval = duration_pb2.Duration()
+    interval.FromTimedelta(timedelta(seconds=seconds))
+    return interval
+
+
+async def test_the_feed_sends_heartbeats_with_its_head_when_asked(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Asked for them, a feed says it is alive every interval while it has no event to
+    send, with its head; not asked, it sends none. Bad intervals are refused."""
+    async with running(USER, database_url, tmp_path) as (_, channel):
+        users = user_grpc.UserServiceStub(channel)
+        await users.CreateUser(user_pb2.CreateUserRequest(email="hb@x.io", display_name="H"))
+        await eventually(lambda: _head_is(channel, "1"), "the user announced")
+        stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
+        call = stub.StreamUserEvents(
+            user_internal_pb2.StreamUserEventsRequest(
+                after_sequence=0, heartbeat_interval=every(0.2)
+            )
+        )
+        try:
+            headers = list(await call.initial_metadata())
+            assert (HEAD, "1") in headers and (HEARTBEAT, "0.2") in headers
+            first = await message_of(call)
+            assert first.sequence == 1 and first.HasField("user_status_changed")
+            assert not first.HasField("heartbeat")
+            started = time.monotonic()
+            beats = [await message_of(call) for _ in range(3)]
+            took = time.monotonic() - started
+            assert [b.heartbeat.head for b in beats] == [1, 1, 1]
+            assert all(b.sequence == 0 and b.WhichOneof("event") is None for b in beats)
+            assert 0.3 <= took < 2.0, took  # about one every 0.2 s, not a flood
+            # A new event comes at once, and the heartbeats after it carry the new head.
+            await users.CreateUser(user_pb2.CreateUserRequest(email="hb2@x.io", display_name="H"))
+            async with asyncio.timeout(5):
+                while not (message := await message_of(call)).HasField("user_status_changed"):
+                    pass
+                assert message.sequence == 2
+                assert (await message_of(call)).heartbeat.head == 2
+        finally:
+            call.cancel()
+        # Not asked: no header, and only events.
+        plain = stub.StreamUserEvents(user_internal_pb2.StreamUserEventsRequest(after_sequence=0))
+        try:
+            assert HEARTBEAT not in dict(await plain.initial_metadata())
+        finally:
+            plain.cancel()
+        quiet = await feed(channel, wait=0.6)
+        assert [m.sequence for m in quiet] == [1, 2]
+        assert not any(m.HasField("heartbeat") for m in quiet)
+        # Bad input: an interval of 0, below 0.1 s, beyond 60 s, or negative.
+        for seconds in (0, 0.05, 61, -1):
+            refused = stub.StreamUserEvents(
+                user_internal_pb2.StreamUserEventsRequest(heartbeat_interval=every(seconds))
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await refused.read()
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, seconds
+
+
+async def test_a_feed_whose_relay_is_stuck_sends_no_heartbeat(database_url: str) -> None:
+    """An event committed a while ago and still without a position (its relay stuck) is
+    one the feed cannot vouch for: no heartbeat until it has been numbered and sent."""
+    db = Database(database_url)
+    await migrate.upgrade(db, USER.migrations, USER.name)
+    outbox = cast(Table, OutboxRow.__table__)
+    feed = Feed(OutboxReader(db, OutboxRow))
+    sent: list[Event | Heartbeat] = []
+
+    async def follow() -> None:
+        async for item in feed.events_and_heartbeats(0, 0.1):
+            sent.append(item)
+
+    task = asyncio.create_task(follow())
+    try:
+        await asyncio.sleep(0.5)
+        assert sent and set(sent) == {Heartbeat(head=0)}, "an empty feed beats"
+        async with db.write() as session:
+            await session.execute(
+                insert(outbox).values(
+                    event_id="evt_stuck",
+                    subject=USER_STATUS_CHANGED,
+                    payload=b"",
+                    headers={},
+                    create_time=utcnow() - timedelta(seconds=UNNUMBERED_GRACE + 1),
+                )
+            )
+        await asyncio.sleep(0.3)
+        sent.clear()
+        await asyncio.sleep(0.6)  # six intervals
+        assert sent == []
+        async with db.write() as session:
+            numbered = update(outbox).where(outbox.c.event_id == "evt_stuck")
+            await session.execute(numbered.values(position=1, publish_time=utcnow()))
+        feed.published.fire()
+        await eventually(lambda: Heartbeat(head=1) in sent, "beating again")
+        event = sent[0]
+        assert isinstance(event, Event) and event.event_id == "evt_stuck"
+        assert sent[1] == Heartbeat(head=1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await db.close()
+
+
+async def test_a_hung_user_service_is_not_trusted_though_its_connection_stays_up(
+    tmp_path: Path,
+) -> None:
+    """The user service's process stopped (SIGSTOP: its sockets stay open, nothing
+    answers): the follower stops trusting the replica within a few heartbeats, well
+    before a keepalive could tell; resumed, it is trusted again on the same stream."""
+    env = {"DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"}
+    async with service_process("user", env) as user:
+        admin, channel = tokens.admin_channel(user.address), tokens.service_channel(user.address)
+        replica_db = Database(f"sqlite+aiosqlite:///{tmp_path / 'order.db'}")
+        follower: FeedFollower | None = None
+        task: asyncio.Task[None] | None = None
+        try:
+            await migrate.upgrade(replica_db, ORDER.migrations, ORDER.name)
+            replica = UserStatuses(replica_db)
+            consumer = Consumer(
+                replica_db, "test", replica.handle, ProcessedEventRow, ConsumerPositionRow
+            )
+            await user_grpc.UserServiceStub(admin).CreateUser(
+                user_pb2.CreateUserRequest(email="hung@x.io", display_name="H")
+            )
+            stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
+            request = user_internal_pb2.StreamUserEventsRequest
+            follower = FeedFollower("user", opener(stub.StreamUserEvents, request, 0.3), consumer)
+            task = asyncio.create_task(follower.run())
+            await eventually(follower.following, "caught up")
+            await asyncio.sleep(1.0)  # three intervals and more: the heartbeats keep it
+            assert follower.following()
+            user.signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            await eventually(lambda: not follower.following(), "the silence noticed", within=5)
+            # Three missed heartbeats (0.9 s) plus one: not a keepalive (about 15 s).
+            assert time.monotonic() - stopped < 2.5
+            user.signal(signal.SIGCONT)
+            await eventually(follower.following, "trusted again", within=10)
+        finally:
+            user.signal(signal.SIGCONT)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await admin.close()
+            await channel.close()
+            await replica_db.close()

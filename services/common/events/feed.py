@@ -3,16 +3,28 @@ order over gRPC (`Feed`, `OutboxReader`, `feed_message`), and a consumer followi
 a stream from its stored position (`FeedFollower`, `event_of`). It carries the order
 service's events when no broker is configured, and the user service's always; the feed
 messages are each producer's Stream*EventsResponse (a sequence, headers, and the event in
-a oneof `event`)."""
+a oneof `event`; where the contract has them, a `heartbeat` field and a request's
+`heartbeat_interval`).
+
+Heartbeats bound how stale a follower may be: a feed asked for them sends one every
+interval while it has no event to send, carrying its head, and withholds them while an
+event committed more than UNNUMBERED_GRACE ago still has no position (its relay stuck).
+A follower that hears nothing for MISSED_HEARTBEATS intervals stops trusting what it
+follows, even while the connection stays up (a producer hung, or its relay stuck)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from sqlalchemy import Table, bindparam, func, select
 
@@ -20,6 +32,8 @@ from services.common.db import Database, loaded
 from services.common.events.consumer import Consumer
 from services.common.events.envelope import Event
 from services.common.events.outbox import Signal
+from services.common.times import as_utc, utcnow
+from shop.common.v1 import feed_pb2
 
 log = logging.getLogger("shop.feed")
 
@@ -32,6 +46,22 @@ UNKNOWN_SUBJECT = "unknown"
 # The header the feed opens with: the position of the last event published when it
 # opened. A follower that has applied up to it has caught up.
 HEAD = "x-feed-head"
+# The header a feed asked for heartbeats opens with too: their interval, in seconds.
+HEARTBEAT = "x-feed-heartbeat"
+# A feed withholds its heartbeats while an event committed longer ago than this still has
+# no position (the relay numbers a commit's events within milliseconds).
+UNNUMBERED_GRACE = 2.0
+# A follower that heard nothing from a feed sending heartbeats for this many intervals
+# stops trusting it.
+MISSED_HEARTBEATS = 3
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a feed sends in place of an event while it has none: its head then."""
+
+    head: int
+
 
 FeedMessage = TypeVar("FeedMessage", bound=Message)
 
@@ -67,6 +97,10 @@ class PublishedEvents(Protocol):
         """The position of the last event published (0: none yet)."""
         ...
 
+    async def oldest_unnumbered(self) -> datetime | None:
+        """When the oldest committed event still without a position was created."""
+        ...
+
 
 class OutboxReader:
     """Reads a service's published outbox rows (`model`: its OutboxMixin table)."""
@@ -82,6 +116,12 @@ class OutboxReader:
             .limit(bindparam("limit"))
         )
         self._head = select(func.coalesce(func.max(table.c.position), 0).label("head"))
+        self._oldest_unnumbered = (
+            select(table.c.create_time)
+            .where(table.c.position.is_(None))
+            .order_by(table.c.id)
+            .limit(1)
+        )
 
     async def published_after(self, position: int, limit: int) -> Sequence[Event]:
         rows = await self._db.read_all(self._page, {"position": position, "limit": limit})
@@ -90,6 +130,10 @@ class OutboxReader:
     async def head(self) -> int:
         row = await self._db.read_one(self._head, {})
         return int(row["head"]) if row is not None else 0
+
+    async def oldest_unnumbered(self) -> datetime | None:
+        row = await self._db.read_one(self._oldest_unnumbered, {})
+        return as_utc(row["create_time"]) if row is not None else None
 
 
 class Feed:
@@ -100,29 +144,59 @@ class Feed:
         self._outbox = outbox
         self.published = Signal()
 
-    async def open(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def open(
+        self, context: grpc.aio.ServicerContext[Any, Any], heartbeat: float | None = None
+    ) -> None:
         """Sends the stream's headers at once (a caught-up feed may have no event for a
-        long time), with the head a follower must reach to have caught up."""
-        await context.send_initial_metadata(((HEAD, str(await self._outbox.head())),))
+        long time), with the head a follower must reach to have caught up, and the
+        heartbeat interval when heartbeats were asked for."""
+        headers = [(HEAD, str(await self._outbox.head()))]
+        if heartbeat:
+            headers.append((HEARTBEAT, f"{heartbeat:g}"))
+        await context.send_initial_metadata(headers)
 
     async def on_published(self) -> None:
         """The relay's hook: wakes every follower."""
         self.published.fire()
 
-    async def events(self, after: int) -> AsyncGenerator[Event, None]:
+    def events(self, after: int) -> AsyncGenerator[Event, None]:
         """Every published event after position `after`, then each new one, for ever."""
+        return cast(AsyncGenerator[Event, None], self.events_and_heartbeats(after, None))
+
+    async def events_and_heartbeats(
+        self, after: int, heartbeat: float | None
+    ) -> AsyncGenerator[Event | Heartbeat, None]:
+        """`events(after)`, and a Heartbeat every `heartbeat` seconds while there is no
+        event to send, unless publishing has fallen behind (UNNUMBERED_GRACE)."""
         last = after
+        beat_at = time.monotonic() + heartbeat if heartbeat else math.inf
         while True:
             events = await self._outbox.published_after(last, FEED_BATCH)
             for event in events:
                 yield event
                 last = event.sequence or last
-            if len(events) < FEED_BATCH:
-                await self.published.wait(IDLE_POLL)
+            if len(events) == FEED_BATCH:
+                continue
+            if heartbeat and time.monotonic() >= beat_at:
+                beat_at = time.monotonic() + heartbeat
+                beat = await self._heartbeat()
+                if beat is not None:
+                    yield beat
+            await self.published.wait(min(IDLE_POLL, max(0.0, beat_at - time.monotonic())))
+
+    async def _heartbeat(self) -> Heartbeat | None:
+        """The head now; None while an event committed a while ago has no position yet
+        (the relay stuck): a heartbeat then would vouch for events the feed lacks."""
+        oldest = await self._outbox.oldest_unnumbered()
+        if oldest is not None and (utcnow() - oldest).total_seconds() > UNNUMBERED_GRACE:
+            return None
+        return Heartbeat(await self._outbox.head())
 
 
-def feed_message(message_type: type[FeedMessage], event: Event) -> FeedMessage:
-    """An outbox event as the embedded feed streams it."""
+def feed_message(message_type: type[FeedMessage], event: Event | Heartbeat) -> FeedMessage:
+    """An outbox event (or a heartbeat) as the embedded feed streams it."""
+    if isinstance(event, Heartbeat):
+        return message_type(heartbeat=feed_pb2.FeedHeartbeat(head=event.head))
     response = message_type(sequence=event.sequence, headers=dict(event.headers))
     getattr(response, event.subject.replace(".", "_")).ParseFromString(event.payload)
     return response
@@ -151,13 +225,28 @@ def event_of(response: Any) -> Event:
     )
 
 
+def heartbeat_interval(request: Any) -> float | None:
+    """The heartbeat interval a Stream*Events request asked for, in seconds (None: none)."""
+    if not request.HasField("heartbeat_interval"):
+        return None
+    return float(request.heartbeat_interval.ToNanoseconds()) / 1e9
+
+
 def opener(
-    method: Callable[..., grpc.aio.UnaryStreamCall[Any, Any]], request_type: type[Message]
+    method: Callable[..., grpc.aio.UnaryStreamCall[Any, Any]],
+    request_type: type[Message],
+    heartbeat: float | None = None,
 ) -> Callable[[int], grpc.aio.UnaryStreamCall[Any, Any]]:
-    """How a FeedFollower opens a producer's Stream*Events method after a position."""
+    """How a FeedFollower opens a producer's Stream*Events method after a position
+    (asking for a heartbeat every `heartbeat` seconds, where the contract has them)."""
+    fields: dict[str, Any] = {}
+    if heartbeat:
+        fields["heartbeat_interval"] = Duration(
+            seconds=int(heartbeat), nanos=round((heartbeat % 1) * 1e9)
+        )
 
     def open_after(after: int) -> grpc.aio.UnaryStreamCall[Any, Any]:
-        return method(request_type(after_sequence=after), wait_for_ready=True)
+        return method(request_type(after_sequence=after, **fields), wait_for_ready=True)
 
     return open_after
 
@@ -170,8 +259,11 @@ class FeedFollower:
     position is stored with each applied event, nothing is skipped or applied twice (unless
     the producer's outbox goes back behind the stored position: then it is never trusted).
     `following()` is True while the stream is open and the consumer has caught up with
-    the head it opened with: what the consumer knows is then as fresh as the feed (a
-    producer gone silently is noticed by the channel's keepalive, within about 15 s).
+    the head it opened with (or, later, the head of the last heartbeat): what the consumer
+    knows is then as fresh as the feed. A feed that sends heartbeats (its x-feed-heartbeat
+    header) is trusted only while it is heard from, at least every MISSED_HEARTBEATS
+    intervals; one that sends none (an older producer) until the channel's keepalive
+    notices it gone (about 15 s) and not at all while it hangs with its connection up.
     """
 
     def __init__(
@@ -184,9 +276,11 @@ class FeedFollower:
         self._stream = stream
         self._consumer = consumer
         self._caught_up = False
+        # Until when (time.monotonic()) the feed is trusted without hearing from it again.
+        self._heard_until = math.inf
 
     def following(self) -> bool:
-        return self._caught_up
+        return self._caught_up and time.monotonic() < self._heard_until
 
     async def run(self) -> None:
         backoff = 0.1
@@ -195,23 +289,29 @@ class FeedFollower:
             try:
                 position = await self._consumer.position()
                 call = self._stream(position)
+                metadata = await call.initial_metadata()
                 # None: a producer that sends no head (older, or refusing the call).
-                head = _head(await call.initial_metadata())
+                head = _head(metadata)
                 if head is not None:
                     backoff = 0.1
+                beats = _interval(metadata)
+                silence = MISSED_HEARTBEATS * beats if beats else math.inf
+                self._heard_until = time.monotonic() + silence
                 # Past the head: the producer's outbox went back (restored, recreated), and
                 # its events between the head and this position would never come. Never
                 # trusted; recovering (resetting the position) is an operator's decision.
-                behind_us = head is not None and position > head
-                if behind_us:
-                    log.error(
-                        "event feed is behind this consumer's position; not trusted",
-                        extra={"feed": self._name, "position": position, "head": head},
-                    )
+                behind_us = head is not None and self._behind(position, head)
                 self._caught_up = head is not None and position == head
                 async for response in call:
+                    self._heard_until = time.monotonic() + silence
+                    if beats and response.HasField("heartbeat"):
+                        head = response.heartbeat.head
+                        behind_us = behind_us or self._behind(position, head)
+                        self._caught_up = not behind_us and position >= head
+                        continue
                     await self._consumer.apply(event_of(response), position=response.sequence)
-                    if head is not None and not behind_us and response.sequence >= head:
+                    position = response.sequence
+                    if head is not None and not behind_us and position >= head:
                         self._caught_up = True
             except grpc.aio.AioRpcError as error:
                 log.warning(
@@ -234,12 +334,34 @@ class FeedFollower:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    def _behind(self, position: int, head: int) -> bool:
+        if position <= head:
+            return False
+        log.error(
+            "event feed is behind this consumer's position; not trusted",
+            extra={"feed": self._name, "position": position, "head": head},
+        )
+        return True
+
+
+def _header(metadata: Any, name: str) -> str | None:
+    for key, value in metadata or ():
+        if key == name:
+            return str(value)
+    return None
+
 
 def _head(metadata: Any) -> int | None:
-    for key, value in metadata or ():
-        if key == HEAD:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    try:
+        return int(_header(metadata, HEAD) or "")
+    except ValueError:
+        return None
+
+
+def _interval(metadata: Any) -> float | None:
+    """The heartbeat interval the feed announced, in seconds (None: it sends none)."""
+    try:
+        seconds = float(_header(metadata, HEARTBEAT) or "")
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None

@@ -51,9 +51,11 @@ class UserInternalService(Protocol):
     def stream_user_events(self, request: StreamUserEventsRequest, ctx: RequestContext[StreamUserEventsRequest, StreamUserEventsResponse], /) -> AsyncIterator[StreamUserEventsResponse]:
         """
         Streams the user service's outbox from after_sequence on, in order, then
-        every new event as it is committed (the embedded event feed: followed when
-        no broker is configured). A consumer stores the last sequence it processed
-        and resumes from it.
+        every new event as it is published (the user service's own feed, followed
+        whatever the broker). A consumer stores the last sequence it processed and
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -169,9 +171,11 @@ class UserInternalServiceClient(ConnectClient):
     ) -> AsyncIterator[StreamUserEventsResponse]:
         """
         Streams the user service's outbox from after_sequence on, in order, then
-        every new event as it is committed (the embedded event feed: followed when
-        no broker is configured). A consumer stores the last sequence it processed
-        and resumes from it.
+        every new event as it is published (the user service's own feed, followed
+        whatever the broker). A consumer stores the last sequence it processed and
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         return self.execute_server_stream(
             request=request,
@@ -201,9 +205,11 @@ class UserInternalServiceSync(Protocol):
     def stream_user_events(self, request: StreamUserEventsRequest, ctx: RequestContext[StreamUserEventsRequest, StreamUserEventsResponse], /) -> Iterator[StreamUserEventsResponse]:
         """
         Streams the user service's outbox from after_sequence on, in order, then
-        every new event as it is committed (the embedded event feed: followed when
-        no broker is configured). A consumer stores the last sequence it processed
-        and resumes from it.
+        every new event as it is published (the user service's own feed, followed
+        whatever the broker). A consumer stores the last sequence it processed and
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -317,9 +323,11 @@ class UserInternalServiceClientSync(ConnectClientSync):
     ) -> Iterator[StreamUserEventsResponse]:
         """
         Streams the user service's outbox from after_sequence on, in order, then
-        every new event as it is committed (the embedded event feed: followed when
-        no broker is configured). A consumer stores the last sequence it processed
-        and resumes from it.
+        every new event as it is published (the user service's own feed, followed
+        whatever the broker). A consumer stores the last sequence it processed and
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         return self.execute_server_stream(
             request=request,

@@ -23,12 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
+from shop.common.v1 import feed_pb2 as shop_dot_common_dot_v1_dot_feed__pb2
 from shop.user.v1 import events_pb2 as shop_dot_user_dot_v1_dot_events__pb2
 from shop.user.v1 import user_pb2 as shop_dot_user_dot_v1_dot_user__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n shop/user/v1/user_internal.proto\x12\x0cshop.user.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1bshop/common/v1/access.proto\x1a\x19shop/user/v1/events.proto\x1a\x17shop/user/v1/user.proto\"1\n\x13ValidateUserRequest\x12\x1a\n\x07user_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\"8\n\x14ValidateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\":\n\x17StreamUserEventsRequest\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"\xeb\x01\n\x18StreamUserEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x44\n\x07headers\x18\x02 \x03(\x0b\x32\x33.shop.user.v1.StreamUserEventsResponse.HeadersEntry\x12>\n\x13user_status_changed\x18\x03 \x01(\x0b\x32\x1f.shop.user.v1.UserStatusChangedH\x00\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05\x65vent2\xe3\x01\n\x13UserInternalService\x12^\n\x0cValidateUser\x12!.shop.user.v1.ValidateUserRequest\x1a\".shop.user.v1.ValidateUserResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x12l\n\x10StreamUserEvents\x12%.shop.user.v1.StreamUserEventsRequest\x1a&.shop.user.v1.StreamUserEventsResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n shop/user/v1/user_internal.proto\x12\x0cshop.user.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bshop/common/v1/access.proto\x1a\x19shop/common/v1/feed.proto\x1a\x19shop/user/v1/events.proto\x1a\x17shop/user/v1/user.proto\"1\n\x13ValidateUserRequest\x12\x1a\n\x07user_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\"8\n\x14ValidateUserResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.shop.user.v1.User\"\x84\x01\n\x17StreamUserEventsRequest\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12H\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x11\xbaH\x0e\xaa\x01\x0b\"\x02\x08<2\x05\x10\x80\xc2\xd7/\"\x9d\x02\n\x18StreamUserEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x44\n\x07headers\x18\x02 \x03(\x0b\x32\x33.shop.user.v1.StreamUserEventsResponse.HeadersEntry\x12>\n\x13user_status_changed\x18\x03 \x01(\x0b\x32\x1f.shop.user.v1.UserStatusChangedH\x00\x12\x30\n\theartbeat\x18\x04 \x01(\x0b\x32\x1d.shop.common.v1.FeedHeartbeat\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05\x65vent2\xe3\x01\n\x13UserInternalService\x12^\n\x0cValidateUser\x12!.shop.user.v1.ValidateUserRequest\x1a\".shop.user.v1.ValidateUserResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x12l\n\x10StreamUserEvents\x12%.shop.user.v1.StreamUserEventsRequest\x1a&.shop.user.v1.StreamUserEventsResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,22 +41,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALIDATEUSERREQUEST'].fields_by_name['user_id']._serialized_options = b'\272H\006r\004\020\001\030@'
   _globals['_STREAMUSEREVENTSREQUEST'].fields_by_name['after_sequence']._loaded_options = None
   _globals['_STREAMUSEREVENTSREQUEST'].fields_by_name['after_sequence']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_STREAMUSEREVENTSREQUEST'].fields_by_name['heartbeat_interval']._loaded_options = None
+  _globals['_STREAMUSEREVENTSREQUEST'].fields_by_name['heartbeat_interval']._serialized_options = b'\272H\016\252\001\013\"\002\010<2\005\020\200\302\327/'
   _globals['_STREAMUSEREVENTSRESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_STREAMUSEREVENTSRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_USERINTERNALSERVICE'].methods_by_name['ValidateUser']._loaded_options = None
   _globals['_USERINTERNALSERVICE'].methods_by_name['ValidateUser']._serialized_options = b'\220\002\001\260\341\030\004'
   _globals['_USERINTERNALSERVICE'].methods_by_name['StreamUserEvents']._loaded_options = None
   _globals['_USERINTERNALSERVICE'].methods_by_name['StreamUserEvents']._serialized_options = b'\220\002\001\260\341\030\004'
-  _globals['_VALIDATEUSERREQUEST']._serialized_start=160
-  _globals['_VALIDATEUSERREQUEST']._serialized_end=209
-  _globals['_VALIDATEUSERRESPONSE']._serialized_start=211
-  _globals['_VALIDATEUSERRESPONSE']._serialized_end=267
-  _globals['_STREAMUSEREVENTSREQUEST']._serialized_start=269
-  _globals['_STREAMUSEREVENTSREQUEST']._serialized_end=327
-  _globals['_STREAMUSEREVENTSRESPONSE']._serialized_start=330
-  _globals['_STREAMUSEREVENTSRESPONSE']._serialized_end=565
-  _globals['_STREAMUSEREVENTSRESPONSE_HEADERSENTRY']._serialized_start=510
-  _globals['_STREAMUSEREVENTSRESPONSE_HEADERSENTRY']._serialized_end=556
-  _globals['_USERINTERNALSERVICE']._serialized_start=568
-  _globals['_USERINTERNALSERVICE']._serialized_end=795
+  _globals['_VALIDATEUSERREQUEST']._serialized_start=219
+  _globals['_VALIDATEUSERREQUEST']._serialized_end=268
+  _globals['_VALIDATEUSERRESPONSE']._serialized_start=270
+  _globals['_VALIDATEUSERRESPONSE']._serialized_end=326
+  _globals['_STREAMUSEREVENTSREQUEST']._serialized_start=329
+  _globals['_STREAMUSEREVENTSREQUEST']._serialized_end=461
+  _globals['_STREAMUSEREVENTSRESPONSE']._serialized_start=464
+  _globals['_STREAMUSEREVENTSRESPONSE']._serialized_end=749
+  _globals['_STREAMUSEREVENTSRESPONSE_HEADERSENTRY']._serialized_start=694
+  _globals['_STREAMUSEREVENTSRESPONSE_HEADERSENTRY']._serialized_end=740
+  _globals['_USERINTERNALSERVICE']._serialized_start=752
+  _globals['_USERINTERNALSERVICE']._serialized_end=979
 # @@protoc_insertion_point(module_scope)

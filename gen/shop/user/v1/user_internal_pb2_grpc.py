@@ -61,9 +61,11 @@ class UserInternalServiceServicer:
 
     def StreamUserEvents(self, request, context):
         """Streams the user service's outbox from after_sequence on, in order, then
-        every new event as it is committed (the embedded event feed: followed when
-        no broker is configured). A consumer stores the last sequence it processed
-        and resumes from it.
+        every new event as it is published (the user service's own feed, followed
+        whatever the broker). A consumer stores the last sequence it processed and
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,9 +39,11 @@ class UserInternalServiceStub:
     """
     StreamUserEvents: _grpc.UnaryStreamMultiCallable[_user_internal_pb2.StreamUserEventsRequest, _user_internal_pb2.StreamUserEventsResponse]
     """Streams the user service's outbox from after_sequence on, in order, then
-    every new event as it is committed (the embedded event feed: followed when
-    no broker is configured). A consumer stores the last sequence it processed
-    and resumes from it.
+    every new event as it is published (the user service's own feed, followed
+    whatever the broker). A consumer stores the last sequence it processed and
+    resumes from it. The stream opens at once with the header x-feed-head (the
+    position of the last event published), and, when heartbeats were asked
+    for, x-feed-heartbeat (their interval in seconds).
     """
 
 @_typing.type_check_only
@@ -55,9 +57,11 @@ class UserInternalServiceAsyncStub(UserInternalServiceStub):
     """
     StreamUserEvents: _aio.UnaryStreamMultiCallable[_user_internal_pb2.StreamUserEventsRequest, _user_internal_pb2.StreamUserEventsResponse]  # type: ignore[assignment]
     """Streams the user service's outbox from after_sequence on, in order, then
-    every new event as it is committed (the embedded event feed: followed when
-    no broker is configured). A consumer stores the last sequence it processed
-    and resumes from it.
+    every new event as it is published (the user service's own feed, followed
+    whatever the broker). A consumer stores the last sequence it processed and
+    resumes from it. The stream opens at once with the header x-feed-head (the
+    position of the last event published), and, when heartbeats were asked
+    for, x-feed-heartbeat (their interval in seconds).
     """
 
 class UserInternalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -80,9 +84,11 @@ class UserInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_user_internal_pb2.StreamUserEventsResponse], _abc.AsyncIterator[_user_internal_pb2.StreamUserEventsResponse]]:
         """Streams the user service's outbox from after_sequence on, in order, then
-        every new event as it is committed (the embedded event feed: followed when
-        no broker is configured). A consumer stores the last sequence it processed
-        and resumes from it.
+        every new event as it is published (the user service's own feed, followed
+        whatever the broker). A consumer stores the last sequence it processed and
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
 
 def add_UserInternalServiceServicer_to_server(servicer: UserInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

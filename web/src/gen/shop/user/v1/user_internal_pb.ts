@@ -5,7 +5,11 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import { file_shop_common_v1_access } from "../../common/v1/access_pb";
+import type { FeedHeartbeat } from "../../common/v1/feed_pb";
+import { file_shop_common_v1_feed } from "../../common/v1/feed_pb";
 import type { UserStatusChanged } from "./events_pb";
 import { file_shop_user_v1_events } from "./events_pb";
 import type { User } from "./user_pb";
@@ -16,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/user/v1/user_internal.proto.
  */
 export const file_shop_user_v1_user_internal: GenFile = /*@__PURE__*/
-  fileDesc("CiBzaG9wL3VzZXIvdjEvdXNlcl9pbnRlcm5hbC5wcm90bxIMc2hvcC51c2VyLnYxIjEKE1ZhbGlkYXRlVXNlclJlcXVlc3QSGgoHdXNlcl9pZBgBIAEoCUIJukgGcgQQARhAIjgKFFZhbGlkYXRlVXNlclJlc3BvbnNlEiAKBHVzZXIYASABKAsyEi5zaG9wLnVzZXIudjEuVXNlciI6ChdTdHJlYW1Vc2VyRXZlbnRzUmVxdWVzdBIfCg5hZnRlcl9zZXF1ZW5jZRgBIAEoA0IHukgEIgIoACLrAQoYU3RyZWFtVXNlckV2ZW50c1Jlc3BvbnNlEhAKCHNlcXVlbmNlGAEgASgDEkQKB2hlYWRlcnMYAiADKAsyMy5zaG9wLnVzZXIudjEuU3RyZWFtVXNlckV2ZW50c1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRI+ChN1c2VyX3N0YXR1c19jaGFuZ2VkGAMgASgLMh8uc2hvcC51c2VyLnYxLlVzZXJTdGF0dXNDaGFuZ2VkSAAaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCBwoFZXZlbnQy4wEKE1VzZXJJbnRlcm5hbFNlcnZpY2USXgoMVmFsaWRhdGVVc2VyEiEuc2hvcC51c2VyLnYxLlZhbGlkYXRlVXNlclJlcXVlc3QaIi5zaG9wLnVzZXIudjEuVmFsaWRhdGVVc2VyUmVzcG9uc2UiB5ACAbDhGAQSbAoQU3RyZWFtVXNlckV2ZW50cxIlLnNob3AudXNlci52MS5TdHJlYW1Vc2VyRXZlbnRzUmVxdWVzdBomLnNob3AudXNlci52MS5TdHJlYW1Vc2VyRXZlbnRzUmVzcG9uc2UiB5ACAbDhGAQwAWIGcHJvdG8z", [file_buf_validate_validate, file_shop_common_v1_access, file_shop_user_v1_events, file_shop_user_v1_user]);
+  fileDesc("CiBzaG9wL3VzZXIvdjEvdXNlcl9pbnRlcm5hbC5wcm90bxIMc2hvcC51c2VyLnYxIjEKE1ZhbGlkYXRlVXNlclJlcXVlc3QSGgoHdXNlcl9pZBgBIAEoCUIJukgGcgQQARhAIjgKFFZhbGlkYXRlVXNlclJlc3BvbnNlEiAKBHVzZXIYASABKAsyEi5zaG9wLnVzZXIudjEuVXNlciKEAQoXU3RyZWFtVXNlckV2ZW50c1JlcXVlc3QSHwoOYWZ0ZXJfc2VxdWVuY2UYASABKANCB7pIBCICKAASSAoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhG6SA6qAQsiAgg8MgUQgMLXLyKdAgoYU3RyZWFtVXNlckV2ZW50c1Jlc3BvbnNlEhAKCHNlcXVlbmNlGAEgASgDEkQKB2hlYWRlcnMYAiADKAsyMy5zaG9wLnVzZXIudjEuU3RyZWFtVXNlckV2ZW50c1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRI+ChN1c2VyX3N0YXR1c19jaGFuZ2VkGAMgASgLMh8uc2hvcC51c2VyLnYxLlVzZXJTdGF0dXNDaGFuZ2VkSAASMAoJaGVhcnRiZWF0GAQgASgLMh0uc2hvcC5jb21tb24udjEuRmVlZEhlYXJ0YmVhdBouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVldmVudDLjAQoTVXNlckludGVybmFsU2VydmljZRJeCgxWYWxpZGF0ZVVzZXISIS5zaG9wLnVzZXIudjEuVmFsaWRhdGVVc2VyUmVxdWVzdBoiLnNob3AudXNlci52MS5WYWxpZGF0ZVVzZXJSZXNwb25zZSIHkAIBsOEYBBJsChBTdHJlYW1Vc2VyRXZlbnRzEiUuc2hvcC51c2VyLnYxLlN0cmVhbVVzZXJFdmVudHNSZXF1ZXN0GiYuc2hvcC51c2VyLnYxLlN0cmVhbVVzZXJFdmVudHNSZXNwb25zZSIHkAIBsOEYBDABYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_shop_common_v1_access, file_shop_common_v1_feed, file_shop_user_v1_events, file_shop_user_v1_user]);
 
 /**
  * Which user to check.
@@ -72,6 +76,16 @@ export type StreamUserEventsRequest = Message<"shop.user.v1.StreamUserEventsRequ
    * @generated from field: int64 after_sequence = 1;
    */
   afterSequence: bigint;
+
+  /**
+   * How often to send a heartbeat while there is no event to send, from 0.1 s
+   * to 60 s; unset: no heartbeats. A consumer that hears nothing for a few
+   * intervals knows the producer is gone or stuck, even while the connection
+   * stays up.
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_interval = 2;
+   */
+  heartbeatInterval?: Duration | undefined;
 };
 
 /**
@@ -82,13 +96,14 @@ export const StreamUserEventsRequestSchema: GenMessage<StreamUserEventsRequest> 
   messageDesc(file_shop_user_v1_user_internal, 2);
 
 /**
- * One outbox event with its position in the feed.
+ * One outbox event with its position in the feed, or a heartbeat.
  *
  * @generated from message shop.user.v1.StreamUserEventsResponse
  */
 export type StreamUserEventsResponse = Message<"shop.user.v1.StreamUserEventsResponse"> & {
   /**
-   * Strictly increasing position in the user service's outbox.
+   * Strictly increasing position in the user service's outbox (0 on a
+   * heartbeat).
    *
    * @generated from field: int64 sequence = 1;
    */
@@ -114,6 +129,14 @@ export type StreamUserEventsResponse = Message<"shop.user.v1.StreamUserEventsRes
     value: UserStatusChanged;
     case: "userStatusChanged";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Set on a heartbeat only (then no event is set): sent when asked for, every
+   * heartbeat_interval while there is no event to send.
+   *
+   * @generated from field: shop.common.v1.FeedHeartbeat heartbeat = 4;
+   */
+  heartbeat?: FeedHeartbeat | undefined;
 };
 
 /**
@@ -142,9 +165,11 @@ export const UserInternalService: GenService<{
   },
   /**
    * Streams the user service's outbox from after_sequence on, in order, then
-   * every new event as it is committed (the embedded event feed: followed when
-   * no broker is configured). A consumer stores the last sequence it processed
-   * and resumes from it.
+   * every new event as it is published (the user service's own feed, followed
+   * whatever the broker). A consumer stores the last sequence it processed and
+   * resumes from it. The stream opens at once with the header x-feed-head (the
+   * position of the last event published), and, when heartbeats were asked
+   * for, x-feed-heartbeat (their interval in seconds).
    *
    * @generated from rpc shop.user.v1.UserInternalService.StreamUserEvents
    */
