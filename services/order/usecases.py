@@ -289,7 +289,10 @@ class Orders:
             try:
                 await self._repository.claim(order)
             except KeyTaken:
-                continue  # a concurrent attempt claimed the key first: look again
+                claimed = await self._repository.by_key(key)
+                if claimed is None or claimed.id != order.id:
+                    continue  # a concurrent attempt claimed the key first: look again
+                # This claim's own row: its first send committed, the answer was lost.
             break
         # Whether stock may be held when the attempt fails, so undoing it releases it (a
         # refused reservation took nothing: releasing it would leave a tombstone behind;

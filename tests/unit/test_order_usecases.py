@@ -31,6 +31,7 @@ from services.order.models import (
     PAYMENT_VOIDING,
     PENDING,
     PLACED,
+    KeyTaken,
     Line,
     OrderRow,
     PricedProduct,
@@ -110,6 +111,27 @@ async def test_a_retry_during_the_attempt_waits_for_it_and_gets_its_order() -> N
 
     placed, retried = await asyncio.gather(first, retry)
     assert retried.id == placed.id and retried.status == PLACED
+    assert shop.peers.stock[mug] == 7 and len(shop.peers.reservations) == 1
+
+
+class LostClaimAnswer(InMemoryOrders):
+    """A claim that commits, then answers KeyTaken: what a claim sent again after a lost
+    connection meets when its first send had committed (Database.write_one resends)."""
+
+    async def claim(self, order: OrderRow) -> None:
+        await super().claim(order)
+        raise KeyTaken(order.idempotency_key)
+
+
+async def test_a_claim_whose_first_send_committed_goes_on_with_its_own_row() -> None:
+    shop = Shop(repository=LostClaimAnswer())
+    orders = shop.orders()
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=10)
+    async with asyncio.timeout(2):  # not waiting on itself as on another attempt
+        order = await orders.create(user, lines({mug: 3}), "k")
+    assert order.status == PLACED
+    assert [row.id for row in shop.repository.rows.values()] == [order.id]
     assert shop.peers.stock[mug] == 7 and len(shop.peers.reservations) == 1
 
 
