@@ -52,6 +52,12 @@ def _pids() -> list[int]:
 def descendants_cpu() -> float:
     """CPU seconds of this process's descendants still running (the mesh's processes,
     between two load runs: a load tool that has exited is not among them)."""
+    return sum(descendants_cpu_by_name().values())
+
+
+def descendants_cpu_by_name() -> dict[str, float]:
+    """`descendants_cpu()` by process name: the module a process runs (`order` for
+    `python -m services.order`, `gateway`), replicas of one summed."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for pid in _pids():
@@ -62,7 +68,22 @@ def descendants_cpu() -> float:
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
         mine |= frontier
-    return sum(cpu[pid] for pid in mine)
+    by_name: dict[str, float] = {}
+    for pid in mine:
+        name = _name(pid)
+        by_name[name] = by_name.get(name, 0.0) + cpu[pid]
+    return by_name
+
+
+def _name(pid: int) -> str:
+    """What a process runs: the last part of its `-m` module, else its program's name."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
+    return Path(argv[0]).name or "?"
 
 
 class Watch:

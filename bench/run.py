@@ -415,17 +415,21 @@ async def measure_mode(
         turns, share = settings.turns, float(math.ceil(settings.seconds / settings.turns))
         for level in LEVELS:
             runs: dict[str, list[Figures]] = {s.name: [] for s in per_level}
-            order_cpu = 0.0  # the mesh's CPU seconds while CreateOrder ran
+            order_cpu: dict[str, float] = {}  # CPU seconds by process while CreateOrder ran
             for turn in range(turns):
                 ordered = per_level if turn % 2 == 0 else per_level[::-1]
                 for scenario in ordered:
                     say(f"{mode.name} turn {turn + 1}/{turns}: {scenario.title}, {level} in flight")
-                    before = cpu.descendants_cpu()
+                    before = cpu.descendants_cpu_by_name()
                     runs[scenario.name].append(
                         await scenario.run(target, scenario.title, level, share)
                     )
                     if scenario.name == "create-order":
-                        order_cpu += cpu.descendants_cpu() - before
+                        after = cpu.descendants_cpu_by_name()
+                        for name, seconds in after.items():
+                            order_cpu[name] = (
+                                order_cpu.get(name, 0.0) + seconds - before.get(name, 0)
+                            )
             for scenario in per_level:
                 section.measured[(scenario.name, level)] = in_turns(runs[scenario.name])
             if orders := runs.get("create-order"):
@@ -443,14 +447,24 @@ async def measure_mode(
     return sections
 
 
-def cpu_per_order(seconds: float, orders: int, level: int, postgres: bool) -> str:
-    """The CPU an order took across the mesh's processes: a figure that does not swing
-    with what else the machine runs, as throughput does."""
-    per_order = seconds / orders * 1000 if orders else float("nan")
+def cpu_per_order(by_process: dict[str, float], orders: int, level: int, postgres: bool) -> str:
+    """The CPU an order took across the mesh's processes, and in each (where to look
+    first): a figure that does not swing with what else the machine runs, as throughput
+    does."""
+
+    def per_order(seconds: float) -> float:
+        return seconds / orders * 1000 if orders else float("nan")
+
     also = " (PostgreSQL's own work not counted)" if postgres else ""
+    shares = ", ".join(
+        f"{name} {per_order(seconds):.2f}"
+        for name, seconds in sorted(by_process.items(), key=lambda item: -item[1])
+        if per_order(seconds) >= 0.01
+    )
     return (
-        f"CPU per order at {level} in flight: {per_order:.1f} ms across the mesh's "
-        f"processes{also}, {orders} orders (their /proc times around the CreateOrder runs)."
+        f"CPU per order at {level} in flight: {per_order(sum(by_process.values())):.1f} ms "
+        f"across the mesh's processes{also} ({shares}), {orders} orders (their /proc times "
+        "around the CreateOrder runs)."
     )
 
 
