@@ -186,7 +186,9 @@ class SqlOrderRepository:
     async def claim(self, order: OrderRow) -> None:
         # One statement: on PostgreSQL in autocommit, one round trip instead of three. Sent
         # again if the connection dropped, so a KeyTaken may be this claim's own first send
-        # (the caller reads the key back: services/order/usecases.py).
+        # (the caller reads the key back: services/order/usecases.py). If the second send
+        # loses its answer too, the caller gets the error and a row that did commit waits
+        # for the sweeper, as a lost COMMIT's did before.
         try:
             await self._db.write_one(INSERT_ORDER, _values(order, ORDER_COLUMNS))
         except IntegrityError:

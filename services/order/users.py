@@ -5,7 +5,7 @@ users' statuses, kept in this service's database from the user service's events
 
 The replica only ever spares the question: a user it knows as active, while it is kept
 up (the feed is open, heard from within the last MISSED_HEARTBEATS heartbeats, and this
-service has applied it up to the head it opened with or last heard), is not asked about;
+service has applied it up to the head of its last heartbeat), is not asked about;
 a user it does not know or knows as inactive, and every user while the replica is not
 kept up, is asked of the user service as before, whose answer (and error) is the
 authoritative one. A user deactivated is therefore refused once the event has been

@@ -29,8 +29,9 @@ class OrderParts:
     # Publishes the outbox (to NATS when BROKER_URL is set) and stamps feed positions.
     relay: Relay
     feed: Feed
-    # Whether the replica of users' statuses is kept up right now (its events followed).
-    users_followed: Callable[[], bool]
+    # Follows the user service's feed into the replica of users' statuses; its
+    # following() says whether the replica is kept up right now.
+    user_feed: FeedFollower
 
 
 async def wire(platform: Platform) -> Wired[OrderParts]:
@@ -75,7 +76,7 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
     )
     relay.export(platform.metrics)
     return Wired(
-        parts=OrderParts(orders=orders, relay=relay, feed=feed, users_followed=follower.following),
+        parts=OrderParts(orders=orders, relay=relay, feed=feed, user_feed=follower),
         servicers=[
             Servicer(
                 order_pb2.DESCRIPTOR.services_by_name["OrderService"],

@@ -13,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from services.common.times import utcnow
+from services.order import users
 from shop.notification.v1 import notification_pb2
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2
 from tests.conftest import require
@@ -229,14 +230,15 @@ async def test_without_the_user_service_the_replica_answers_for_no_one(mesh: Mes
     user = await mesh.user()
     await mesh.replica_holds(user.id, True)
     order = mesh.services["order"].parts
-    assert order.users_followed()
+    assert order.user_feed.following()
+    assert order.user_feed.heartbeats == users.HEARTBEAT  # asked for, and sent
     await mesh.stop("user")
-    await eventually(lambda: not order.users_followed(), "the feed seen gone")
+    await eventually(lambda: not order.user_feed.following(), "the feed seen gone")
     request = mesh.order_request(user.id, {mug.id: 1}, "user-service-away")
     await fails(mesh.orders.CreateOrder(request), grpc.StatusCode.UNAVAILABLE)
     assert await mesh.stock_of(mug.id) == [5]
     await mesh.start("user")
-    await eventually(order.users_followed, "the feed followed again", within=15)
+    await eventually(order.user_feed.following, "the feed followed again", within=15)
     asked = mesh.validations()
     await mesh.orders.CreateOrder(request)
     assert await mesh.stock_of(mug.id) == [4]

@@ -41,6 +41,7 @@ from services.order.users import USER_STATUS_CHANGED, UserCheck, UserStatuses
 from services.order.wiring import SPEC as ORDER
 from services.user.models import OutboxRow
 from services.user.wiring import SPEC as USER
+from shop.common.v1 import feed_pb2
 from shop.user.v1 import events_pb2, user_internal_pb2, user_internal_pb2_grpc, user_pb2
 from shop.user.v1 import user_pb2_grpc as user_grpc
 from tests import tokens
@@ -477,7 +478,14 @@ async def test_a_hung_user_service_is_not_trusted_though_its_connection_stays_up
             )
             stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
             request = user_internal_pb2.StreamUserEventsRequest
-            follower = FeedFollower("user", opener(stub.StreamUserEvents, request, 0.3), consumer)
+            opens = opener(stub.StreamUserEvents, request, 0.3)
+            opened: list[int] = []
+
+            def counted(after: int) -> grpc.aio.UnaryStreamCall[Any, Any]:
+                opened.append(after)
+                return opens(after)
+
+            follower = FeedFollower("user", counted, consumer)
             task = asyncio.create_task(follower.run())
             await eventually(follower.following, "caught up")
             await asyncio.sleep(1.0)  # three intervals and more: the heartbeats keep it
@@ -489,6 +497,7 @@ async def test_a_hung_user_service_is_not_trusted_though_its_connection_stays_up
             assert time.monotonic() - stopped < 2.5
             user.signal(signal.SIGCONT)
             await eventually(follower.following, "trusted again", within=10)
+            assert len(opened) == 1  # the same stream: silence, not a cut
         finally:
             user.signal(signal.SIGCONT)
             if task is not None:
@@ -497,3 +506,96 @@ async def test_a_hung_user_service_is_not_trusted_though_its_connection_stays_up
             await admin.close()
             await channel.close()
             await replica_db.close()
+
+
+class ScriptedFeed(user_internal_pb2_grpc.UserInternalServiceServicer):
+    """A user feed whose every message the test sends (`send`), announcing heartbeats
+    every 0.2 s: the follower's side of the heartbeats, message by message."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[user_internal_pb2.StreamUserEventsResponse] = asyncio.Queue()
+        self.opened = 0
+
+    async def ValidateUser(
+        self, request: user_internal_pb2.ValidateUserRequest, context: Any
+    ) -> user_internal_pb2.ValidateUserResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+        raise AssertionError("unreachable")
+
+    async def StreamUserEvents(
+        self, request: user_internal_pb2.StreamUserEventsRequest, context: Any
+    ) -> Any:
+        self.opened += 1
+        await context.send_initial_metadata(((HEAD, "1"), (HEARTBEAT, "0.2")))
+        while True:
+            yield await self.messages.get()
+
+    def event(self, sequence: int, version: int) -> None:
+        changed = events_pb2.UserStatusChanged(
+            event_id=f"e{sequence}", user_id="usr_ann", active=True, version=version
+        )
+        self.messages.put_nowait(
+            user_internal_pb2.StreamUserEventsResponse(
+                sequence=sequence, user_status_changed=changed
+            )
+        )
+
+    def heartbeat(self, head: int) -> None:
+        self.messages.put_nowait(
+            user_internal_pb2.StreamUserEventsResponse(heartbeat=feed_pb2.FeedHeartbeat(head=head))
+        )
+
+
+async def test_a_feed_with_heartbeats_is_trusted_up_to_a_heartbeats_head_while_heard(
+    tmp_path: Path,
+) -> None:
+    """Not on the head it opened with (no relay check stands behind it); up to each
+    heartbeat's head; not after three intervals of silence, and then not on an event
+    either, until a new heartbeat."""
+    scripted = ScriptedFeed()
+    server = grpc.aio.server()
+    user_internal_pb2_grpc.add_UserInternalServiceServicer_to_server(scripted, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    replica_db = Database(f"sqlite+aiosqlite:///{tmp_path / 'order.db'}")
+    task: asyncio.Task[None] | None = None
+    try:
+        await migrate.upgrade(replica_db, ORDER.migrations, ORDER.name)
+        replica = UserStatuses(replica_db)
+        consumer = Consumer(
+            replica_db, "test", replica.handle, ProcessedEventRow, ConsumerPositionRow
+        )
+        stub = user_internal_pb2_grpc.UserInternalServiceStub(channel)
+        request = user_internal_pb2.StreamUserEventsRequest
+        follower = FeedFollower("user", opener(stub.StreamUserEvents, request, 0.2), consumer)
+        task = asyncio.create_task(follower.run())
+
+        async def position_is(expected: int) -> bool:
+            return await consumer.position() == expected
+
+        scripted.event(1, 1)
+        await eventually(lambda: position_is(1), "event 1 applied")
+        assert follower.heartbeats == 0.2
+        assert not follower.following(), "at the head it opened with, but no heartbeat yet"
+        scripted.heartbeat(1)
+        await eventually(follower.following, "trusted up to heartbeat 1")
+        scripted.heartbeat(2)
+        await eventually(lambda: not follower.following(), "heartbeat 2 is ahead of it")
+        scripted.event(2, 2)
+        await eventually(follower.following, "caught up with heartbeat 2")
+        await eventually(lambda: not follower.following(), "silent for three intervals")
+        scripted.event(3, 3)
+        await eventually(lambda: position_is(3), "event 3 applied")
+        await asyncio.sleep(0.1)
+        assert not follower.following(), "after a silence, an event alone is not enough"
+        scripted.heartbeat(3)
+        await eventually(follower.following, "trusted again on a new heartbeat")
+        assert scripted.opened == 1  # all on one stream
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await channel.close()
+        await server.stop(None)
+        await replica_db.close()

@@ -6,11 +6,15 @@ messages are each producer's Stream*EventsResponse (a sequence, headers, and the
 a oneof `event`; where the contract has them, a `heartbeat` field and a request's
 `heartbeat_interval`).
 
-Heartbeats bound how stale a follower may be: a feed asked for them sends one every
-interval while it has no event to send, carrying its head, and withholds them while an
-event committed more than UNNUMBERED_GRACE ago still has no position (its relay stuck).
-A follower that hears nothing for MISSED_HEARTBEATS intervals stops trusting what it
-follows, even while the connection stays up (a producer hung, or its relay stuck)."""
+Heartbeats bound how stale a follower may be: a feed asked for them sends one as soon as
+it has sent the events it had, then one every interval (each after the events it has),
+carrying its head, and withholds them while an event committed more than
+UNNUMBERED_GRACE ago still has no position (its relay stuck; the commit time is the
+writing replica's clock, so the user service's replicas need clocks kept in step, as NTP
+keeps them). A follower of such a feed trusts it only up to the head of a heartbeat, and
+not at all once it has heard nothing for MISSED_HEARTBEATS intervals, even while the
+connection stays up (a producer hung, or its relay stuck): after such a silence, only a
+new heartbeat trusts it again."""
 
 from __future__ import annotations
 
@@ -169,7 +173,8 @@ class Feed:
         """`events(after)`, and a Heartbeat every `heartbeat` seconds while there is no
         event to send, unless publishing has fallen behind (UNNUMBERED_GRACE)."""
         last = after
-        beat_at = time.monotonic() + heartbeat if heartbeat else math.inf
+        # The first heartbeat as soon as the events there were have been sent.
+        beat_at = time.monotonic() if heartbeat else math.inf
         while True:
             events = await self._outbox.published_after(last, FEED_BATCH)
             for event in events:
@@ -182,6 +187,8 @@ class Feed:
                 beat = await self._heartbeat()
                 if beat is not None:
                     yield beat
+                    if beat.head > last:
+                        continue  # published meanwhile: sent now, not after a wait
             await self.published.wait(min(IDLE_POLL, max(0.0, beat_at - time.monotonic())))
 
     async def _heartbeat(self) -> Heartbeat | None:
@@ -241,9 +248,9 @@ def opener(
     (asking for a heartbeat every `heartbeat` seconds, where the contract has them)."""
     fields: dict[str, Any] = {}
     if heartbeat:
-        fields["heartbeat_interval"] = Duration(
-            seconds=int(heartbeat), nanos=round((heartbeat % 1) * 1e9)
-        )
+        interval = Duration()
+        interval.FromNanoseconds(round(heartbeat * 1e9))
+        fields["heartbeat_interval"] = interval
 
     def open_after(after: int) -> grpc.aio.UnaryStreamCall[Any, Any]:
         return method(request_type(after_sequence=after, **fields), wait_for_ready=True)
@@ -259,11 +266,13 @@ class FeedFollower:
     position is stored with each applied event, nothing is skipped or applied twice (unless
     the producer's outbox goes back behind the stored position: then it is never trusted).
     `following()` is True while the stream is open and the consumer has caught up with
-    the head it opened with (or, later, the head of the last heartbeat): what the consumer
-    knows is then as fresh as the feed. A feed that sends heartbeats (its x-feed-heartbeat
-    header) is trusted only while it is heard from, at least every MISSED_HEARTBEATS
-    intervals; one that sends none (an older producer) until the channel's keepalive
-    notices it gone (about 15 s) and not at all while it hangs with its connection up.
+    the feed's head: what the consumer knows is then as fresh as the feed. A feed that
+    sends heartbeats (its x-feed-heartbeat header) is trusted up to the head of its last
+    heartbeat (not the head it opened with, which no relay check stands behind), only while
+    it is heard from at least every MISSED_HEARTBEATS intervals, and after a longer
+    silence only once a new heartbeat came. One that sends none (an older producer) is
+    trusted up to the head it opened with, until the channel's keepalive notices it gone
+    (about 15 s), and not at all while it hangs with its connection up.
     """
 
     def __init__(
@@ -278,6 +287,8 @@ class FeedFollower:
         self._caught_up = False
         # Until when (time.monotonic()) the feed is trusted without hearing from it again.
         self._heard_until = math.inf
+        # The heartbeat interval the current stream announced (None: it sends none).
+        self.heartbeats: float | None = None
 
     def following(self) -> bool:
         return self._caught_up and time.monotonic() < self._heard_until
@@ -294,17 +305,24 @@ class FeedFollower:
                 head = _head(metadata)
                 if head is not None:
                     backoff = 0.1
-                beats = _interval(metadata)
-                silence = MISSED_HEARTBEATS * beats if beats else math.inf
-                self._heard_until = time.monotonic() + silence
                 # Past the head: the producer's outbox went back (restored, recreated), and
                 # its events between the head and this position would never come. Never
                 # trusted; recovering (resetting the position) is an operator's decision.
                 behind_us = head is not None and self._behind(position, head)
-                self._caught_up = head is not None and position == head
+                self.heartbeats = _interval(metadata)
+                silence = MISSED_HEARTBEATS * self.heartbeats if self.heartbeats else math.inf
+                if self.heartbeats:
+                    head = None  # trusted up to a heartbeat's head only
+                self._heard_until = time.monotonic() + silence
+                self._caught_up = head is not None and position == head and not behind_us
                 async for response in call:
-                    self._heard_until = time.monotonic() + silence
-                    if beats and response.HasField("heartbeat"):
+                    now = time.monotonic()
+                    if now > self._heard_until:
+                        # Silent too long: what it held back may be on its way; only a new
+                        # heartbeat says how far the feed goes now.
+                        head, self._caught_up = None, False
+                    self._heard_until = now + silence
+                    if _is_heartbeat(response):
                         head = response.heartbeat.head
                         behind_us = behind_us or self._behind(position, head)
                         self._caught_up = not behind_us and position >= head
@@ -329,6 +347,7 @@ class FeedFollower:
                     )
             finally:
                 self._caught_up = False
+                self.heartbeats = None
                 if call is not None:
                     call.cancel()
             await asyncio.sleep(backoff)
@@ -342,6 +361,11 @@ class FeedFollower:
             extra={"feed": self._name, "position": position, "head": head},
         )
         return True
+
+
+def _is_heartbeat(response: Any) -> bool:
+    """A heartbeat, not an event (feed messages whose contract has no heartbeat: never)."""
+    return "heartbeat" in response.DESCRIPTOR.fields_by_name and response.HasField("heartbeat")
 
 
 def _header(metadata: Any, name: str) -> str | None:

@@ -13,8 +13,8 @@ export const file_shop_common_v1_feed: GenFile = /*@__PURE__*/
   fileDesc("ChlzaG9wL2NvbW1vbi92MS9mZWVkLnByb3RvEg5zaG9wLmNvbW1vbi52MSIdCg1GZWVkSGVhcnRiZWF0EgwKBGhlYWQYASABKANiBnByb3RvMw");
 
 /**
- * Sent on an event feed that was asked for heartbeats, in place of an event,
- * while the feed has no event to send. It says the producer is alive and how
+ * Sent on an event feed that was asked for heartbeats: once it has sent the
+ * events it had, then every interval. It says the producer is alive and how
  * far its feed goes, so a consumer can bound how stale what it follows may be.
  *
  * @generated from message shop.common.v1.FeedHeartbeat

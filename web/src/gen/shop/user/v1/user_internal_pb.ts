@@ -78,10 +78,10 @@ export type StreamUserEventsRequest = Message<"shop.user.v1.StreamUserEventsRequ
   afterSequence: bigint;
 
   /**
-   * How often to send a heartbeat while there is no event to send, from 0.1 s
-   * to 60 s; unset: no heartbeats. A consumer that hears nothing for a few
-   * intervals knows the producer is gone or stuck, even while the connection
-   * stays up.
+   * Ask for heartbeats, and how often: the first as soon as the events there
+   * are have been sent, then one every interval (from 0.1 s to 60 s); unset:
+   * none. A consumer that hears nothing for a few intervals knows the producer
+   * is gone or stuck, even while the connection stays up.
    *
    * @generated from field: google.protobuf.Duration heartbeat_interval = 2;
    */
@@ -131,8 +131,9 @@ export type StreamUserEventsResponse = Message<"shop.user.v1.StreamUserEventsRes
   } | { case: undefined; value?: undefined };
 
   /**
-   * Set on a heartbeat only (then no event is set): sent when asked for, every
-   * heartbeat_interval while there is no event to send.
+   * Set on a heartbeat only (then no event is set): sent when asked for, as
+   * soon as the events there were have been sent, then every
+   * heartbeat_interval (after the events there are then).
    *
    * @generated from field: shop.common.v1.FeedHeartbeat heartbeat = 4;
    */
