@@ -551,7 +551,7 @@ async def test_a_feed_with_heartbeats_is_trusted_up_to_a_heartbeats_head_while_h
 ) -> None:
     """Not on the head it opened with (no relay check stands behind it); up to each
     heartbeat's head; not after three intervals of silence, and then not on an event
-    either, until a new heartbeat."""
+    either, until a new heartbeat; reopened after ten intervals of silence."""
     scripted = ScriptedFeed()
     server = grpc.aio.server()
     user_internal_pb2_grpc.add_UserInternalServiceServicer_to_server(scripted, server)
@@ -592,6 +592,9 @@ async def test_a_feed_with_heartbeats_is_trusted_up_to_a_heartbeats_head_while_h
         scripted.heartbeat(3)
         await eventually(follower.following, "trusted again on a new heartbeat")
         assert scripted.opened == 1  # all on one stream
+        # Silent for ten intervals (2 s): reopened, from where it stood.
+        await eventually(lambda: scripted.opened == 2, "reopened", within=5)
+        assert await consumer.position() == 3 and not follower.following()
     finally:
         if task is not None:
             task.cancel()

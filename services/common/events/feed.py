@@ -56,8 +56,10 @@ HEARTBEAT = "x-feed-heartbeat"
 # no position (the relay numbers a commit's events within milliseconds).
 UNNUMBERED_GRACE = 2.0
 # A follower that heard nothing from a feed sending heartbeats for this many intervals
-# stops trusting it.
+# stops trusting it, and after this many more reopens it (on another replica, when the
+# channel has several: one that hangs with its connection up is left behind).
 MISSED_HEARTBEATS = 3
+REOPEN_AFTER_MISSED = 10
 
 
 @dataclass(frozen=True)
@@ -272,7 +274,8 @@ class FeedFollower:
     it is heard from at least every MISSED_HEARTBEATS intervals, and after a longer
     silence only once a new heartbeat came. One that sends none (an older producer) is
     trusted up to the head it opened with, until the channel's keepalive notices it gone
-    (about 15 s), and not at all while it hangs with its connection up.
+    (about 15 s), and not at all while it hangs with its connection up. A feed with
+    heartbeats silent for REOPEN_AFTER_MISSED intervals is reopened.
     """
 
     def __init__(
@@ -311,11 +314,12 @@ class FeedFollower:
                 behind_us = head is not None and self._behind(position, head)
                 self.heartbeats = _interval(metadata)
                 silence = MISSED_HEARTBEATS * self.heartbeats if self.heartbeats else math.inf
+                reopen = REOPEN_AFTER_MISSED * self.heartbeats if self.heartbeats else None
                 if self.heartbeats:
                     head = None  # trusted up to a heartbeat's head only
                 self._heard_until = time.monotonic() + silence
                 self._caught_up = head is not None and position == head and not behind_us
-                async for response in call:
+                while (response := await _next(call, reopen)) is not None:
                     now = time.monotonic()
                     if now > self._heard_until:
                         # Silent too long: what it held back may be on its way; only a new
@@ -331,6 +335,11 @@ class FeedFollower:
                     position = response.sequence
                     if head is not None and not behind_us and position >= head:
                         self._caught_up = True
+            except FeedSilent:
+                log.warning(
+                    "event feed silent; reopening it",
+                    extra={"feed": self._name, "silent_s": reopen, "retry_in_s": backoff},
+                )
             except grpc.aio.AioRpcError as error:
                 log.warning(
                     "event feed interrupted; reconnecting",
@@ -361,6 +370,20 @@ class FeedFollower:
             extra={"feed": self._name, "position": position, "head": head},
         )
         return True
+
+
+class FeedSilent(Exception):
+    """A feed that announced heartbeats sent nothing for REOPEN_AFTER_MISSED of them."""
+
+
+async def _next(call: grpc.aio.UnaryStreamCall[Any, Any], within: float | None) -> Any | None:
+    """The stream's next message (None at its end); FeedSilent after `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            message = await call.read()
+    except TimeoutError:
+        raise FeedSilent from None
+    return None if message is grpc.aio.EOF else message
 
 
 def _is_heartbeat(response: Any) -> bool:
