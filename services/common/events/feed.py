@@ -64,7 +64,8 @@ REOPEN_AFTER_MISSED = 10
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """What a feed sends in place of an event while it has none: its head then."""
+    """What a feed asked for heartbeats sends after its events, every interval: its head
+    then."""
 
     head: int
 
@@ -172,8 +173,9 @@ class Feed:
     async def events_and_heartbeats(
         self, after: int, heartbeat: float | None
     ) -> AsyncGenerator[Event | Heartbeat, None]:
-        """`events(after)`, and a Heartbeat every `heartbeat` seconds while there is no
-        event to send, unless publishing has fallen behind (UNNUMBERED_GRACE)."""
+        """`events(after)`, and a Heartbeat as soon as the events there were have been
+        sent, then every `heartbeat` seconds (each after the events there are then),
+        unless publishing has fallen behind (UNNUMBERED_GRACE)."""
         last = after
         # The first heartbeat as soon as the events there were have been sent.
         beat_at = time.monotonic() if heartbeat else math.inf
