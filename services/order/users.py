@@ -33,8 +33,8 @@ log = logging.getLogger("shop.order")
 
 # The user-event consumer's name (its processed events and feed position).
 CONSUMER = "order-user-status"
-# How often the user service's feed says it is alive while it has no event to send: the
-# replica stops being trusted after MISSED_HEARTBEATS of them are missed.
+# How often the user service's feed is asked for a heartbeat (its head, after its events):
+# the replica stops being trusted after MISSED_HEARTBEATS of them are missed.
 HEARTBEAT = 1.0
 USER_STATUS_CHANGED = subjects(user_internal_pb2.StreamUserEventsResponse)[
     events_pb2.UserStatusChanged.DESCRIPTOR.full_name
