@@ -515,6 +515,9 @@ class ScriptedFeed(user_internal_pb2_grpc.UserInternalServiceServicer):
     def __init__(self) -> None:
         self.messages: asyncio.Queue[user_internal_pb2.StreamUserEventsResponse] = asyncio.Queue()
         self.opened = 0
+        # The opens (1, 2, ...) that hang before their headers, as a hung producer would.
+        self.hang_opens: set[int] = set()
+        self.head = 1  # what the headers say
 
     async def ValidateUser(
         self, request: user_internal_pb2.ValidateUserRequest, context: Any
@@ -526,7 +529,9 @@ class ScriptedFeed(user_internal_pb2_grpc.UserInternalServiceServicer):
         self, request: user_internal_pb2.StreamUserEventsRequest, context: Any
     ) -> Any:
         self.opened += 1
-        await context.send_initial_metadata(((HEAD, "1"), (HEARTBEAT, "0.2")))
+        if self.opened in self.hang_opens:
+            await asyncio.Event().wait()
+        await context.send_initial_metadata(((HEAD, str(self.head)), (HEARTBEAT, "0.2")))
         while True:
             yield await self.messages.get()
 
@@ -551,7 +556,8 @@ async def test_a_feed_with_heartbeats_is_trusted_up_to_a_heartbeats_head_while_h
 ) -> None:
     """Not on the head it opened with (no relay check stands behind it); up to each
     heartbeat's head; not after three intervals of silence, and then not on an event
-    either, until a new heartbeat; reopened after ten intervals of silence."""
+    either, until a new heartbeat; reopened after ten intervals of silence, and again when
+    the reopening hangs before its headers."""
     scripted = ScriptedFeed()
     server = grpc.aio.server()
     user_internal_pb2_grpc.add_UserInternalServiceServicer_to_server(scripted, server)
@@ -592,9 +598,16 @@ async def test_a_feed_with_heartbeats_is_trusted_up_to_a_heartbeats_head_while_h
         scripted.heartbeat(3)
         await eventually(follower.following, "trusted again on a new heartbeat")
         assert scripted.opened == 1  # all on one stream
-        # Silent for ten intervals (2 s): reopened, from where it stood.
+        # Silent for ten intervals (2 s): reopened, from where it stood; a reopening that
+        # does not even send its headers within ten intervals is tried again.
+        scripted.hang_opens.add(2)
+        scripted.head = 3
         await eventually(lambda: scripted.opened == 2, "reopened", within=5)
-        assert await consumer.position() == 3 and not follower.following()
+        assert not follower.following()
+        await eventually(lambda: scripted.opened == 3, "opened once more", within=5)
+        scripted.heartbeat(3)
+        await eventually(follower.following, "trusted on the third stream")
+        assert await consumer.position() == 3
     finally:
         if task is not None:
             task.cancel()

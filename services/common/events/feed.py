@@ -243,23 +243,25 @@ def heartbeat_interval(request: Any) -> float | None:
     return float(request.heartbeat_interval.ToNanoseconds()) / 1e9
 
 
-def opener(
-    method: Callable[..., grpc.aio.UnaryStreamCall[Any, Any]],
-    request_type: type[Message],
-    heartbeat: float | None = None,
-) -> Callable[[int], grpc.aio.UnaryStreamCall[Any, Any]]:
-    """How a FeedFollower opens a producer's Stream*Events method after a position
-    (asking for a heartbeat every `heartbeat` seconds, where the contract has them)."""
-    fields: dict[str, Any] = {}
-    if heartbeat:
-        interval = Duration()
-        interval.FromNanoseconds(round(heartbeat * 1e9))
-        fields["heartbeat_interval"] = interval
+@dataclass(frozen=True)
+class FeedOpener:
+    """How a FeedFollower opens a producer's Stream*Events method after a position,
+    asking for a heartbeat every `heartbeat` seconds (where the contract has them)."""
 
-    def open_after(after: int) -> grpc.aio.UnaryStreamCall[Any, Any]:
-        return method(request_type(after_sequence=after, **fields), wait_for_ready=True)
+    method: Callable[..., grpc.aio.UnaryStreamCall[Any, Any]]
+    request_type: type[Message]
+    heartbeat: float | None = None
 
-    return open_after
+    def __call__(self, after: int) -> grpc.aio.UnaryStreamCall[Any, Any]:
+        fields: dict[str, Any] = {"after_sequence": after}
+        if self.heartbeat:
+            interval = Duration()
+            interval.FromNanoseconds(round(self.heartbeat * 1e9))
+            fields["heartbeat_interval"] = interval
+        return self.method(self.request_type(**fields), wait_for_ready=True)
+
+
+opener = FeedOpener
 
 
 class FeedFollower:
@@ -276,8 +278,9 @@ class FeedFollower:
     it is heard from at least every MISSED_HEARTBEATS intervals, and after a longer
     silence only once a new heartbeat came. One that sends none (an older producer) is
     trusted up to the head it opened with, until the channel's keepalive notices it gone
-    (about 15 s), and not at all while it hangs with its connection up. A feed with
-    heartbeats silent for REOPEN_AFTER_MISSED intervals is reopened.
+    (about 15 s), and not at all while it hangs with its connection up. A feed asked for
+    heartbeats that is silent for REOPEN_AFTER_MISSED intervals, or does not open within
+    that time, is opened again (on another replica, when the channel has several).
     """
 
     def __init__(
@@ -305,7 +308,10 @@ class FeedFollower:
             try:
                 position = await self._consumer.position()
                 call = self._stream(position)
-                metadata = await call.initial_metadata()
+                # A producer asked for heartbeats that does not even open the stream within
+                # the silence it would be reopened after (hung, its connection up) is left
+                # for another try, which the channel may send to another replica.
+                metadata = await _opened(call, self._open_within())
                 # None: a producer that sends no head (older, or refusing the call).
                 head = _head(metadata)
                 if head is not None:
@@ -340,7 +346,7 @@ class FeedFollower:
             except FeedSilent:
                 log.warning(
                     "event feed silent; reopening it",
-                    extra={"feed": self._name, "silent_s": reopen, "retry_in_s": backoff},
+                    extra={"feed": self._name, "retry_in_s": backoff},
                 )
             except grpc.aio.AioRpcError as error:
                 log.warning(
@@ -364,6 +370,10 @@ class FeedFollower:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    def _open_within(self) -> float | None:
+        asked = self._stream.heartbeat if isinstance(self._stream, FeedOpener) else None
+        return REOPEN_AFTER_MISSED * asked if asked else None
+
     def _behind(self, position: int, head: int) -> bool:
         if position <= head:
             return False
@@ -375,7 +385,17 @@ class FeedFollower:
 
 
 class FeedSilent(Exception):
-    """A feed that announced heartbeats sent nothing for REOPEN_AFTER_MISSED of them."""
+    """A feed asked for heartbeats sent nothing, not even its headers, for
+    REOPEN_AFTER_MISSED of them."""
+
+
+async def _opened(call: grpc.aio.UnaryStreamCall[Any, Any], within: float | None) -> Any:
+    """The stream's headers; FeedSilent after `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            return await call.initial_metadata()
+    except TimeoutError:
+        raise FeedSilent from None
 
 
 async def _next(call: grpc.aio.UnaryStreamCall[Any, Any], within: float | None) -> Any | None:
