@@ -22,7 +22,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
@@ -71,6 +71,7 @@ class Heartbeat:
 
 
 FeedMessage = TypeVar("FeedMessage", bound=Message)
+Result = TypeVar("Result")
 
 
 def subjects(feed_message: type[Message]) -> dict[str, str]:
@@ -311,7 +312,7 @@ class FeedFollower:
                 # A producer asked for heartbeats that does not even open the stream within
                 # the silence it would be reopened after (hung, its connection up) is left
                 # for another try, which the channel may send to another replica.
-                metadata = await _opened(call, self._open_within())
+                metadata = await _within(call.initial_metadata(), self._open_within())
                 # None: a producer that sends no head (older, or refusing the call).
                 head = _head(metadata)
                 if head is not None:
@@ -327,7 +328,10 @@ class FeedFollower:
                     head = None  # trusted up to a heartbeat's head only
                 self._heard_until = time.monotonic() + silence
                 self._caught_up = head is not None and position == head and not behind_us
-                while (response := await _next(call, reopen)) is not None:
+                while True:
+                    response = await _within(cast(Awaitable[Any], call.read()), reopen)
+                    if response is grpc.aio.EOF:
+                        break
                     now = time.monotonic()
                     if now > self._heard_until:
                         # Silent too long: what it held back may be on its way; only a new
@@ -389,23 +393,13 @@ class FeedSilent(Exception):
     REOPEN_AFTER_MISSED of them."""
 
 
-async def _opened(call: grpc.aio.UnaryStreamCall[Any, Any], within: float | None) -> Any:
-    """The stream's headers; FeedSilent after `within` seconds."""
+async def _within(step: Awaitable[Result], seconds: float | None) -> Result:
+    """A step of the stream (its headers, its next message); FeedSilent after `seconds`."""
     try:
-        async with asyncio.timeout(within):
-            return await call.initial_metadata()
+        async with asyncio.timeout(seconds):
+            return await step
     except TimeoutError:
         raise FeedSilent from None
-
-
-async def _next(call: grpc.aio.UnaryStreamCall[Any, Any], within: float | None) -> Any | None:
-    """The stream's next message (None at its end); FeedSilent after `within` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            message = await call.read()
-    except TimeoutError:
-        raise FeedSilent from None
-    return None if message is grpc.aio.EOF else message
 
 
 def _is_heartbeat(response: Any) -> bool:
