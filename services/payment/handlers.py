@@ -55,6 +55,20 @@ class PaymentInternalServicer(payment_internal_pb2_grpc.PaymentInternalServiceSe
         payment = await self._payments.capture(request.order_id)
         return payment_internal_pb2.CaptureResponse(payment=payment_to_proto(payment))
 
+    async def CapturePayments(
+        self, request: payment_internal_pb2.CapturePaymentsRequest, context: Context
+    ) -> payment_internal_pb2.CapturePaymentsResponse:
+        payments = await self._payments.capture_all(request.order_ids)
+        return payment_internal_pb2.CapturePaymentsResponse(
+            outcomes=[
+                payment_internal_pb2.CaptureOutcome(
+                    order_id=order_id,
+                    payment=None if payment is None else payment_to_proto(payment),
+                )
+                for order_id, payment in zip(request.order_ids, payments, strict=True)
+            ]
+        )
+
     async def Void(
         self, request: payment_internal_pb2.VoidRequest, context: Context
     ) -> payment_internal_pb2.VoidResponse:

@@ -10,6 +10,7 @@ key, which finds a charge that went through, and is never charged twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -126,6 +127,21 @@ class Payments:
             "captured",
         )
         return payment
+
+    async def capture_all(self, order_ids: Sequence[str]) -> list[PaymentRow | None]:
+        """`capture` of each order's payment, side by side; each one's payment after it
+        (None: the order has none). One that can't be captured does not fail the others:
+        its payment is returned as it is (VOIDED, ...; still AUTHORIZED when the provider
+        did not answer)."""
+        return list(await asyncio.gather(*(self._capture_or_keep(o) for o in order_ids)))
+
+    async def _capture_or_keep(self, order_id: str) -> PaymentRow | None:
+        try:
+            return await self.capture(order_id)
+        except NotFound:
+            return None
+        except (FailedPrecondition, Unavailable):
+            return await self._repository.by_order(order_id)
 
     async def void(self, order_id: str) -> PaymentRow:
         """Gives the hold back: AUTHORIZED -> VOIDED (a VOIDED payment is returned)."""

@@ -173,6 +173,83 @@ async def test_authorize_void_and_the_state_rules(stubs: Stubs) -> None:
         assert reason_of(error) == "PAYMENT_NOT_FOUND"
 
 
+async def test_capture_payments_captures_each_and_tells_what_became_of_the_others(
+    stubs: Stubs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for order_id in ("ord_a", "ord_b", "ord_done", "ord_v", "ord_silent"):
+        await stubs.authorize(order_id)
+    await stubs.capture("ord_done")
+    await stubs.void("ord_v")
+    await fails(stubs.authorize("ord_d", "card_decline"), PRECONDITION)
+    await fails(stubs.authorize("ord_f", "card_error"), grpc.StatusCode.UNAVAILABLE)
+    (silent,) = await stubs.listed(order_id="ord_silent")
+    # The provider does not answer the capture of one of them.
+    answering = SimulatedProvider.capture
+
+    async def capture(provider: SimulatedProvider, reference: str) -> None:
+        if reference == silent.provider_reference:
+            raise ProviderUnavailable("provider_timeout")
+        await answering(provider, reference)
+
+    monkeypatch.setattr(SimulatedProvider, "capture", capture)
+    order_ids = ["ord_a", "ord_done", "ord_v", "ord_d", "ord_f", "ord_x", "ord_silent", "ord_b"]
+    request = internal_pb2.CapturePaymentsRequest(order_ids=order_ids)
+
+    def states(reply: internal_pb2.CapturePaymentsResponse) -> list[str | None]:
+        assert [outcome.order_id for outcome in reply.outcomes] == order_ids
+        return [
+            payment_pb2.PaymentState.Name(o.payment.state) if o.HasField("payment") else None
+            for o in reply.outcomes
+        ]
+
+    reply = await stubs.internal.CapturePayments(request)
+    expected = [
+        "PAYMENT_STATE_CAPTURED",
+        "PAYMENT_STATE_CAPTURED",  # captured before: as it was
+        "PAYMENT_STATE_VOIDED",
+        "PAYMENT_STATE_DECLINED",
+        "PAYMENT_STATE_FAILED",  # nothing was charged: nothing to capture
+        None,  # no payment
+        "PAYMENT_STATE_AUTHORIZED",  # the provider did not answer: still held
+        "PAYMENT_STATE_CAPTURED",
+    ]
+    assert states(reply) == expected
+    assert reply.outcomes[0].payment.order_id == "ord_a" and reply.outcomes[0].payment.id
+    assert await stubs.charges() == [
+        ("ord_a", "CAPTURED"),
+        ("ord_b", "CAPTURED"),
+        ("ord_d", "DECLINED"),
+        ("ord_done", "CAPTURED"),
+        ("ord_silent", "AUTHORIZED"),
+        ("ord_v", "VOIDED"),
+    ]
+    # Once the provider answers again, the same call captures the one left.
+    monkeypatch.undo()
+    expected[6] = "PAYMENT_STATE_CAPTURED"
+    assert states(await stubs.internal.CapturePayments(request)) == expected
+    assert ("ord_silent", "CAPTURED") in await stubs.charges()
+
+
+@pytest.mark.parametrize(
+    ("order_ids", "what"),
+    [
+        ([], "no order"),
+        ([f"ord_{n}" for n in range(101)], "101 orders"),
+        (["ord_1", "ord_1"], "an order twice"),
+        (["ord_1", ""], "an empty order id"),
+        (["ord_1", "o" * 65], "an order id of 65 characters"),
+    ],
+)
+async def test_capture_payments_refuses_a_bad_batch_and_captures_none_of_it(
+    stubs: Stubs, order_ids: list[str], what: str
+) -> None:
+    await stubs.authorize("ord_1")
+    request = internal_pb2.CapturePaymentsRequest(order_ids=order_ids)
+    error = await fails(stubs.internal.CapturePayments(request), INVALID)
+    assert {f.split("[")[0] for f in violated_fields(error)} == {"order_ids"}, what
+    assert await stubs.charges() == [("ord_1", "AUTHORIZED")], what
+
+
 @pytest.mark.parametrize(
     ("method", "code"),
     [("card_decline", "card_declined"), ("card_insufficient_funds", "insufficient_funds")],

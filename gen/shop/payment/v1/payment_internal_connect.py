@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .payment_internal_pb2 import AuthorizeRequest, AuthorizeResponse, CaptureRequest, CaptureResponse, RefundRequest, RefundResponse, VoidRequest, VoidResponse
+from .payment_internal_pb2 import AuthorizeRequest, AuthorizeResponse, CapturePaymentsRequest, CapturePaymentsResponse, CaptureRequest, CaptureResponse, RefundRequest, RefundResponse, VoidRequest, VoidResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -66,6 +66,16 @@ class PaymentInternalService(Protocol):
         Takes the held amount. Only an AUTHORIZED payment can be captured
         (FAILED_PRECONDITION, reason PAYMENT_NOT_AUTHORIZED, otherwise); capturing a
         CAPTURED payment returns it unchanged. NOT_FOUND when the order has no payment.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def capture_payments(self, request: CapturePaymentsRequest, ctx: RequestContext[CapturePaymentsRequest, CapturePaymentsResponse], /) -> CapturePaymentsResponse:
+        """
+        Captures the payments of several orders in one call: the order service's
+        captures under load, one call for the orders placed while the previous one
+        was on its way. Each order's payment is captured as Capture would capture
+        it, and one that can't be does not fail the others: its outcome says what
+        its payment is after the attempt.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -121,6 +131,17 @@ class PaymentInternalServiceASGIApplication(ConnectASGIApplication[PaymentIntern
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.capture,
+                ),
+                "/shop.payment.v1.PaymentInternalService/CapturePayments": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CapturePayments",
+                        service_name="shop.payment.v1.PaymentInternalService",
+                        input=CapturePaymentsRequest,
+                        output=CapturePaymentsResponse,
+                        idempotency_level=IdempotencyLevel.IDEMPOTENT,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.capture_payments,
                 ),
                 "/shop.payment.v1.PaymentInternalService/Void": Endpoint.unary(
                     method=MethodInfo(
@@ -247,6 +268,33 @@ class PaymentInternalServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def capture_payments(
+        self,
+        request: CapturePaymentsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CapturePaymentsResponse:
+        """
+        Captures the payments of several orders in one call: the order service's
+        captures under load, one call for the orders placed while the previous one
+        was on its way. Each order's payment is captured as Capture would capture
+        it, and one that can't be does not fail the others: its outcome says what
+        its payment is after the attempt.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CapturePayments",
+                service_name="shop.payment.v1.PaymentInternalService",
+                input=CapturePaymentsRequest,
+                output=CapturePaymentsResponse,
+                idempotency_level=IdempotencyLevel.IDEMPOTENT,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def void(
         self,
         request: VoidRequest,
@@ -331,6 +379,16 @@ class PaymentInternalServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def capture_payments(self, request: CapturePaymentsRequest, ctx: RequestContext[CapturePaymentsRequest, CapturePaymentsResponse], /) -> CapturePaymentsResponse:
+        """
+        Captures the payments of several orders in one call: the order service's
+        captures under load, one call for the orders placed while the previous one
+        was on its way. Each order's payment is captured as Capture would capture
+        it, and one that can't be does not fail the others: its outcome says what
+        its payment is after the attempt.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def void(self, request: VoidRequest, ctx: RequestContext[VoidRequest, VoidResponse], /) -> VoidResponse:
         """
         Gives the hold back. Only an AUTHORIZED payment can be voided
@@ -381,6 +439,17 @@ class PaymentInternalServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.capture,
+                ),
+                "/shop.payment.v1.PaymentInternalService/CapturePayments": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CapturePayments",
+                        service_name="shop.payment.v1.PaymentInternalService",
+                        input=CapturePaymentsRequest,
+                        output=CapturePaymentsResponse,
+                        idempotency_level=IdempotencyLevel.IDEMPOTENT,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.capture_payments,
                 ),
                 "/shop.payment.v1.PaymentInternalService/Void": EndpointSync.unary(
                     method=MethodInfo(
@@ -501,6 +570,33 @@ class PaymentInternalServiceClientSync(ConnectClientSync):
                 service_name="shop.payment.v1.PaymentInternalService",
                 input=CaptureRequest,
                 output=CaptureResponse,
+                idempotency_level=IdempotencyLevel.IDEMPOTENT,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def capture_payments(
+        self,
+        request: CapturePaymentsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CapturePaymentsResponse:
+        """
+        Captures the payments of several orders in one call: the order service's
+        captures under load, one call for the orders placed while the previous one
+        was on its way. Each order's payment is captured as Capture would capture
+        it, and one that can't be does not fail the others: its outcome says what
+        its payment is after the attempt.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CapturePayments",
+                service_name="shop.payment.v1.PaymentInternalService",
+                input=CapturePaymentsRequest,
+                output=CapturePaymentsResponse,
                 idempotency_level=IdempotencyLevel.IDEMPOTENT,
                 stream_type=StreamType.UNARY,
             ),

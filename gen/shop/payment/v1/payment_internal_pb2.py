@@ -28,7 +28,7 @@ from shop.common.v1 import money_pb2 as shop_dot_common_dot_v1_dot_money__pb2
 from shop.payment.v1 import payment_pb2 as shop_dot_payment_dot_v1_dot_payment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&shop/payment/v1/payment_internal.proto\x12\x0fshop.payment.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/common/v1/money.proto\x1a\x1dshop/payment/v1/payment.proto\"\xfd\x01\n\x10\x41uthorizeRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12\x1a\n\x07user_id\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12z\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyBS\xbaHP\xba\x01J\n\x0f\x61mount.positive\x12 amount must be greater than zero\x1a\x15this.amount_minor > 0\xc8\x01\x01\x12\x34\n\x0epayment_method\x18\x04 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18@2\x11^[a-z][a-z0-9_]*$\">\n\x11\x41uthorizeResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.Payment\"-\n\x0e\x43\x61ptureRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\"<\n\x0f\x43\x61ptureResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.Payment\"*\n\x0bVoidRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\"9\n\x0cVoidResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.Payment\"v\n\rRefundRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12.\n\nrequest_id\x18\x02 \x01(\tB\x1a\xbaH\x17r\x15\x10\x01\x18\x80\x01\x32\x0e^[\\x21-\\x7E]+$\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xf4\x03\"M\n\x0eRefundResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.Payment\x12\x10\n\x08refunded\x18\x02 \x01(\x08\x32\xee\x02\n\x16PaymentInternalService\x12[\n\tAuthorize\x12!.shop.payment.v1.AuthorizeRequest\x1a\".shop.payment.v1.AuthorizeResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12U\n\x07\x43\x61pture\x12\x1f.shop.payment.v1.CaptureRequest\x1a .shop.payment.v1.CaptureResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12L\n\x04Void\x12\x1c.shop.payment.v1.VoidRequest\x1a\x1d.shop.payment.v1.VoidResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12R\n\x06Refund\x12\x1e.shop.payment.v1.RefundRequest\x1a\x1f.shop.payment.v1.RefundResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&shop/payment/v1/payment_internal.proto\x12\x0fshop.payment.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/common/v1/money.proto\x1a\x1dshop/payment/v1/payment.proto\"\xfd\x01\n\x10\x41uthorizeRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12\x1a\n\x07user_id\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12z\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x15.shop.common.v1.MoneyBS\xbaHP\xba\x01J\n\x0f\x61mount.positive\x12 amount must be greater than zero\x1a\x15this.amount_minor > 0\xc8\x01\x01\x12\x34\n\x0epayment_method\x18\x04 \x01(\tB\x1c\xbaH\x19r\x17\x10\x01\x18@2\x11^[a-z][a-z0-9_]*$\">\n\x11\x41uthorizeResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.Payment\"-\n\x0e\x43\x61ptureRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\"<\n\x0f\x43\x61ptureResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.Payment\"A\n\x16\x43\x61pturePaymentsRequest\x12\'\n\torder_ids\x18\x01 \x03(\tB\x14\xbaH\x11\x92\x01\x0e\x08\x01\x10\x64\x18\x01\"\x06r\x04\x10\x01\x18@\"L\n\x17\x43\x61pturePaymentsResponse\x12\x31\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1f.shop.payment.v1.CaptureOutcome\"M\n\x0e\x43\x61ptureOutcome\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12)\n\x07payment\x18\x02 \x01(\x0b\x32\x18.shop.payment.v1.Payment\"*\n\x0bVoidRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\"9\n\x0cVoidResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.Payment\"v\n\rRefundRequest\x12\x1b\n\x08order_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12.\n\nrequest_id\x18\x02 \x01(\tB\x1a\xbaH\x17r\x15\x10\x01\x18\x80\x01\x32\x0e^[\\x21-\\x7E]+$\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\xf4\x03\"M\n\x0eRefundResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.shop.payment.v1.Payment\x12\x10\n\x08refunded\x18\x02 \x01(\x08\x32\xdd\x03\n\x16PaymentInternalService\x12[\n\tAuthorize\x12!.shop.payment.v1.AuthorizeRequest\x1a\".shop.payment.v1.AuthorizeResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12U\n\x07\x43\x61pture\x12\x1f.shop.payment.v1.CaptureRequest\x1a .shop.payment.v1.CaptureResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12m\n\x0f\x43\x61pturePayments\x12\'.shop.payment.v1.CapturePaymentsRequest\x1a(.shop.payment.v1.CapturePaymentsResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12L\n\x04Void\x12\x1c.shop.payment.v1.VoidRequest\x1a\x1d.shop.payment.v1.VoidResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x12R\n\x06Refund\x12\x1e.shop.payment.v1.RefundRequest\x1a\x1f.shop.payment.v1.RefundResponse\"\x07\x90\x02\x02\xb0\xe1\x18\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHORIZEREQUEST'].fields_by_name['payment_method']._serialized_options = b'\272H\031r\027\020\001\030@2\021^[a-z][a-z0-9_]*$'
   _globals['_CAPTUREREQUEST'].fields_by_name['order_id']._loaded_options = None
   _globals['_CAPTUREREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\006r\004\020\001\030@'
+  _globals['_CAPTUREPAYMENTSREQUEST'].fields_by_name['order_ids']._loaded_options = None
+  _globals['_CAPTUREPAYMENTSREQUEST'].fields_by_name['order_ids']._serialized_options = b'\272H\021\222\001\016\010\001\020d\030\001\"\006r\004\020\001\030@'
   _globals['_VOIDREQUEST'].fields_by_name['order_id']._loaded_options = None
   _globals['_VOIDREQUEST'].fields_by_name['order_id']._serialized_options = b'\272H\006r\004\020\001\030@'
   _globals['_REFUNDREQUEST'].fields_by_name['order_id']._loaded_options = None
@@ -57,6 +59,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAYMENTINTERNALSERVICE'].methods_by_name['Authorize']._serialized_options = b'\220\002\002\260\341\030\004'
   _globals['_PAYMENTINTERNALSERVICE'].methods_by_name['Capture']._loaded_options = None
   _globals['_PAYMENTINTERNALSERVICE'].methods_by_name['Capture']._serialized_options = b'\220\002\002\260\341\030\004'
+  _globals['_PAYMENTINTERNALSERVICE'].methods_by_name['CapturePayments']._loaded_options = None
+  _globals['_PAYMENTINTERNALSERVICE'].methods_by_name['CapturePayments']._serialized_options = b'\220\002\002\260\341\030\004'
   _globals['_PAYMENTINTERNALSERVICE'].methods_by_name['Void']._loaded_options = None
   _globals['_PAYMENTINTERNALSERVICE'].methods_by_name['Void']._serialized_options = b'\220\002\002\260\341\030\004'
   _globals['_PAYMENTINTERNALSERVICE'].methods_by_name['Refund']._loaded_options = None
@@ -69,14 +73,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAPTUREREQUEST']._serialized_end=541
   _globals['_CAPTURERESPONSE']._serialized_start=543
   _globals['_CAPTURERESPONSE']._serialized_end=603
-  _globals['_VOIDREQUEST']._serialized_start=605
-  _globals['_VOIDREQUEST']._serialized_end=647
-  _globals['_VOIDRESPONSE']._serialized_start=649
-  _globals['_VOIDRESPONSE']._serialized_end=706
-  _globals['_REFUNDREQUEST']._serialized_start=708
-  _globals['_REFUNDREQUEST']._serialized_end=826
-  _globals['_REFUNDRESPONSE']._serialized_start=828
-  _globals['_REFUNDRESPONSE']._serialized_end=905
-  _globals['_PAYMENTINTERNALSERVICE']._serialized_start=908
-  _globals['_PAYMENTINTERNALSERVICE']._serialized_end=1274
+  _globals['_CAPTUREPAYMENTSREQUEST']._serialized_start=605
+  _globals['_CAPTUREPAYMENTSREQUEST']._serialized_end=670
+  _globals['_CAPTUREPAYMENTSRESPONSE']._serialized_start=672
+  _globals['_CAPTUREPAYMENTSRESPONSE']._serialized_end=748
+  _globals['_CAPTUREOUTCOME']._serialized_start=750
+  _globals['_CAPTUREOUTCOME']._serialized_end=827
+  _globals['_VOIDREQUEST']._serialized_start=829
+  _globals['_VOIDREQUEST']._serialized_end=871
+  _globals['_VOIDRESPONSE']._serialized_start=873
+  _globals['_VOIDRESPONSE']._serialized_end=930
+  _globals['_REFUNDREQUEST']._serialized_start=932
+  _globals['_REFUNDREQUEST']._serialized_end=1050
+  _globals['_REFUNDRESPONSE']._serialized_start=1052
+  _globals['_REFUNDRESPONSE']._serialized_end=1129
+  _globals['_PAYMENTINTERNALSERVICE']._serialized_start=1132
+  _globals['_PAYMENTINTERNALSERVICE']._serialized_end=1609
 # @@protoc_insertion_point(module_scope)

@@ -2,9 +2,10 @@ from buf.validate import validate_pb2 as _validate_pb2
 from shop.common.v1 import access_pb2 as _access_pb2
 from shop.common.v1 import money_pb2 as _money_pb2
 from shop.payment.v1 import payment_pb2 as _payment_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -38,6 +39,26 @@ class CaptureResponse(_message.Message):
     PAYMENT_FIELD_NUMBER: _ClassVar[int]
     payment: _payment_pb2.Payment
     def __init__(self, payment: _Optional[_Union[_payment_pb2.Payment, _Mapping]] = ...) -> None: ...
+
+class CapturePaymentsRequest(_message.Message):
+    __slots__ = ("order_ids",)
+    ORDER_IDS_FIELD_NUMBER: _ClassVar[int]
+    order_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, order_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CapturePaymentsResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[CaptureOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[CaptureOutcome, _Mapping]]] = ...) -> None: ...
+
+class CaptureOutcome(_message.Message):
+    __slots__ = ("order_id", "payment")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    payment: _payment_pb2.Payment
+    def __init__(self, order_id: _Optional[str] = ..., payment: _Optional[_Union[_payment_pb2.Payment, _Mapping]] = ...) -> None: ...
 
 class VoidRequest(_message.Message):
     __slots__ = ("order_id",)

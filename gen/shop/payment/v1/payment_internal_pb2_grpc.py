@@ -50,6 +50,11 @@ class PaymentInternalServiceStub:
                 request_serializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.CaptureRequest.SerializeToString,
                 response_deserializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.CaptureResponse.FromString,
                 _registered_method=True)
+        self.CapturePayments = channel.unary_unary(
+                '/shop.payment.v1.PaymentInternalService/CapturePayments',
+                request_serializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.CapturePaymentsRequest.SerializeToString,
+                response_deserializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.CapturePaymentsResponse.FromString,
+                _registered_method=True)
         self.Void = channel.unary_unary(
                 '/shop.payment.v1.PaymentInternalService/Void',
                 request_serializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.VoidRequest.SerializeToString,
@@ -96,6 +101,17 @@ class PaymentInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CapturePayments(self, request, context):
+        """Captures the payments of several orders in one call: the order service's
+        captures under load, one call for the orders placed while the previous one
+        was on its way. Each order's payment is captured as Capture would capture
+        it, and one that can't be does not fail the others: its outcome says what
+        its payment is after the attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Void(self, request, context):
         """Gives the hold back. Only an AUTHORIZED payment can be voided
         (FAILED_PRECONDITION, reason PAYMENT_NOT_AUTHORIZED, otherwise); voiding a
@@ -127,6 +143,11 @@ def add_PaymentInternalServiceServicer_to_server(servicer, server):
                     servicer.Capture,
                     request_deserializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.CaptureRequest.FromString,
                     response_serializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.CaptureResponse.SerializeToString,
+            ),
+            'CapturePayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.CapturePayments,
+                    request_deserializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.CapturePaymentsRequest.FromString,
+                    response_serializer=shop_dot_payment_dot_v1_dot_payment__internal__pb2.CapturePaymentsResponse.SerializeToString,
             ),
             'Void': grpc.unary_unary_rpc_method_handler(
                     servicer.Void,
@@ -199,6 +220,33 @@ class PaymentInternalService:
             '/shop.payment.v1.PaymentInternalService/Capture',
             shop_dot_payment_dot_v1_dot_payment__internal__pb2.CaptureRequest.SerializeToString,
             shop_dot_payment_dot_v1_dot_payment__internal__pb2.CaptureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CapturePayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shop.payment.v1.PaymentInternalService/CapturePayments',
+            shop_dot_payment_dot_v1_dot_payment__internal__pb2.CapturePaymentsRequest.SerializeToString,
+            shop_dot_payment_dot_v1_dot_payment__internal__pb2.CapturePaymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

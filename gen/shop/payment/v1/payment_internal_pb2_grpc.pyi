@@ -56,6 +56,13 @@ class PaymentInternalServiceStub:
     (FAILED_PRECONDITION, reason PAYMENT_NOT_AUTHORIZED, otherwise); capturing a
     CAPTURED payment returns it unchanged. NOT_FOUND when the order has no payment.
     """
+    CapturePayments: _grpc.UnaryUnaryMultiCallable[_payment_internal_pb2.CapturePaymentsRequest, _payment_internal_pb2.CapturePaymentsResponse]
+    """Captures the payments of several orders in one call: the order service's
+    captures under load, one call for the orders placed while the previous one
+    was on its way. Each order's payment is captured as Capture would capture
+    it, and one that can't be does not fail the others: its outcome says what
+    its payment is after the attempt.
+    """
     Void: _grpc.UnaryUnaryMultiCallable[_payment_internal_pb2.VoidRequest, _payment_internal_pb2.VoidResponse]
     """Gives the hold back. Only an AUTHORIZED payment can be voided
     (FAILED_PRECONDITION, reason PAYMENT_NOT_AUTHORIZED, otherwise); voiding a
@@ -95,6 +102,13 @@ class PaymentInternalServiceAsyncStub(PaymentInternalServiceStub):
     """Takes the held amount. Only an AUTHORIZED payment can be captured
     (FAILED_PRECONDITION, reason PAYMENT_NOT_AUTHORIZED, otherwise); capturing a
     CAPTURED payment returns it unchanged. NOT_FOUND when the order has no payment.
+    """
+    CapturePayments: _aio.UnaryUnaryMultiCallable[_payment_internal_pb2.CapturePaymentsRequest, _payment_internal_pb2.CapturePaymentsResponse]  # type: ignore[assignment]
+    """Captures the payments of several orders in one call: the order service's
+    captures under load, one call for the orders placed while the previous one
+    was on its way. Each order's payment is captured as Capture would capture
+    it, and one that can't be does not fail the others: its outcome says what
+    its payment is after the attempt.
     """
     Void: _aio.UnaryUnaryMultiCallable[_payment_internal_pb2.VoidRequest, _payment_internal_pb2.VoidResponse]  # type: ignore[assignment]
     """Gives the hold back. Only an AUTHORIZED payment can be voided
@@ -144,6 +158,19 @@ class PaymentInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         """Takes the held amount. Only an AUTHORIZED payment can be captured
         (FAILED_PRECONDITION, reason PAYMENT_NOT_AUTHORIZED, otherwise); capturing a
         CAPTURED payment returns it unchanged. NOT_FOUND when the order has no payment.
+        """
+
+    @_abc_1.abstractmethod
+    def CapturePayments(
+        self,
+        request: _payment_internal_pb2.CapturePaymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payment_internal_pb2.CapturePaymentsResponse, _abc.Awaitable[_payment_internal_pb2.CapturePaymentsResponse]]:
+        """Captures the payments of several orders in one call: the order service's
+        captures under load, one call for the orders placed while the previous one
+        was on its way. Each order's payment is captured as Capture would capture
+        it, and one that can't be does not fail the others: its outcome says what
+        its payment is after the attempt.
         """
 
     @_abc_1.abstractmethod

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/payment/v1/payment_internal.proto.
  */
 export const file_shop_payment_v1_payment_internal: GenFile = /*@__PURE__*/
-  fileDesc("CiZzaG9wL3BheW1lbnQvdjEvcGF5bWVudF9pbnRlcm5hbC5wcm90bxIPc2hvcC5wYXltZW50LnYxIv0BChBBdXRob3JpemVSZXF1ZXN0EhsKCG9yZGVyX2lkGAEgASgJQgm6SAZyBBABGEASGgoHdXNlcl9pZBgCIAEoCUIJukgGcgQQARhAEnoKBmFtb3VudBgDIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5QlO6SFC6AUoKD2Ftb3VudC5wb3NpdGl2ZRIgYW1vdW50IG11c3QgYmUgZ3JlYXRlciB0aGFuIHplcm8aFXRoaXMuYW1vdW50X21pbm9yID4gMMgBARI0Cg5wYXltZW50X21ldGhvZBgEIAEoCUIcukgZchcQARhAMhFeW2Etel1bYS16MC05X10qJCI+ChFBdXRob3JpemVSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQiLQoOQ2FwdHVyZVJlcXVlc3QSGwoIb3JkZXJfaWQYASABKAlCCbpIBnIEEAEYQCI8Cg9DYXB0dXJlUmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IioKC1ZvaWRSZXF1ZXN0EhsKCG9yZGVyX2lkGAEgASgJQgm6SAZyBBABGEAiOQoMVm9pZFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudCJ2Cg1SZWZ1bmRSZXF1ZXN0EhsKCG9yZGVyX2lkGAEgASgJQgm6SAZyBBABGEASLgoKcmVxdWVzdF9pZBgCIAEoCUIaukgXchUQARiAATIOXltceDIxLVx4N0VdKyQSGAoGcmVhc29uGAMgASgJQgi6SAVyAxj0AyJNCg5SZWZ1bmRSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQSEAoIcmVmdW5kZWQYAiABKAgy7gIKFlBheW1lbnRJbnRlcm5hbFNlcnZpY2USWwoJQXV0aG9yaXplEiEuc2hvcC5wYXltZW50LnYxLkF1dGhvcml6ZVJlcXVlc3QaIi5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUmVzcG9uc2UiB5ACArDhGAQSVQoHQ2FwdHVyZRIfLnNob3AucGF5bWVudC52MS5DYXB0dXJlUmVxdWVzdBogLnNob3AucGF5bWVudC52MS5DYXB0dXJlUmVzcG9uc2UiB5ACArDhGAQSTAoEVm9pZBIcLnNob3AucGF5bWVudC52MS5Wb2lkUmVxdWVzdBodLnNob3AucGF5bWVudC52MS5Wb2lkUmVzcG9uc2UiB5ACArDhGAQSUgoGUmVmdW5kEh4uc2hvcC5wYXltZW50LnYxLlJlZnVuZFJlcXVlc3QaHy5zaG9wLnBheW1lbnQudjEuUmVmdW5kUmVzcG9uc2UiB5ACArDhGARiBnByb3RvMw", [file_buf_validate_validate, file_shop_common_v1_access, file_shop_common_v1_money, file_shop_payment_v1_payment]);
+  fileDesc("CiZzaG9wL3BheW1lbnQvdjEvcGF5bWVudF9pbnRlcm5hbC5wcm90bxIPc2hvcC5wYXltZW50LnYxIv0BChBBdXRob3JpemVSZXF1ZXN0EhsKCG9yZGVyX2lkGAEgASgJQgm6SAZyBBABGEASGgoHdXNlcl9pZBgCIAEoCUIJukgGcgQQARhAEnoKBmFtb3VudBgDIAEoCzIVLnNob3AuY29tbW9uLnYxLk1vbmV5QlO6SFC6AUoKD2Ftb3VudC5wb3NpdGl2ZRIgYW1vdW50IG11c3QgYmUgZ3JlYXRlciB0aGFuIHplcm8aFXRoaXMuYW1vdW50X21pbm9yID4gMMgBARI0Cg5wYXltZW50X21ldGhvZBgEIAEoCUIcukgZchcQARhAMhFeW2Etel1bYS16MC05X10qJCI+ChFBdXRob3JpemVSZXNwb25zZRIpCgdwYXltZW50GAEgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQiLQoOQ2FwdHVyZVJlcXVlc3QSGwoIb3JkZXJfaWQYASABKAlCCbpIBnIEEAEYQCI8Cg9DYXB0dXJlUmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50IkEKFkNhcHR1cmVQYXltZW50c1JlcXVlc3QSJwoJb3JkZXJfaWRzGAEgAygJQhS6SBGSAQ4IARBkGAEiBnIEEAEYQCJMChdDYXB0dXJlUGF5bWVudHNSZXNwb25zZRIxCghvdXRjb21lcxgBIAMoCzIfLnNob3AucGF5bWVudC52MS5DYXB0dXJlT3V0Y29tZSJNCg5DYXB0dXJlT3V0Y29tZRIQCghvcmRlcl9pZBgBIAEoCRIpCgdwYXltZW50GAIgASgLMhguc2hvcC5wYXltZW50LnYxLlBheW1lbnQiKgoLVm9pZFJlcXVlc3QSGwoIb3JkZXJfaWQYASABKAlCCbpIBnIEEAEYQCI5CgxWb2lkUmVzcG9uc2USKQoHcGF5bWVudBgBIAEoCzIYLnNob3AucGF5bWVudC52MS5QYXltZW50InYKDVJlZnVuZFJlcXVlc3QSGwoIb3JkZXJfaWQYASABKAlCCbpIBnIEEAEYQBIuCgpyZXF1ZXN0X2lkGAIgASgJQhq6SBdyFRABGIABMg5eW1x4MjEtXHg3RV0rJBIYCgZyZWFzb24YAyABKAlCCLpIBXIDGPQDIk0KDlJlZnVuZFJlc3BvbnNlEikKB3BheW1lbnQYASABKAsyGC5zaG9wLnBheW1lbnQudjEuUGF5bWVudBIQCghyZWZ1bmRlZBgCIAEoCDLdAwoWUGF5bWVudEludGVybmFsU2VydmljZRJbCglBdXRob3JpemUSIS5zaG9wLnBheW1lbnQudjEuQXV0aG9yaXplUmVxdWVzdBoiLnNob3AucGF5bWVudC52MS5BdXRob3JpemVSZXNwb25zZSIHkAICsOEYBBJVCgdDYXB0dXJlEh8uc2hvcC5wYXltZW50LnYxLkNhcHR1cmVSZXF1ZXN0GiAuc2hvcC5wYXltZW50LnYxLkNhcHR1cmVSZXNwb25zZSIHkAICsOEYBBJtCg9DYXB0dXJlUGF5bWVudHMSJy5zaG9wLnBheW1lbnQudjEuQ2FwdHVyZVBheW1lbnRzUmVxdWVzdBooLnNob3AucGF5bWVudC52MS5DYXB0dXJlUGF5bWVudHNSZXNwb25zZSIHkAICsOEYBBJMCgRWb2lkEhwuc2hvcC5wYXltZW50LnYxLlZvaWRSZXF1ZXN0Gh0uc2hvcC5wYXltZW50LnYxLlZvaWRSZXNwb25zZSIHkAICsOEYBBJSCgZSZWZ1bmQSHi5zaG9wLnBheW1lbnQudjEuUmVmdW5kUmVxdWVzdBofLnNob3AucGF5bWVudC52MS5SZWZ1bmRSZXNwb25zZSIHkAICsOEYBGIGcHJvdG8z", [file_buf_validate_validate, file_shop_common_v1_access, file_shop_common_v1_money, file_shop_payment_v1_payment]);
 
 /**
  * The payment to authorize for one order.
@@ -127,6 +127,81 @@ export const CaptureResponseSchema: GenMessage<CaptureResponse> = /*@__PURE__*/
   messageDesc(file_shop_payment_v1_payment_internal, 3);
 
 /**
+ * The payments to capture, by order.
+ *
+ * @generated from message shop.payment.v1.CapturePaymentsRequest
+ */
+export type CapturePaymentsRequest = Message<"shop.payment.v1.CapturePaymentsRequest"> & {
+  /**
+   * The orders whose payments to capture: 1 to 100 distinct order ids.
+   *
+   * @generated from field: repeated string order_ids = 1;
+   */
+  orderIds: string[];
+};
+
+/**
+ * Describes the message shop.payment.v1.CapturePaymentsRequest.
+ * Use `create(CapturePaymentsRequestSchema)` to create a new message.
+ */
+export const CapturePaymentsRequestSchema: GenMessage<CapturePaymentsRequest> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment_internal, 4);
+
+/**
+ * What became of each payment.
+ *
+ * @generated from message shop.payment.v1.CapturePaymentsResponse
+ */
+export type CapturePaymentsResponse = Message<"shop.payment.v1.CapturePaymentsResponse"> & {
+  /**
+   * One per order id of the request, in its order.
+   *
+   * @generated from field: repeated shop.payment.v1.CaptureOutcome outcomes = 1;
+   */
+  outcomes: CaptureOutcome[];
+};
+
+/**
+ * Describes the message shop.payment.v1.CapturePaymentsResponse.
+ * Use `create(CapturePaymentsResponseSchema)` to create a new message.
+ */
+export const CapturePaymentsResponseSchema: GenMessage<CapturePaymentsResponse> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment_internal, 5);
+
+/**
+ * One order's payment after the attempt to capture it.
+ *
+ * @generated from message shop.payment.v1.CaptureOutcome
+ */
+export type CaptureOutcome = Message<"shop.payment.v1.CaptureOutcome"> & {
+  /**
+   * The order, as the request named it.
+   *
+   * @generated from field: string order_id = 1;
+   */
+  orderId: string;
+
+  /**
+   * The payment after the attempt; unset when the order has no payment
+   * (Capture's NOT_FOUND). CAPTURED when it is captured, now or before. Another
+   * state when that state does not allow a capture (Capture's
+   * FAILED_PRECONDITION: VOIDED, REFUNDED, DECLINED). Still AUTHORIZED or
+   * FAILED when the provider did not answer (Capture's UNAVAILABLE): capture it
+   * again later.
+   *
+   * @generated from field: shop.payment.v1.Payment payment = 2;
+   */
+  payment?: Payment | undefined;
+};
+
+/**
+ * Describes the message shop.payment.v1.CaptureOutcome.
+ * Use `create(CaptureOutcomeSchema)` to create a new message.
+ */
+export const CaptureOutcomeSchema: GenMessage<CaptureOutcome> = /*@__PURE__*/
+  messageDesc(file_shop_payment_v1_payment_internal, 6);
+
+/**
  * The payment to void.
  *
  * @generated from message shop.payment.v1.VoidRequest
@@ -145,7 +220,7 @@ export type VoidRequest = Message<"shop.payment.v1.VoidRequest"> & {
  * Use `create(VoidRequestSchema)` to create a new message.
  */
 export const VoidRequestSchema: GenMessage<VoidRequest> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment_internal, 4);
+  messageDesc(file_shop_payment_v1_payment_internal, 7);
 
 /**
  * The payment after the void.
@@ -166,7 +241,7 @@ export type VoidResponse = Message<"shop.payment.v1.VoidResponse"> & {
  * Use `create(VoidResponseSchema)` to create a new message.
  */
 export const VoidResponseSchema: GenMessage<VoidResponse> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment_internal, 5);
+  messageDesc(file_shop_payment_v1_payment_internal, 8);
 
 /**
  * The payment to refund, and why.
@@ -203,7 +278,7 @@ export type RefundRequest = Message<"shop.payment.v1.RefundRequest"> & {
  * Use `create(RefundRequestSchema)` to create a new message.
  */
 export const RefundRequestSchema: GenMessage<RefundRequest> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment_internal, 6);
+  messageDesc(file_shop_payment_v1_payment_internal, 9);
 
 /**
  * The payment after the refund.
@@ -232,7 +307,7 @@ export type RefundResponse = Message<"shop.payment.v1.RefundResponse"> & {
  * Use `create(RefundResponseSchema)` to create a new message.
  */
 export const RefundResponseSchema: GenMessage<RefundResponse> = /*@__PURE__*/
-  messageDesc(file_shop_payment_v1_payment_internal, 7);
+  messageDesc(file_shop_payment_v1_payment_internal, 10);
 
 /**
  * Payments for the order service: one payment per order, every RPC idempotent on
@@ -275,6 +350,20 @@ export const PaymentInternalService: GenService<{
     methodKind: "unary";
     input: typeof CaptureRequestSchema;
     output: typeof CaptureResponseSchema;
+  },
+  /**
+   * Captures the payments of several orders in one call: the order service's
+   * captures under load, one call for the orders placed while the previous one
+   * was on its way. Each order's payment is captured as Capture would capture
+   * it, and one that can't be does not fail the others: its outcome says what
+   * its payment is after the attempt.
+   *
+   * @generated from rpc shop.payment.v1.PaymentInternalService.CapturePayments
+   */
+  capturePayments: {
+    methodKind: "unary";
+    input: typeof CapturePaymentsRequestSchema;
+    output: typeof CapturePaymentsResponseSchema;
   },
   /**
    * Gives the hold back. Only an AUTHORIZED payment can be voided
