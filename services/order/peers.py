@@ -9,7 +9,7 @@ too slow becomes UNAVAILABLE or DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -43,6 +43,10 @@ RELEASE_TIMEOUT = 5.0
 # The payment service's reasons for "the payment is in another state" (its ErrorInfo
 # carries that state as metadata "state"): an answer about the payment, not a failure.
 WRONG_PAYMENT_STATE = {"PAYMENT_NOT_AUTHORIZED", "PAYMENT_NOT_CAPTURED"}
+# The payment service's reason for "the provider did not answer".
+PROVIDER_UNAVAILABLE = "PAYMENT_PROVIDER_UNAVAILABLE"
+AUTHORIZED = "AUTHORIZED"
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 class PeerError(DomainError):
@@ -176,13 +180,34 @@ class GrpcPeers:
         except grpc.aio.AioRpcError as error:
             raise PeerError("payment", error) from None
 
-    async def capture(self, order_id: str) -> str | None:
-        """Runs with a timeout of its own: the order is placed, the caller may be gone."""
+    async def capture_all(self, order_ids: Sequence[str]) -> list[str | None]:
+        """Runs with a timeout of its own: the orders are placed, their callers may be
+        gone. A payment service older than CapturePayments (a rolling update that has
+        not reached it yet) is asked with Capture, order by order."""
+        request = payment_internal_pb2.CapturePaymentsRequest(order_ids=order_ids)
+        try:
+            with deadline.detached():
+                reply = await self._payments.CapturePayments(request, timeout=RELEASE_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise PeerError("payment", error) from None
+            return [await self._capture_one(order_id) for order_id in order_ids]
+        return [
+            _state_name(outcome.payment.state) if outcome.HasField("payment") else None
+            for outcome in reply.outcomes
+        ]
+
+    async def _capture_one(self, order_id: str) -> str | None:
+        """`capture_all` of one order with Capture; as there, a provider that did not
+        answer left the payment as it was (AUTHORIZED: the order was placed)."""
         request = payment_internal_pb2.CaptureRequest(order_id=order_id)
         try:
             with deadline.detached():
                 reply = await self._payments.Capture(request, timeout=RELEASE_TIMEOUT)
         except grpc.aio.AioRpcError as error:
+            info = _error_info(status_of(error)) if error.code() == UNAVAILABLE else None
+            if info is not None and info.reason == PROVIDER_UNAVAILABLE:
+                return AUTHORIZED
             return _payment_state_of(error)
         return _state_name(reply.payment.state)
 

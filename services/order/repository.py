@@ -112,8 +112,9 @@ class OrderRepository(Protocol):
         or its process died) and that were placed before `placed_before`."""
         ...
 
-    async def mark_captured(self, order_id: str) -> None:
-        """An AUTHORIZED payment -> CAPTURED (nothing changes in any other state)."""
+    async def mark_captured(self, order_ids: Sequence[str]) -> None:
+        """The orders' AUTHORIZED payments -> CAPTURED, in one transaction (nothing
+        changes in any other state)."""
         ...
 
     async def unrefunded(self) -> Sequence[str]:
@@ -304,8 +305,12 @@ class SqlOrderRepository:
                 )
             ).all()
 
-    async def mark_captured(self, order_id: str) -> None:
-        await self._db.write_one(CAPTURED, {"order_id": order_id})
+    async def mark_captured(self, order_ids: Sequence[str]) -> None:
+        if len(order_ids) == 1:  # on PostgreSQL in autocommit: no BEGIN and COMMIT
+            await self._db.write_one(CAPTURED, {"order_id": order_ids[0]})
+            return
+        async with self._db.transaction() as tx:
+            await tx.execute_many(CAPTURED, [{"order_id": order_id} for order_id in order_ids])
 
     async def unrefunded(self) -> Sequence[str]:
         async with self._db.read() as session:

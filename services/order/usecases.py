@@ -11,9 +11,11 @@ the reservation took them (no read of its own: one call fewer per order); price 
 items; authorize the payment (the total, on the request's payment method, under the
 order id, which is the payment's idempotency key); then store the order PLACED with
 its items and total, its payment AUTHORIZED, and its OrderCreated event in one
-transaction; then capture the payment. Items that cannot be reserved (unknown, short)
-or priced together (two currencies, a total beyond int64) fail the attempt, which is
-undone as below: the caller gets the error, and nothing is left of it.
+transaction; then capture the payment (in one call with the captures of the orders
+placed while the previous call was on its way: `Batcher`). Items that cannot be
+reserved (unknown, short) or priced together (two currencies, a total beyond int64)
+fail the attempt, which is undone as below: the caller gets the error, and nothing is
+left of it.
 
 Why capture after placing: an order is placed only when its money is held, and money
 is taken only for an order that is stored. Capturing first would take money for an
@@ -72,6 +74,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from services.common import deadline
+from services.common.batching import Batcher
 from services.common.errors import (
     AlreadyExists,
     DomainError,
@@ -124,6 +127,12 @@ CAPTURE_RETRY_AFTER = CLOCK_MARGIN
 
 # A payment's states as the payment service names them (shop.payment.v1.PaymentState).
 AUTHORIZED, CAPTURED, VOIDED, REFUNDED = "AUTHORIZED", "CAPTURED", "VOIDED", "REFUNDED"
+# A capture the provider did not answer leaves the payment as it was: AUTHORIZED, or
+# FAILED (the answer to its authorization was lost too, and is looked up first). The
+# sweeper captures it later.
+UNANSWERED = {AUTHORIZED, "FAILED"}
+# The most captures sent in one call (the payment contract's limit).
+CAPTURE_BATCH = 100
 # A payment in these states (or none at all) holds no money of the customer.
 HOLDS_NOTHING = {None, VOIDED, REFUNDED, "DECLINED", "FAILED"}
 # What an Authorize answers when it refused and therefore holds nothing: a decline, an
@@ -180,9 +189,11 @@ class Peers(Protocol):
         provider that does not answer, UNAVAILABLE (whether it charged is not known)."""
         ...
 
-    async def capture(self, order_id: str) -> str | None:
-        """Takes the held amount (again: a no-op). The payment's state after: CAPTURED, or
-        the state that does not allow it; None when the order has no payment."""
+    async def capture_all(self, order_ids: Sequence[str]) -> Sequence[str | None]:
+        """Takes the held amounts (again: a no-op), in one call. Each payment's state
+        after, in the order of `order_ids`: CAPTURED; the state that does not allow it;
+        still AUTHORIZED (or FAILED) when the provider did not answer; None when the
+        order has no payment. Raises when the payment service does not answer."""
         ...
 
     async def void(self, order_id: str) -> str | None:
@@ -248,6 +259,9 @@ class Orders:
         self._pending_timeout = attempt_timeout + CLOCK_MARGIN
         self._retry_poll = retry_poll
         self._cleanups: set[asyncio.Task[None]] = set()
+        # The captures of the orders placed while one call of them is on its way go
+        # together in the next call (services/common/batching.py).
+        self.captures = Batcher(self._capture_batch, CAPTURE_BATCH)
 
     # -- placing -------------------------------------------------------------
 
@@ -403,26 +417,40 @@ class Orders:
             )
 
     async def _capture(self, order: OrderRow) -> None:
-        """Takes the payment of a placed order. Never raises (the order stands): what
+        """Takes the payment of a placed order, in one call with the other orders'
+        captures under way (`_capture_batch`). Never raises (the order stands): what
         fails is left to the sweeper."""
         try:
-            state = await self._peers.capture(order.id)
-            if state == CAPTURED:
-                await self._repository.mark_captured(order.id)
-                order.payment_state = PAYMENT_CAPTURED
-                return
+            state = await self.captures.ask(order.id)
         except Exception as error:
             log.warning(
                 "payment capture deferred to the sweeper",
                 extra={"order_id": order.id, "error": type(error).__name__},
             )
             return
-        # The payment of a placed order is AUTHORIZED until captured: anything else is a
-        # fault to look into; the sweeper keeps trying meanwhile.
-        log.error(
-            "the payment of a placed order could not be captured",
-            extra={"order_id": order.id, "state": state},
-        )
+        if state == CAPTURED:
+            order.payment_state = PAYMENT_CAPTURED
+        elif state in UNANSWERED:
+            log.warning(
+                "payment capture deferred to the sweeper",
+                extra={"order_id": order.id, "state": state},
+            )
+        else:
+            # The payment of a placed order is AUTHORIZED until captured: anything else
+            # is a fault to look into; the sweeper keeps trying meanwhile.
+            log.error(
+                "the payment of a placed order could not be captured",
+                extra={"order_id": order.id, "state": state},
+            )
+
+    async def _capture_batch(self, order_ids: Sequence[str]) -> Sequence[str | None]:
+        """The captures of several placed orders in one call to the payment service, and
+        the orders' payments marked CAPTURED in one transaction."""
+        states = await self._peers.capture_all(order_ids)
+        captured = [o for o, state in zip(order_ids, states, strict=True) if state == CAPTURED]
+        if captured:
+            await self._repository.mark_captured(captured)
+        return states
 
     async def sweep(self) -> int:
         """One pass: undoes attempts that failed or died mid-way (void, release, free the
@@ -439,10 +467,11 @@ class Orders:
         unreleased = await self._repository.unreleased_cancelled()
         for order_id in failed:
             await self._abandon(order_id)
-        for order_id in uncaptured:
-            order = await self._repository.get(order_id)
-            if order is not None and order.status == PLACED:
-                await self._capture(order)
+        # Side by side: their captures go in one call.
+        to_capture = [await self._repository.get(order_id) for order_id in uncaptured]
+        await asyncio.gather(
+            *(self._capture(o) for o in to_capture if o is not None and o.status == PLACED)
+        )
         for order_id in unrefunded:
             await self._refund_cancelled(order_id)
         for order_id in unreleased:

@@ -75,6 +75,14 @@ async def wire(platform: Platform) -> Wired[OrderParts]:
         active_user=check.active_user,
     )
     relay.export(platform.metrics)
+    platform.metrics.gauge(
+        "payment_captures", "Captures asked of the payment service.", lambda: orders.captures.keys
+    )
+    platform.metrics.gauge(
+        "payment_capture_calls",
+        "CapturePayments calls that took them (captures per call: how much load shared).",
+        lambda: orders.captures.batches,
+    )
     return Wired(
         parts=OrderParts(orders=orders, relay=relay, feed=feed, user_feed=follower),
         servicers=[

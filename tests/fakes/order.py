@@ -169,10 +169,11 @@ class InMemoryOrders:
             and row.update_time < placed_before
         ]
 
-    async def mark_captured(self, order_id: str) -> None:
-        row = self.rows[order_id]
-        if row.payment_state == PAYMENT_AUTHORIZED:
-            row.payment_state = PAYMENT_CAPTURED
+    async def mark_captured(self, order_ids: Sequence[str]) -> None:
+        for order_id in order_ids:
+            row = self.rows[order_id]
+            if row.payment_state == PAYMENT_AUTHORIZED:
+                row.payment_state = PAYMENT_CAPTURED
 
     async def unrefunded(self) -> Sequence[str]:
         return [
@@ -269,13 +270,20 @@ class FakePeers:
     # How many of the next authorize() calls charge, then lose their answer (a provider
     # timeout: UNAVAILABLE, the charge made); card_timeout does it on an order's first.
     timeouts_after_charge: int = 0
-    # How many of the next capture() / void() / refund() calls fail as an unreachable
-    # payment service (before doing anything).
+    # How many of the next capture_all() / void() / refund() calls fail as an
+    # unreachable payment service (before doing anything).
     failing_captures: int = 0
     failing_voids: int = 0
     failing_refunds: int = 0
     # Calls of each payment step, in order: ("void", order_id), ...
     payment_calls: list[tuple[str, str]] = field(default_factory=list)
+    # The order ids of each capture_all() call.
+    capture_batches: list[list[str]] = field(default_factory=list)
+    # When set, capture_all() waits for it (a batch of captures on its way).
+    hold_capture: asyncio.Event | None = None
+    # How many of the next captures the provider does not answer (the payment stays
+    # AUTHORIZED).
+    unanswered_captures: int = 0
     # While set, the order service's breaker refuses payment calls: they are not made.
     payment_circuit_open: bool = False
 
@@ -408,12 +416,22 @@ class FakePeers:
                 decline_code=DECLINING[payment.payment_method],
             )
 
-    async def capture(self, order_id: str) -> str | None:
+    async def capture_all(self, order_ids: Sequence[str]) -> list[str | None]:
         self._circuit()
-        self.payment_calls.append(("capture", order_id))
+        self.payment_calls.extend(("capture", order_id) for order_id in order_ids)
+        self.capture_batches.append(list(order_ids))
+        if self.hold_capture is not None:
+            await self.hold_capture.wait()
         if self.failing_captures:
             self.failing_captures -= 1
             raise Unavailable("payment service is unavailable", "PAYMENT_UNAVAILABLE")
+        return [self._capture(order_id) for order_id in order_ids]
+
+    def _capture(self, order_id: str) -> str | None:
+        if self.unanswered_captures:
+            self.unanswered_captures -= 1
+            payment = self.payments.get(order_id)
+            return None if payment is None else payment.state
         return self._move(order_id, "AUTHORIZED", "CAPTURED")
 
     async def void(self, order_id: str) -> str | None:

@@ -107,7 +107,7 @@ async def test_the_payment_state_follows_the_saga(database_url: str) -> None:
         assert await state_of(repository, "ord_paid") == PAYMENT_AUTHORIZED
         assert await repository.uncaptured(now - timedelta(seconds=5)) == []
         assert await repository.uncaptured(now + timedelta(seconds=1)) == ["ord_paid"]
-        await repository.mark_captured("ord_paid")
+        await repository.mark_captured(["ord_paid"])
         assert await state_of(repository, "ord_paid") == PAYMENT_CAPTURED
         assert await repository.uncaptured(now + timedelta(seconds=1)) == []
 
@@ -117,9 +117,23 @@ async def test_the_payment_state_follows_the_saga(database_url: str) -> None:
         assert (cancelled.status, cancelled.payment_state) == (CANCELLED, PAYMENT_REFUNDING)
         assert await repository.unrefunded() == ["ord_paid"]
         await repository.mark_refunded("ord_paid")
-        await repository.mark_captured("ord_paid")  # late: changes nothing any more
+        await repository.mark_captured(["ord_paid"])  # late: changes nothing any more
         assert await state_of(repository, "ord_paid") == PAYMENT_REFUNDED
         assert await repository.unrefunded() == []
+
+        # Several at once (a batch of captures), in one transaction: each AUTHORIZED one
+        # moves, the refunded one stays as it is.
+        for order_id in ("ord_a", "ord_b"):
+            order = attempt(order_id)
+            await repository.claim(order)
+            order.payment_state = PAYMENT_AUTHORIZED
+            assert await repository.place(order, now, announce) is not None
+        await repository.mark_captured(["ord_a", "ord_paid", "ord_b"])
+        assert [await state_of(repository, o) for o in ("ord_a", "ord_paid", "ord_b")] == [
+            PAYMENT_CAPTURED,
+            PAYMENT_REFUNDED,
+            PAYMENT_CAPTURED,
+        ]
 
         # An attempt that failed before authorizing voids nothing; once it may have
         # authorized, it stays to void; a stale one (its process died) always is.

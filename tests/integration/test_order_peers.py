@@ -1,18 +1,27 @@
-"""The order service's product client against product services of two versions: one
-that prices its reservations and one from before (a rolling update reaches the
-services one by one, in any order)."""
+"""The order service's clients against peers of two versions (a rolling update reaches
+the services one by one, in any order): a product service that prices its reservations
+and one from before; a payment service that captures in batches and one from before."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
 from services.common.config import BreakerSettings
+from services.common.errors import (
+    DETAILS_KEY,
+    DomainError,
+    FailedPrecondition,
+    NotFound,
+    Unavailable,
+)
 from services.order.models import PricedProduct
 from services.order.peers import GrpcPeers
 from shop.common.v1 import money_pb2
+from shop.payment.v1 import payment_internal_pb2, payment_internal_pb2_grpc, payment_pb2
 from shop.product.v1 import (
     product_internal_pb2,
     product_internal_pb2_grpc,
@@ -99,3 +108,98 @@ async def test_an_order_is_priced_by_either_version_of_the_product_service(
     ]
     # A priced answer needs no read of its own; an older service's is read as before.
     assert catalogue.batch_reads == (0 if priced_answer else 1)
+
+
+Context = grpc.aio.ServicerContext[Any, Any]
+# The payments of a scripted payment service: the state each order's payment is in;
+# "ord_silent"'s provider does not answer; "ord_x" has no payment.
+PAYMENTS = {"ord_a": "AUTHORIZED", "ord_v": "VOIDED", "ord_silent": "AUTHORIZED"}
+
+
+class Payments(payment_internal_pb2_grpc.PaymentInternalServiceServicer):
+    """A payment service as the contract describes it; `batches` False: one from before
+    CapturePayments (which then answers UNIMPLEMENTED, as grpc does for any method a
+    servicer lacks)."""
+
+    def __init__(self, batches: bool) -> None:
+        self.states = dict(PAYMENTS)
+        self.batch_calls = 0
+        self.single_calls = 0
+        if not batches:
+            self.CapturePayments = self._unimplemented  # type: ignore[method-assign,assignment]
+
+    def _capture(self, order_id: str) -> payment_pb2.Payment:
+        if order_id not in self.states:
+            raise NotFound("payment", order_id)
+        if order_id == "ord_silent":
+            raise Unavailable("the provider did not answer", "PAYMENT_PROVIDER_UNAVAILABLE")
+        if self.states[order_id] not in ("AUTHORIZED", "CAPTURED"):
+            raise FailedPrecondition(
+                "not authorized", "PAYMENT_NOT_AUTHORIZED", [], state=self.states[order_id]
+            )
+        self.states[order_id] = "CAPTURED"
+        return self._payment(order_id)
+
+    def _payment(self, order_id: str) -> payment_pb2.Payment:
+        return payment_pb2.Payment(
+            order_id=order_id,
+            state=f"PAYMENT_STATE_{self.states[order_id]}",
+        )
+
+    async def Capture(
+        self, request: payment_internal_pb2.CaptureRequest, context: Context
+    ) -> payment_internal_pb2.CaptureResponse:
+        self.single_calls += 1
+        try:
+            return payment_internal_pb2.CaptureResponse(payment=self._capture(request.order_id))
+        except DomainError as error:
+            status = error.to_status()
+            await context.abort(
+                error.code, status.message, ((DETAILS_KEY, status.SerializeToString()),)
+            )
+            raise
+
+    async def CapturePayments(
+        self,
+        request: payment_internal_pb2.CapturePaymentsRequest,
+        context: Context,
+    ) -> payment_internal_pb2.CapturePaymentsResponse:
+        self.batch_calls += 1
+        outcomes = []
+        for order_id in request.order_ids:
+            outcome = payment_internal_pb2.CaptureOutcome(order_id=order_id)
+            try:
+                outcome.payment.CopyFrom(self._capture(order_id))
+            except (FailedPrecondition, Unavailable):
+                outcome.payment.CopyFrom(self._payment(order_id))
+            except NotFound:
+                pass
+            outcomes.append(outcome)
+        return payment_internal_pb2.CapturePaymentsResponse(outcomes=outcomes)
+
+    async def _unimplemented(self, request: object, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+
+
+@pytest.mark.parametrize("batches", [True, False], ids=["CapturePayments", "older payment service"])
+async def test_captures_are_asked_of_either_version_of_the_payment_service(
+    batches: bool,
+) -> None:
+    server = grpc.aio.server()
+    payments = Payments(batches)  # type: ignore[abstract]  # only the methods called here
+    payment_internal_pb2_grpc.add_PaymentInternalServiceServicer_to_server(payments, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    peers = GrpcPeers(address, address, address, BreakerSettings())
+    try:
+        states = await peers.capture_all(["ord_a", "ord_v", "ord_x", "ord_silent"])
+    finally:
+        await peers.close()
+        await server.stop(0)
+    # Captured; not in a state to capture; no payment; still held (the provider was silent).
+    assert states == ["CAPTURED", "VOIDED", None, "AUTHORIZED"]
+    assert payments.states["ord_a"] == "CAPTURED"
+    if batches:
+        assert (payments.batch_calls, payments.single_calls) == (1, 0)
+    else:  # one Capture each (ord_silent's UNAVAILABLE repeated by the retry policy)
+        assert payments.batch_calls == 0 and payments.single_calls >= 4

@@ -39,6 +39,7 @@ from services.order.models import (
 from services.order.usecases import Orders
 from shop.order.v1 import events_pb2
 from tests.fakes.order import InMemoryOrders, Shop, lines, pending_row
+from tests.waits import eventually
 
 # -- placing ----------------------------------------------------------------------
 
@@ -545,6 +546,54 @@ async def test_a_capture_that_fails_after_placing_is_retried_by_the_sweeper(
     assert shop.repository.rows[placed.id].payment_state == PAYMENT_CAPTURED
     assert await orders.sweep() == 0
     assert shop.peers.stock[mug] == 3
+
+
+async def test_the_captures_of_orders_placed_meanwhile_go_in_one_call(
+    shop: Shop, orders: Orders
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=10)
+    shop.peers.hold_capture = asyncio.Event()
+    first = asyncio.create_task(orders.create(user, lines({mug: 1}), "k0"))
+    await eventually(lambda: bool(shop.peers.capture_batches), "the first capture sent")
+    meanwhile = [
+        asyncio.create_task(orders.create(user, lines({mug: 1}), f"k{n}")) for n in (1, 2, 3)
+    ]
+    await eventually(
+        lambda: len(shop.peers.payment_calls) == 4 + 1, "every authorize and the first capture"
+    )
+    await asyncio.sleep(0.01)  # the three placed, waiting for the first capture's answer
+    shop.peers.hold_capture.set()
+    placed = await asyncio.gather(first, *meanwhile)
+
+    ids = [order.id for order in placed]
+    assert [sorted(batch) for batch in shop.peers.capture_batches] == [ids[:1], sorted(ids[1:])]
+    assert [order.payment_state for order in placed] == [PAYMENT_CAPTURED] * 4
+    assert all(shop.repository.rows[i].payment_state == PAYMENT_CAPTURED for i in ids)
+    assert all(shop.peers.payments[i].state == "CAPTURED" for i in ids)
+    assert (orders.captures.batches, orders.captures.keys) == (2, 4)
+
+
+async def test_a_capture_the_provider_did_not_answer_is_left_to_the_sweeper(
+    shop: Shop, orders: Orders, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=10)
+    shop.peers.unanswered_captures = 2
+    placed = [await orders.create(user, lines({mug: 1}), f"k{n}") for n in range(2)]
+
+    assert [order.payment_state for order in placed] == [PAYMENT_AUTHORIZED] * 2
+    deferred = [r for r in caplog.records if r.message == "payment capture deferred to the sweeper"]
+    assert [(r.levelname, vars(r)["order_id"], vars(r)["state"]) for r in deferred] == [
+        ("WARNING", order.id, "AUTHORIZED") for order in placed
+    ]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    # The sweeper captures both in one call.
+    for order in placed:
+        shop.repository.rows[order.id].update_time -= timedelta(seconds=30)
+    assert await orders.sweep() == 2
+    assert shop.peers.capture_batches[-1] == [order.id for order in placed]
+    assert all(shop.repository.rows[o.id].payment_state == PAYMENT_CAPTURED for o in placed)
 
 
 async def test_the_sweeper_voids_and_releases_an_attempt_that_died_after_authorizing(
