@@ -25,6 +25,9 @@ from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc
 # The durable name of the order-event consumer (processed events, NATS consumer).
 CONSUMER = "notification"
 BROKER_CLIENT = "shop-notification"
+# Seconds between the order feed's heartbeats: a hung order service (its connection up)
+# is noticed after a few missed ones, and its feed opened again after ten.
+HEARTBEAT = 1.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class NotificationParts:
     consumer: Consumer
     hub: Hub
     notifications: Notifications
+    # The order feed followed when there is no broker (None with one).
+    order_feed: FeedFollower | None
 
 
 async def wire(platform: Platform) -> Wired[NotificationParts]:
@@ -48,6 +53,7 @@ async def wire(platform: Platform) -> Wired[NotificationParts]:
     )
     background: list[Callable[[], Awaitable[None]]] = []
     closers: list[Callable[[], object]] = []
+    order_feed: FeedFollower | None = None
     if not db.is_sqlite:
         # Wake-ups from the other replicas' commits (PostgreSQL LISTEN).
         background.append(Listener(config.database_url, hub).run)
@@ -59,11 +65,15 @@ async def wire(platform: Platform) -> Wired[NotificationParts]:
         channel = clients.channel(config.peer("order"), default_timeout=None, tls=config.tls)
         closers.append(channel.close)
         stream = order_internal_pb2_grpc.OrderInternalServiceStub(channel).StreamOrderEvents
-        feed = opener(stream, order_internal_pb2.StreamOrderEventsRequest)
-        background.append(FeedFollower("order", feed, consumer).run)
+        feed = opener(stream, order_internal_pb2.StreamOrderEventsRequest, HEARTBEAT)
+        order_feed = FeedFollower("order", feed, consumer)
+        background.append(order_feed.run)
+        _following(platform.metrics, order_feed)
     _gauges(platform.metrics, hub, consumer)
     return Wired(
-        parts=NotificationParts(consumer=consumer, hub=hub, notifications=notifications),
+        parts=NotificationParts(
+            consumer=consumer, hub=hub, notifications=notifications, order_feed=order_feed
+        ),
         servicers=[
             Servicer(
                 notification_pb2.DESCRIPTOR.services_by_name["NotificationService"],
@@ -73,6 +83,16 @@ async def wire(platform: Platform) -> Wired[NotificationParts]:
         ],
         background=background,
         closers=closers,
+    )
+
+
+def _following(metrics: Metrics, order_feed: FeedFollower) -> None:
+    metrics.gauge(
+        "order_feed_following",
+        "1 while the order feed is followed and heard from (its events are all in, up to a"
+        " heartbeat's head, and the last heartbeat is recent); event_consumer_lag_seconds"
+        " is only current while it is.",
+        lambda: float(order_feed.following()),
     )
 
 

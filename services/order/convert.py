@@ -5,7 +5,7 @@ what an order needs of it."""
 from __future__ import annotations
 
 from services.common.events.envelope import Event
-from services.common.events.feed import feed_message, outbox_event, subjects
+from services.common.events.feed import Heartbeat, feed_message, outbox_event, subjects
 from services.common.ids import new_id
 from services.common.times import to_timestamp, utcnow
 from services.order.models import (
@@ -128,8 +128,8 @@ def _event(message: _EventMessage) -> Event:
     return outbox_event(message, SUBJECTS)
 
 
-def to_feed_message(event: Event) -> order_internal_pb2.StreamOrderEventsResponse:
-    """An outbox event as the embedded feed streams it."""
+def to_feed_message(event: Event | Heartbeat) -> order_internal_pb2.StreamOrderEventsResponse:
+    """An outbox event (or a heartbeat) as the embedded feed streams it."""
     return feed_message(order_internal_pb2.StreamOrderEventsResponse, event)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from services.common.auth import require_owner
-from services.common.events.feed import Feed
+from services.common.events.feed import Feed, heartbeat_interval
 from services.common.interceptors import Context
 from services.order.convert import order_to_proto, to_feed_message
 from services.order.models import Line
@@ -60,6 +60,7 @@ class OrderInternalServicer(order_internal_pb2_grpc.OrderInternalServiceServicer
     async def StreamOrderEvents(
         self, request: order_internal_pb2.StreamOrderEventsRequest, context: Context
     ) -> AsyncIterator[order_internal_pb2.StreamOrderEventsResponse]:
-        await self._feed.open(context)
-        async for event in self._feed.events(request.after_sequence):
-            yield to_feed_message(event)
+        heartbeat = heartbeat_interval(request)
+        await self._feed.open(context, heartbeat)
+        async for item in self._feed.events_and_heartbeats(request.after_sequence, heartbeat):
+            yield to_feed_message(item)

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
+from services.common.events.feed import HEAD, HEARTBEAT
 from services.common.times import utcnow
+from services.notification import wiring as notification_wiring
 from services.order import users
 from shop.notification.v1 import notification_pb2
 from shop.order.v1 import order_internal_pb2, order_internal_pb2_grpc, order_pb2
@@ -243,6 +246,50 @@ async def test_without_the_user_service_the_replica_answers_for_no_one(mesh: Mes
     await mesh.orders.CreateOrder(request)
     assert await mesh.stock_of(mug.id) == [4]
     assert mesh.validations() == asked  # spared again
+
+
+async def test_the_order_feed_beats_and_the_notification_service_follows_it_by_them(
+    mesh: Mesh,
+) -> None:
+    """The notification service asks the order feed for heartbeats, so that an order
+    service that hangs with its connection up is noticed (and its feed opened again),
+    and gets them. Asked directly, the feed sends its events, then a heartbeat with its
+    head; bad intervals are refused."""
+    followed = mesh.services["notification"].parts.order_feed
+    if mesh.broker_url:  # the events come through NATS: no feed to follow
+        assert followed is None
+        return
+    assert followed is not None
+    await eventually(followed.following, "the order feed followed")
+    assert followed.heartbeats == notification_wiring.HEARTBEAT  # asked for, and sent
+    user, mug = await mesh.user(), await mesh.product(stock=5)
+    placed = await mesh.orders.CreateOrder(mesh.order_request(user.id, {mug.id: 1}, "beats"))
+    stub = order_internal_pb2_grpc.OrderInternalServiceStub(mesh.channels["order"])
+    interval = duration_pb2.Duration(nanos=200_000_000)
+    call = stub.StreamOrderEvents(
+        order_internal_pb2.StreamOrderEventsRequest(after_sequence=0, heartbeat_interval=interval)
+    )
+    try:
+        headers = dict(await call.initial_metadata())
+        assert headers[HEARTBEAT] == "0.2"
+        head = int(headers[HEAD])
+        events = []
+        while not (message := await next_message(call)).HasField("heartbeat"):
+            events.append(message)
+        assert events[-1].sequence == head and message.heartbeat.head == head
+        assert message.sequence == 0 and message.WhichOneof("event") is None
+        assert placed.order.id in {e.order_created.order.id for e in events}
+        assert (await next_message(call, timeout=1.0)).heartbeat.head == head
+    finally:
+        call.cancel()
+    # Bad input: an interval of 0, below 0.1 s, beyond 60 s, or negative.
+    for seconds in (0, 0.05, 61, -1):
+        bad = duration_pb2.Duration()
+        bad.FromTimedelta(timedelta(seconds=seconds))
+        refused = stub.StreamOrderEvents(
+            order_internal_pb2.StreamOrderEventsRequest(heartbeat_interval=bad)
+        )
+        await fails(refused.read(), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 async def test_one_short_item_of_three_moves_no_stock(mesh: Mesh) -> None:

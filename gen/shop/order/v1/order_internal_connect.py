@@ -46,7 +46,9 @@ class OrderInternalService(Protocol):
         """
         Streams the outbox from after_sequence on, in order, then every new event
         as it is committed. A consumer stores the last sequence it processed and
-        resumes from it.
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -127,7 +129,9 @@ class OrderInternalServiceClient(ConnectClient):
         """
         Streams the outbox from after_sequence on, in order, then every new event
         as it is committed. A consumer stores the last sequence it processed and
-        resumes from it.
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         return self.execute_server_stream(
             request=request,
@@ -152,7 +156,9 @@ class OrderInternalServiceSync(Protocol):
         """
         Streams the outbox from after_sequence on, in order, then every new event
         as it is committed. A consumer stores the last sequence it processed and
-        resumes from it.
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -231,7 +237,9 @@ class OrderInternalServiceClientSync(ConnectClientSync):
         """
         Streams the outbox from after_sequence on, in order, then every new event
         as it is committed. A consumer stores the last sequence it processed and
-        resumes from it.
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         return self.execute_server_stream(
             request=request,

@@ -23,11 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from shop.common.v1 import access_pb2 as shop_dot_common_dot_v1_dot_access__pb2
+from shop.common.v1 import feed_pb2 as shop_dot_common_dot_v1_dot_feed__pb2
 from shop.order.v1 import events_pb2 as shop_dot_order_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shop/order/v1/order_internal.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1bshop/common/v1/access.proto\x1a\x1ashop/order/v1/events.proto\";\n\x18StreamOrderEventsRequest\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"\x92\x03\n\x19StreamOrderEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x46\n\x07headers\x18\x02 \x03(\x0b\x32\x35.shop.order.v1.StreamOrderEventsResponse.HeadersEntry\x12\x34\n\rorder_created\x18\x03 \x01(\x0b\x32\x1b.shop.order.v1.OrderCreatedH\x00\x12\x38\n\x0forder_cancelled\x18\x04 \x01(\x0b\x32\x1d.shop.order.v1.OrderCancelledH\x00\x12:\n\x10payment_refunded\x18\x05 \x01(\x0b\x32\x1e.shop.order.v1.PaymentRefundedH\x00\x12\x36\n\x0epayment_failed\x18\x06 \x01(\x0b\x32\x1c.shop.order.v1.PaymentFailedH\x00\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05\x65vent2\x89\x01\n\x14OrderInternalService\x12q\n\x11StreamOrderEvents\x12\'.shop.order.v1.StreamOrderEventsRequest\x1a(.shop.order.v1.StreamOrderEventsResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"shop/order/v1/order_internal.proto\x12\rshop.order.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bshop/common/v1/access.proto\x1a\x19shop/common/v1/feed.proto\x1a\x1ashop/order/v1/events.proto\"\x85\x01\n\x18StreamOrderEventsRequest\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12H\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x11\xbaH\x0e\xaa\x01\x0b\"\x02\x08<2\x05\x10\x80\xc2\xd7/\"\xc4\x03\n\x19StreamOrderEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x46\n\x07headers\x18\x02 \x03(\x0b\x32\x35.shop.order.v1.StreamOrderEventsResponse.HeadersEntry\x12\x34\n\rorder_created\x18\x03 \x01(\x0b\x32\x1b.shop.order.v1.OrderCreatedH\x00\x12\x38\n\x0forder_cancelled\x18\x04 \x01(\x0b\x32\x1d.shop.order.v1.OrderCancelledH\x00\x12:\n\x10payment_refunded\x18\x05 \x01(\x0b\x32\x1e.shop.order.v1.PaymentRefundedH\x00\x12\x36\n\x0epayment_failed\x18\x06 \x01(\x0b\x32\x1c.shop.order.v1.PaymentFailedH\x00\x12\x30\n\theartbeat\x18\x07 \x01(\x0b\x32\x1d.shop.common.v1.FeedHeartbeat\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05\x65vent2\x89\x01\n\x14OrderInternalService\x12q\n\x11StreamOrderEvents\x12\'.shop.order.v1.StreamOrderEventsRequest\x1a(.shop.order.v1.StreamOrderEventsResponse\"\x07\x90\x02\x01\xb0\xe1\x18\x04\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,16 +38,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STREAMORDEREVENTSREQUEST'].fields_by_name['after_sequence']._loaded_options = None
   _globals['_STREAMORDEREVENTSREQUEST'].fields_by_name['after_sequence']._serialized_options = b'\272H\004\"\002(\000'
+  _globals['_STREAMORDEREVENTSREQUEST'].fields_by_name['heartbeat_interval']._loaded_options = None
+  _globals['_STREAMORDEREVENTSREQUEST'].fields_by_name['heartbeat_interval']._serialized_options = b'\272H\016\252\001\013\"\002\010<2\005\020\200\302\327/'
   _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._loaded_options = None
   _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_ORDERINTERNALSERVICE'].methods_by_name['StreamOrderEvents']._loaded_options = None
   _globals['_ORDERINTERNALSERVICE'].methods_by_name['StreamOrderEvents']._serialized_options = b'\220\002\001\260\341\030\004'
-  _globals['_STREAMORDEREVENTSREQUEST']._serialized_start=139
-  _globals['_STREAMORDEREVENTSREQUEST']._serialized_end=198
-  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_start=201
-  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_end=603
-  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_start=548
-  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_end=594
-  _globals['_ORDERINTERNALSERVICE']._serialized_start=606
-  _globals['_ORDERINTERNALSERVICE']._serialized_end=743
+  _globals['_STREAMORDEREVENTSREQUEST']._serialized_start=199
+  _globals['_STREAMORDEREVENTSREQUEST']._serialized_end=332
+  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_start=335
+  _globals['_STREAMORDEREVENTSRESPONSE']._serialized_end=787
+  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_start=732
+  _globals['_STREAMORDEREVENTSRESPONSE_HEADERSENTRY']._serialized_end=778
+  _globals['_ORDERINTERNALSERVICE']._serialized_start=790
+  _globals['_ORDERINTERNALSERVICE']._serialized_end=927
 # @@protoc_insertion_point(module_scope)

@@ -51,7 +51,9 @@ class OrderInternalServiceServicer:
     def StreamOrderEvents(self, request, context):
         """Streams the outbox from after_sequence on, in order, then every new event
         as it is committed. A consumer stores the last sequence it processed and
-        resumes from it.
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

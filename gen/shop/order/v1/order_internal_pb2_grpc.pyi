@@ -38,7 +38,9 @@ class OrderInternalServiceStub:
     StreamOrderEvents: _grpc.UnaryStreamMultiCallable[_order_internal_pb2.StreamOrderEventsRequest, _order_internal_pb2.StreamOrderEventsResponse]
     """Streams the outbox from after_sequence on, in order, then every new event
     as it is committed. A consumer stores the last sequence it processed and
-    resumes from it.
+    resumes from it. The stream opens at once with the header x-feed-head (the
+    position of the last event published), and, when heartbeats were asked
+    for, x-feed-heartbeat (their interval in seconds).
     """
 
 @_typing.type_check_only
@@ -51,7 +53,9 @@ class OrderInternalServiceAsyncStub(OrderInternalServiceStub):
     StreamOrderEvents: _aio.UnaryStreamMultiCallable[_order_internal_pb2.StreamOrderEventsRequest, _order_internal_pb2.StreamOrderEventsResponse]  # type: ignore[assignment]
     """Streams the outbox from after_sequence on, in order, then every new event
     as it is committed. A consumer stores the last sequence it processed and
-    resumes from it.
+    resumes from it. The stream opens at once with the header x-feed-head (the
+    position of the last event published), and, when heartbeats were asked
+    for, x-feed-heartbeat (their interval in seconds).
     """
 
 class OrderInternalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -67,7 +71,9 @@ class OrderInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_order_internal_pb2.StreamOrderEventsResponse], _abc.AsyncIterator[_order_internal_pb2.StreamOrderEventsResponse]]:
         """Streams the outbox from after_sequence on, in order, then every new event
         as it is committed. A consumer stores the last sequence it processed and
-        resumes from it.
+        resumes from it. The stream opens at once with the header x-feed-head (the
+        position of the last event published), and, when heartbeats were asked
+        for, x-feed-heartbeat (their interval in seconds).
         """
 
 def add_OrderInternalServiceServicer_to_server(servicer: OrderInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,7 +5,11 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "../../../buf/validate/validate_pb";
+import type { Duration } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
 import { file_shop_common_v1_access } from "../../common/v1/access_pb";
+import type { FeedHeartbeat } from "../../common/v1/feed_pb";
+import { file_shop_common_v1_feed } from "../../common/v1/feed_pb";
 import type { OrderCancelled, OrderCreated, PaymentFailed, PaymentRefunded } from "./events_pb";
 import { file_shop_order_v1_events } from "./events_pb";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file shop/order/v1/order_internal.proto.
  */
 export const file_shop_order_v1_order_internal: GenFile = /*@__PURE__*/
-  fileDesc("CiJzaG9wL29yZGVyL3YxL29yZGVyX2ludGVybmFsLnByb3RvEg1zaG9wLm9yZGVyLnYxIjsKGFN0cmVhbU9yZGVyRXZlbnRzUmVxdWVzdBIfCg5hZnRlcl9zZXF1ZW5jZRgBIAEoA0IHukgEIgIoACKSAwoZU3RyZWFtT3JkZXJFdmVudHNSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoAxJGCgdoZWFkZXJzGAIgAygLMjUuc2hvcC5vcmRlci52MS5TdHJlYW1PcmRlckV2ZW50c1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRI0Cg1vcmRlcl9jcmVhdGVkGAMgASgLMhsuc2hvcC5vcmRlci52MS5PcmRlckNyZWF0ZWRIABI4Cg9vcmRlcl9jYW5jZWxsZWQYBCABKAsyHS5zaG9wLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkSAASOgoQcGF5bWVudF9yZWZ1bmRlZBgFIAEoCzIeLnNob3Aub3JkZXIudjEuUGF5bWVudFJlZnVuZGVkSAASNgoOcGF5bWVudF9mYWlsZWQYBiABKAsyHC5zaG9wLm9yZGVyLnYxLlBheW1lbnRGYWlsZWRIABouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVldmVudDKJAQoUT3JkZXJJbnRlcm5hbFNlcnZpY2UScQoRU3RyZWFtT3JkZXJFdmVudHMSJy5zaG9wLm9yZGVyLnYxLlN0cmVhbU9yZGVyRXZlbnRzUmVxdWVzdBooLnNob3Aub3JkZXIudjEuU3RyZWFtT3JkZXJFdmVudHNSZXNwb25zZSIHkAIBsOEYBDABYgZwcm90bzM", [file_buf_validate_validate, file_shop_common_v1_access, file_shop_order_v1_events]);
+  fileDesc("CiJzaG9wL29yZGVyL3YxL29yZGVyX2ludGVybmFsLnByb3RvEg1zaG9wLm9yZGVyLnYxIoUBChhTdHJlYW1PcmRlckV2ZW50c1JlcXVlc3QSHwoOYWZ0ZXJfc2VxdWVuY2UYASABKANCB7pIBCICKAASSAoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhG6SA6qAQsiAgg8MgUQgMLXLyLEAwoZU3RyZWFtT3JkZXJFdmVudHNSZXNwb25zZRIQCghzZXF1ZW5jZRgBIAEoAxJGCgdoZWFkZXJzGAIgAygLMjUuc2hvcC5vcmRlci52MS5TdHJlYW1PcmRlckV2ZW50c1Jlc3BvbnNlLkhlYWRlcnNFbnRyeRI0Cg1vcmRlcl9jcmVhdGVkGAMgASgLMhsuc2hvcC5vcmRlci52MS5PcmRlckNyZWF0ZWRIABI4Cg9vcmRlcl9jYW5jZWxsZWQYBCABKAsyHS5zaG9wLm9yZGVyLnYxLk9yZGVyQ2FuY2VsbGVkSAASOgoQcGF5bWVudF9yZWZ1bmRlZBgFIAEoCzIeLnNob3Aub3JkZXIudjEuUGF5bWVudFJlZnVuZGVkSAASNgoOcGF5bWVudF9mYWlsZWQYBiABKAsyHC5zaG9wLm9yZGVyLnYxLlBheW1lbnRGYWlsZWRIABIwCgloZWFydGJlYXQYByABKAsyHS5zaG9wLmNvbW1vbi52MS5GZWVkSGVhcnRiZWF0Gi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgcKBWV2ZW50MokBChRPcmRlckludGVybmFsU2VydmljZRJxChFTdHJlYW1PcmRlckV2ZW50cxInLnNob3Aub3JkZXIudjEuU3RyZWFtT3JkZXJFdmVudHNSZXF1ZXN0Giguc2hvcC5vcmRlci52MS5TdHJlYW1PcmRlckV2ZW50c1Jlc3BvbnNlIgeQAgGw4RgEMAFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_duration, file_shop_common_v1_access, file_shop_common_v1_feed, file_shop_order_v1_events]);
 
 /**
  * Where to start reading the event feed.
@@ -28,6 +32,16 @@ export type StreamOrderEventsRequest = Message<"shop.order.v1.StreamOrderEventsR
    * @generated from field: int64 after_sequence = 1;
    */
   afterSequence: bigint;
+
+  /**
+   * Ask for heartbeats, and how often: the first as soon as the events there
+   * are have been sent, then one every interval (from 0.1 s to 60 s); unset:
+   * none. A consumer that hears nothing for a few intervals knows the producer
+   * is gone or stuck, even while the connection stays up.
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_interval = 2;
+   */
+  heartbeatInterval?: Duration | undefined;
 };
 
 /**
@@ -38,13 +52,14 @@ export const StreamOrderEventsRequestSchema: GenMessage<StreamOrderEventsRequest
   messageDesc(file_shop_order_v1_order_internal, 0);
 
 /**
- * One outbox event with its position in the feed.
+ * One outbox event with its position in the feed, or a heartbeat.
  *
  * @generated from message shop.order.v1.StreamOrderEventsResponse
  */
 export type StreamOrderEventsResponse = Message<"shop.order.v1.StreamOrderEventsResponse"> & {
   /**
-   * Strictly increasing position in the order service's outbox.
+   * Strictly increasing position in the order service's outbox (0 on a
+   * heartbeat).
    *
    * @generated from field: int64 sequence = 1;
    */
@@ -94,6 +109,15 @@ export type StreamOrderEventsResponse = Message<"shop.order.v1.StreamOrderEvents
     value: PaymentFailed;
     case: "paymentFailed";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Set on a heartbeat only (then no event is set): sent when asked for, as
+   * soon as the events there were have been sent, then every
+   * heartbeat_interval (after the events there are then).
+   *
+   * @generated from field: shop.common.v1.FeedHeartbeat heartbeat = 7;
+   */
+  heartbeat?: FeedHeartbeat | undefined;
 };
 
 /**
@@ -113,7 +137,9 @@ export const OrderInternalService: GenService<{
   /**
    * Streams the outbox from after_sequence on, in order, then every new event
    * as it is committed. A consumer stores the last sequence it processed and
-   * resumes from it.
+   * resumes from it. The stream opens at once with the header x-feed-head (the
+   * position of the last event published), and, when heartbeats were asked
+   * for, x-feed-heartbeat (their interval in seconds).
    *
    * @generated from rpc shop.order.v1.OrderInternalService.StreamOrderEvents
    */
