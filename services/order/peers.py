@@ -43,10 +43,8 @@ RELEASE_TIMEOUT = 5.0
 # The payment service's reasons for "the payment is in another state" (its ErrorInfo
 # carries that state as metadata "state"): an answer about the payment, not a failure.
 WRONG_PAYMENT_STATE = {"PAYMENT_NOT_AUTHORIZED", "PAYMENT_NOT_CAPTURED"}
-# The payment service's reason for "the provider did not answer".
-PROVIDER_UNAVAILABLE = "PAYMENT_PROVIDER_UNAVAILABLE"
+# The state of a placed order's payment that a capture left as it was.
 AUTHORIZED = "AUTHORIZED"
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
 class PeerError(DomainError):
@@ -192,23 +190,28 @@ class GrpcPeers:
             if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise PeerError("payment", error) from None
             return [await self._capture_one(order_id) for order_id in order_ids]
-        return [
-            _state_name(outcome.payment.state) if outcome.HasField("payment") else None
+        states = {
+            outcome.order_id: (
+                _state_name(outcome.payment.state) if outcome.HasField("payment") else None
+            )
             for outcome in reply.outcomes
-        ]
+        }
+        if states.keys() != set(order_ids):
+            raise RuntimeError("CapturePayments answered for other orders than it was asked")
+        return [states[order_id] for order_id in order_ids]
 
     async def _capture_one(self, order_id: str) -> str | None:
-        """`capture_all` of one order with Capture; as there, a provider that did not
-        answer left the payment as it was (AUTHORIZED: the order was placed)."""
+        """`capture_all` of one order with Capture. As there, one that fails does not
+        fail the others: its payment is as it was (AUTHORIZED: the order was placed)."""
         request = payment_internal_pb2.CaptureRequest(order_id=order_id)
         try:
             with deadline.detached():
                 reply = await self._payments.Capture(request, timeout=RELEASE_TIMEOUT)
         except grpc.aio.AioRpcError as error:
-            info = _error_info(status_of(error)) if error.code() == UNAVAILABLE else None
-            if info is not None and info.reason == PROVIDER_UNAVAILABLE:
+            try:
+                return _payment_state_of(error)
+            except PeerError:
                 return AUTHORIZED
-            return _payment_state_of(error)
         return _state_name(reply.payment.state)
 
     async def void(self, order_id: str) -> str | None:

@@ -310,7 +310,9 @@ class SqlOrderRepository:
             await self._db.write_one(CAPTURED, {"order_id": order_ids[0]})
             return
         async with self._db.transaction() as tx:
-            await tx.execute_many(CAPTURED, [{"order_id": order_id} for order_id in order_ids])
+            # In one order on every replica: two batches lock their rows without deadlock.
+            rows = [{"order_id": order_id} for order_id in sorted(order_ids)]
+            await tx.execute_many(CAPTURED, rows)
 
     async def unrefunded(self) -> Sequence[str]:
         async with self._db.read() as session:

@@ -133,6 +133,9 @@ AUTHORIZED, CAPTURED, VOIDED, REFUNDED = "AUTHORIZED", "CAPTURED", "VOIDED", "RE
 UNANSWERED = {AUTHORIZED, "FAILED"}
 # The most captures sent in one call (the payment contract's limit).
 CAPTURE_BATCH = 100
+# How long CreateOrder waits for its capture (the call on its way, then its own) before
+# answering with the payment AUTHORIZED; the capture goes on and is recorded all the same.
+CAPTURE_WAIT = 5.0
 # A payment in these states (or none at all) holds no money of the customer.
 HOLDS_NOTHING = {None, VOIDED, REFUNDED, "DECLINED", "FAILED"}
 # What an Authorize answers when it refused and therefore holds nothing: a decline, an
@@ -260,8 +263,10 @@ class Orders:
         self._retry_poll = retry_poll
         self._cleanups: set[asyncio.Task[None]] = set()
         # The captures of the orders placed while one call of them is on its way go
-        # together in the next call (services/common/batching.py).
+        # together in the next call (services/common/batching.py). The sweeper's have a
+        # batcher of their own: a backlog of them never queues ahead of a new order's.
         self.captures = Batcher(self._capture_batch, CAPTURE_BATCH)
+        self._swept_captures = Batcher(self._capture_batch, CAPTURE_BATCH)
 
     # -- placing -------------------------------------------------------------
 
@@ -360,7 +365,7 @@ class Orders:
             raise
         self._events_committed()
         # The order stands whatever the capture does: one that fails is the sweeper's.
-        await self._capture(placed)
+        await self._capture(placed, self.captures)
         return placed
 
     # -- undoing -------------------------------------------------------------
@@ -416,12 +421,12 @@ class Orders:
                 extra={"order_id": order_id, "state": state},
             )
 
-    async def _capture(self, order: OrderRow) -> None:
+    async def _capture(self, order: OrderRow, captures: Batcher[str, str | None]) -> None:
         """Takes the payment of a placed order, in one call with the other orders'
-        captures under way (`_capture_batch`). Never raises (the order stands): what
-        fails is left to the sweeper."""
+        captures under way (`_capture_batch`), waiting CAPTURE_WAIT at most. Never
+        raises (the order stands): what fails is left to the sweeper."""
         try:
-            state = await self.captures.ask(order.id)
+            state = await asyncio.wait_for(asyncio.shield(captures.ask(order.id)), CAPTURE_WAIT)
         except Exception as error:
             log.warning(
                 "payment capture deferred to the sweeper",
@@ -470,7 +475,11 @@ class Orders:
         # Side by side: their captures go in one call.
         to_capture = [await self._repository.get(order_id) for order_id in uncaptured]
         await asyncio.gather(
-            *(self._capture(o) for o in to_capture if o is not None and o.status == PLACED)
+            *(
+                self._capture(o, self._swept_captures)
+                for o in to_capture
+                if o is not None and o.status == PLACED
+            )
         )
         for order_id in unrefunded:
             await self._refund_cancelled(order_id)

@@ -54,6 +54,9 @@ PAYMENT_MISMATCH = "PAYMENT_MISMATCH"
 PAYMENT_NOT_AUTHORIZED = "PAYMENT_NOT_AUTHORIZED"
 PAYMENT_NOT_CAPTURED = "PAYMENT_NOT_CAPTURED"
 PAYMENT_PROVIDER_UNAVAILABLE = "PAYMENT_PROVIDER_UNAVAILABLE"
+# How many captures of one CapturePayments call run at once (database connections and
+# the provider's calls, shared with the other RPCs).
+CAPTURES_AT_ONCE = 8
 
 
 class Payments:
@@ -133,11 +136,13 @@ class Payments:
         (None: the order has none). One that can't be captured does not fail the others:
         its payment is returned as it is (VOIDED, ...; still AUTHORIZED when the provider
         did not answer)."""
-        return list(await asyncio.gather(*(self._capture_or_keep(o) for o in order_ids)))
+        turns = asyncio.Semaphore(CAPTURES_AT_ONCE)
+        return list(await asyncio.gather(*(self._capture_or_keep(o, turns) for o in order_ids)))
 
-    async def _capture_or_keep(self, order_id: str) -> PaymentRow | None:
+    async def _capture_or_keep(self, order_id: str, turns: asyncio.Semaphore) -> PaymentRow | None:
         try:
-            return await self.capture(order_id)
+            async with turns:
+                return await self.capture(order_id)
         except NotFound:
             return None
         except (FailedPrecondition, Unavailable):

@@ -112,8 +112,16 @@ async def test_an_order_is_priced_by_either_version_of_the_product_service(
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # The payments of a scripted payment service: the state each order's payment is in;
-# "ord_silent"'s provider does not answer; "ord_x" has no payment.
-PAYMENTS = {"ord_a": "AUTHORIZED", "ord_v": "VOIDED", "ord_silent": "AUTHORIZED"}
+# "ord_silent"'s provider does not answer; "ord_broken"'s capture fails inside the
+# payment service (INTERNAL); "ord_x" has no payment.
+PAYMENTS = {
+    "ord_a": "AUTHORIZED",
+    "ord_v": "VOIDED",
+    "ord_silent": "AUTHORIZED",
+    "ord_broken": "AUTHORIZED",
+    "ord_b": "AUTHORIZED",
+}
+ASKED = ["ord_a", "ord_v", "ord_x", "ord_silent", "ord_broken", "ord_b"]
 
 
 class Payments(payment_internal_pb2_grpc.PaymentInternalServiceServicer):
@@ -121,8 +129,11 @@ class Payments(payment_internal_pb2_grpc.PaymentInternalServiceServicer):
     CapturePayments (which then answers UNIMPLEMENTED, as grpc does for any method a
     servicer lacks)."""
 
-    def __init__(self, batches: bool) -> None:
+    def __init__(self, batches: bool, reversed_answer: bool = False) -> None:
         self.states = dict(PAYMENTS)
+        # Answers CapturePayments with the outcomes in the reverse order (each names its
+        # order: the client must go by that, not by position).
+        self.reversed_answer = reversed_answer
         self.batch_calls = 0
         self.single_calls = 0
         if not batches:
@@ -133,6 +144,8 @@ class Payments(payment_internal_pb2_grpc.PaymentInternalServiceServicer):
             raise NotFound("payment", order_id)
         if order_id == "ord_silent":
             raise Unavailable("the provider did not answer", "PAYMENT_PROVIDER_UNAVAILABLE")
+        if order_id == "ord_broken":
+            raise RuntimeError("a fault of the payment service")
         if self.states[order_id] not in ("AUTHORIZED", "CAPTURED"):
             raise FailedPrecondition(
                 "not authorized", "PAYMENT_NOT_AUTHORIZED", [], state=self.states[order_id]
@@ -158,6 +171,9 @@ class Payments(payment_internal_pb2_grpc.PaymentInternalServiceServicer):
                 error.code, status.message, ((DETAILS_KEY, status.SerializeToString()),)
             )
             raise
+        except RuntimeError:
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise
 
     async def CapturePayments(
         self,
@@ -170,36 +186,43 @@ class Payments(payment_internal_pb2_grpc.PaymentInternalServiceServicer):
             outcome = payment_internal_pb2.CaptureOutcome(order_id=order_id)
             try:
                 outcome.payment.CopyFrom(self._capture(order_id))
-            except (FailedPrecondition, Unavailable):
+            except (FailedPrecondition, Unavailable, RuntimeError):
                 outcome.payment.CopyFrom(self._payment(order_id))
             except NotFound:
                 pass
             outcomes.append(outcome)
+        if self.reversed_answer:
+            outcomes.reverse()
         return payment_internal_pb2.CapturePaymentsResponse(outcomes=outcomes)
 
     async def _unimplemented(self, request: object, context: Context) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
 
 
-@pytest.mark.parametrize("batches", [True, False], ids=["CapturePayments", "older payment service"])
+@pytest.mark.parametrize(
+    ("batches", "reversed_answer"),
+    [(True, False), (True, True), (False, False)],
+    ids=["CapturePayments", "CapturePayments answering out of order", "older payment service"],
+)
 async def test_captures_are_asked_of_either_version_of_the_payment_service(
-    batches: bool,
+    batches: bool, reversed_answer: bool
 ) -> None:
     server = grpc.aio.server()
-    payments = Payments(batches)  # type: ignore[abstract]  # only the methods called here
+    payments = Payments(batches, reversed_answer)  # type: ignore[abstract]  # only those called
     payment_internal_pb2_grpc.add_PaymentInternalServiceServicer_to_server(payments, server)
     address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
     await server.start()
     peers = GrpcPeers(address, address, address, BreakerSettings())
     try:
-        states = await peers.capture_all(["ord_a", "ord_v", "ord_x", "ord_silent"])
+        states = await peers.capture_all(ASKED)
     finally:
         await peers.close()
         await server.stop(0)
-    # Captured; not in a state to capture; no payment; still held (the provider was silent).
-    assert states == ["CAPTURED", "VOIDED", None, "AUTHORIZED"]
-    assert payments.states["ord_a"] == "CAPTURED"
+    # Captured; not in a state to capture; no payment; still held (the provider silent,
+    # or the payment service failing on that one: the others are captured all the same).
+    assert states == ["CAPTURED", "VOIDED", None, "AUTHORIZED", "AUTHORIZED", "CAPTURED"]
+    assert (payments.states["ord_a"], payments.states["ord_b"]) == ("CAPTURED", "CAPTURED")
     if batches:
         assert (payments.batch_calls, payments.single_calls) == (1, 0)
     else:  # one Capture each (ord_silent's UNAVAILABLE repeated by the retry policy)
-        assert payments.batch_calls == 0 and payments.single_calls >= 4
+        assert payments.batch_calls == 0 and payments.single_calls >= len(ASKED)

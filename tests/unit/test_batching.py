@@ -72,6 +72,23 @@ async def test_a_batch_takes_at_most_its_limit() -> None:
     assert peer.calls == [[1, 2], [3, 4], [5, 6]]
 
 
+async def test_a_key_asked_twice_is_sent_once_and_both_callers_get_its_result() -> None:
+    """A callee may refuse a batch with a key twice (CapturePayments' ids are distinct):
+    a key asked again while the first ask waits goes once."""
+    peer = Peer()
+    batcher = Batcher(peer.send, most=2)
+    peer.gate.clear()
+    first = asyncio.create_task(batcher.ask(1))
+    await settle()
+    again = [asyncio.create_task(batcher.ask(key)) for key in (2, 2, 3, 2, 4)]
+    await settle()
+    assert batcher.queued == 5
+    peer.gate.set()
+    assert await asyncio.gather(first, *again) == [10, 20, 20, 30, 20, 40]
+    assert peer.calls == [[1], [2, 3], [4]]  # at most two distinct keys a call
+    assert (batcher.batches, batcher.keys, batcher.queued) == (3, 4, 0)
+
+
 async def test_a_failed_batch_fails_its_callers_only() -> None:
     peer = Peer()
     batcher = Batcher(peer.send, most=100)

@@ -20,6 +20,7 @@ from services.common.errors import (
 from services.common.events.envelope import Event
 from services.common.events.feed import Feed
 from services.common.times import to_timestamp
+from services.order import usecases
 from services.order.convert import order_to_proto, to_feed_message
 from services.order.models import (
     CANCELLED,
@@ -559,10 +560,7 @@ async def test_the_captures_of_orders_placed_meanwhile_go_in_one_call(
     meanwhile = [
         asyncio.create_task(orders.create(user, lines({mug: 1}), f"k{n}")) for n in (1, 2, 3)
     ]
-    await eventually(
-        lambda: len(shop.peers.payment_calls) == 4 + 1, "every authorize and the first capture"
-    )
-    await asyncio.sleep(0.01)  # the three placed, waiting for the first capture's answer
+    await eventually(lambda: orders.captures.queued == 3, "three placed, waiting for the first")
     shop.peers.hold_capture.set()
     placed = await asyncio.gather(first, *meanwhile)
 
@@ -572,6 +570,25 @@ async def test_the_captures_of_orders_placed_meanwhile_go_in_one_call(
     assert all(shop.repository.rows[i].payment_state == PAYMENT_CAPTURED for i in ids)
     assert all(shop.peers.payments[i].state == "CAPTURED" for i in ids)
     assert (orders.captures.batches, orders.captures.keys) == (2, 4)
+
+
+async def test_an_order_whose_capture_is_slow_is_answered_authorized_and_captured_after(
+    shop: Shop, orders: Orders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CreateOrder waits CAPTURE_WAIT at most for its capture (a slow payment service, or
+    a batch ahead of it): then the order is answered with its payment AUTHORIZED, and the
+    capture, still on its way, is recorded when it comes back."""
+    monkeypatch.setattr(usecases, "CAPTURE_WAIT", 0.05)
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=10)
+    shop.peers.hold_capture = asyncio.Event()
+    placed = await asyncio.wait_for(orders.create(user, lines({mug: 1}), "k"), 2)
+    assert (placed.status, placed.payment_state) == (PLACED, PAYMENT_AUTHORIZED)
+    shop.peers.hold_capture.set()
+    row = shop.repository.rows[placed.id]
+    await eventually(lambda: row.payment_state == PAYMENT_CAPTURED, "the late capture recorded")
+    assert shop.peers.payments[placed.id].state == "CAPTURED"
+    assert shop.peers.capture_batches == [[placed.id]]
 
 
 async def test_a_capture_the_provider_did_not_answer_is_left_to_the_sweeper(

@@ -183,11 +183,12 @@ export type CaptureOutcome = Message<"shop.payment.v1.CaptureOutcome"> & {
 
   /**
    * The payment after the attempt; unset when the order has no payment
-   * (Capture's NOT_FOUND). CAPTURED when it is captured, now or before. Another
-   * state when that state does not allow a capture (Capture's
-   * FAILED_PRECONDITION: VOIDED, REFUNDED, DECLINED). Still AUTHORIZED or
-   * FAILED when the provider did not answer (Capture's UNAVAILABLE): capture it
-   * again later.
+   * (Capture's NOT_FOUND). CAPTURED when it is captured, now or before. Any
+   * other state is the payment as it is, not captured: VOIDED, REFUNDED,
+   * DECLINED, or FAILED with nothing charged, which do not allow a capture
+   * (Capture's FAILED_PRECONDITION); AUTHORIZED (or FAILED, its authorization's
+   * answer lost) when the provider did not answer (Capture's UNAVAILABLE) or
+   * the charge moved on meanwhile: ask again later.
    *
    * @generated from field: shop.payment.v1.Payment payment = 2;
    */
