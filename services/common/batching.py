@@ -2,8 +2,8 @@
 once, and the calls made while it is on its way go together in the next one.
 
 Alone, a call waits for nothing; under load, N callers share one round trip (one gRPC
-call and one transaction on each side) instead of making N, and the batch grows with
-the load by itself, without a timer to tune. Used by the order service for the
+call, and what the callee can share of its work) instead of making N, and the batch
+grows with the load by itself, without a timer to tune. Used by the order service for the
 captures of the orders it places (`CapturePayments`).
 
 Written here rather than taken from a library: the data loaders on PyPI batch the

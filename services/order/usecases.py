@@ -425,8 +425,11 @@ class Orders:
         """Takes the payment of a placed order, in one call with the other orders'
         captures under way (`_capture_batch`), waiting CAPTURE_WAIT at most. Never
         raises (the order stands): what fails is left to the sweeper."""
+        asking = asyncio.ensure_future(captures.ask(order.id))
+        # Past the wait it goes on unawaited: its failure is the sweeper's, not a log line.
+        asking.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            state = await asyncio.wait_for(asyncio.shield(captures.ask(order.id)), CAPTURE_WAIT)
+            state = await asyncio.wait_for(asyncio.shield(asking), CAPTURE_WAIT)
         except Exception as error:
             log.warning(
                 "payment capture deferred to the sweeper",

@@ -5,6 +5,7 @@ compensation, the sweeper, cancelling (refund once), paging and the feed."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import timedelta
 
 import pytest
@@ -589,6 +590,25 @@ async def test_an_order_whose_capture_is_slow_is_answered_authorized_and_capture
     await eventually(lambda: row.payment_state == PAYMENT_CAPTURED, "the late capture recorded")
     assert shop.peers.payments[placed.id].state == "CAPTURED"
     assert shop.peers.capture_batches == [[placed.id]]
+
+
+async def test_a_slow_capture_that_fails_after_the_answer_is_left_to_the_sweeper_quietly(
+    shop: Shop, orders: Orders, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(usecases, "CAPTURE_WAIT", 0.05)
+    user = shop.peers.add_user("usr_ann")
+    mug = shop.peers.add_product("mug", stock=10)
+    shop.peers.hold_capture = asyncio.Event()
+    shop.peers.failing_captures = 1
+    placed = await asyncio.wait_for(orders.create(user, lines({mug: 1}), "k"), 2)
+    assert placed.payment_state == PAYMENT_AUTHORIZED
+    shop.peers.hold_capture.set()
+    await eventually(lambda: not shop.peers.failing_captures, "the held capture failed")
+    await asyncio.sleep(0.01)
+    gc.collect()  # an exception never retrieved is reported when its task is collected
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert shop.repository.rows[placed.id].payment_state == PAYMENT_AUTHORIZED  # the sweeper's
 
 
 async def test_a_capture_the_provider_did_not_answer_is_left_to_the_sweeper(
